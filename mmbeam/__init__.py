@@ -1,0 +1,1 @@
+"""mmbeam: multimodal dataflow on Apache Beam."""

@@ -1,0 +1,46 @@
+"""Encode numpy image arrays into JPEG, PNG, WEBP, BMP or TIFF bytes with Pillow."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from mmbeam.errors import ConfigError, EncodeError, ImageError
+from mmbeam.ops.image import image_mode
+
+__all__ = ["ENCODE_FORMATS", "check_format", "encode_image"]
+
+ENCODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+_NO_ALPHA = {"JPEG": "RGB", "BMP": "RGB"}  # formats that cannot store an alpha channel
+
+
+def check_format(format: str, quality: int | None = None) -> str:
+    """Normalise and validate a format name (and quality) when the pipeline is built."""
+    name = _ALIASES.get(str(format).upper(), str(format).upper())
+    if name not in ENCODE_FORMATS:
+        raise ConfigError(f"image format must be one of {ENCODE_FORMATS}, got {format!r}")
+    if quality is not None and not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise ConfigError(f"quality must be an int from 1 to 100, got {quality!r}")
+    return name
+
+
+def encode_image(image: np.ndarray, format: str = "JPEG", quality: int | None = None) -> bytes:
+    """Encode an H×W(×C) uint8 array. Alpha is dropped for formats without it (JPEG, BMP)."""
+    name = check_format(format, quality)
+    try:
+        mode = image_mode(image)
+    except ImageError as exc:
+        raise EncodeError(exc.cause) from exc
+    img = Image.fromarray(image)
+    if name in _NO_ALPHA and mode in ("LA", "RGBA"):
+        img = img.convert("L" if mode == "LA" else _NO_ALPHA[name])
+    options = {} if quality is None else {"quality": quality}
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=name, **options)
+    except (OSError, ValueError) as exc:
+        raise EncodeError(f"could not encode {image.shape} as {name}: {exc}") from exc
+    return buf.getvalue()

@@ -1,0 +1,129 @@
+"""Write bytes under a destination folder, atomically, with names that cannot escape it.
+
+A name comes from the element's key (``cats/7.jpg``) or, without a key, from a hash of the content
+with an extension sniffed from its magic bytes, so a rerun overwrites instead of duplicating.
+Local files are written to a temporary name and renamed into place; S3 and GCS objects appear
+only when their single upload completes. Either way no reader ever sees a partial file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import posixpath
+import uuid
+
+from fsspec.asyn import get_loop
+
+from mmbeam.errors import MmbeamError, UnsafePathError, UnsupportedSchemeError, UploadError
+from mmbeam.io.config import IOConfig
+from mmbeam.io.filesystems import filesystem_for, is_async, split_protocol
+
+__all__ = ["Store", "content_name", "safe_name", "sniff_extension"]
+
+_MAGIC = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
+
+
+def sniff_extension(data: bytes) -> str:
+    """``.jpg``, ``.png``, ``.webp``, ... from the leading bytes; ``.bin`` when unknown."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    return ".bin"
+
+
+def content_name(data: bytes) -> str:
+    """A deterministic file name for ``data``: its SHA-256 (32 hex digits) and extension."""
+    return hashlib.sha256(data).hexdigest()[:32] + sniff_extension(data)
+
+
+def safe_name(name: object) -> str:
+    """``name`` as a relative POSIX path inside the destination, or UnsafePathError."""
+    text = str(name)
+    parts = text.replace("\\", "/").split("/")
+    if (
+        not text
+        or "\x00" in text
+        or text.startswith(("/", "\\"))
+        or (len(text) > 1 and text[1] == ":")
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise UnsafePathError(
+            f"upload name {text!r} is not a plain relative path inside the destination "
+            "(no '..', no leading '/', no empty parts); use a name such as 'cats/7.jpg'"
+        )
+    return "/".join(parts)
+
+
+class Store:
+    """A destination folder (local path, ``file://``, ``s3://``, ``gs://``) that takes bytes."""
+
+    def __init__(self, location: str, io_config: IOConfig | None = None):
+        protocol, root = split_protocol(location)
+        if protocol in ("http", "https"):
+            raise UnsupportedSchemeError(
+                f"cannot upload to {location!r}: uploads go to a local folder, s3:// or gs://"
+            )
+        self.location = location
+        self.protocol = protocol
+        self.root = root.rstrip("/")
+        self.io_config = io_config or IOConfig()
+
+    def url_for(self, name: str) -> str:
+        """The full path or URL that ``name`` is written to."""
+        path = posixpath.join(self.root, safe_name(name))
+        return path if self.protocol == "file" else f"{self.protocol}://{path}"
+
+    def write(self, name: str, data: bytes) -> str:
+        """Write ``data`` as ``name`` (blocking) and return where it went."""
+        return self.submit(name, data).result()
+
+    def submit(self, name: str, data: bytes) -> concurrent.futures.Future:
+        """Start writing on the I/O loop; the future's result is the written path or URL."""
+        return asyncio.run_coroutine_threadsafe(self.write_async(name, data), get_loop())
+
+    async def write_async(self, name: str, data: bytes) -> str:
+        """Write ``data`` as ``name``; raises UploadError (or UnsafePathError) on failure."""
+        target = self.url_for(name)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UploadError(f"expected bytes to upload, got {type(data).__name__}")
+        try:
+            if self.protocol == "file":
+                await asyncio.to_thread(_write_local_atomic, target, bytes(data))
+            else:
+                fs = filesystem_for(self.protocol, self.io_config)
+                path = target.split("://", 1)[1]
+                if is_async(fs):
+                    await fs._pipe_file(path, bytes(data))
+                else:
+                    await asyncio.to_thread(fs.pipe_file, path, bytes(data))
+        except MmbeamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with its cause
+            raise UploadError(f"writing {target} failed: {type(exc).__name__}: {exc}") from exc
+        return target
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,20 @@
+"""Beam PTransforms for multimodal data: download, decode, resize, encode, upload, join.
+
+Each is a verb usable in any Beam pipeline; each per-element transform takes ``on_error``
+(``"raise"`` or ``"null"``), ``keyed=True`` for ``(key, value)`` pairs, and
+``.with_exception_handling()`` returning ``(good, failed)``.
+"""
+
+from mmbeam.transforms._base import FailedRecord
+from mmbeam.transforms.download import Download
+from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
+from mmbeam.transforms.upload import Upload
+
+__all__ = [
+    "DecodeImage",
+    "Download",
+    "EncodeImage",
+    "FailedRecord",
+    "ResizeImage",
+    "Upload",
+]

@@ -1,0 +1,61 @@
+"""``Upload``: bytes in, the written path or URL out; atomic, deterministic names."""
+
+from __future__ import annotations
+
+from mmbeam.errors import ConfigError, UploadError
+from mmbeam.io.config import IOConfig
+from mmbeam.ops.store import Store, content_name
+from mmbeam.transforms._base import ElementFn, ElementTransform
+
+__all__ = ["Upload"]
+
+
+class _UploadFn(ElementFn):
+    def __init__(self, store: Store, max_connections: int, **policy):
+        super().__init__("Upload", window=max_connections, **policy)
+        self.store = store
+
+    def submit(self, data, key):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UploadError(f"expected bytes to upload, got {type(data).__name__}")
+        return self.store.submit(content_name(bytes(data)) if key is None else key, data)
+
+    def size_of(self, result):
+        return 0
+
+
+class Upload(ElementTransform):
+    """Write each element's bytes under ``location`` (a folder, ``s3://…`` or ``gs://…``).
+
+    The name is the element's key with ``keyed=True`` (``cats/7.jpg``), else a content hash with
+    a sniffed extension, so a rerun overwrites instead of duplicating. A name that would escape
+    ``location`` (``..``, absolute) fails with UnsafePathError; no partial file is ever visible.
+    Emits the written path (local) or URL.
+    """
+
+    stage = "Upload"
+
+    def __init__(
+        self,
+        location: str,
+        on_error: str = "raise",
+        io_config: IOConfig | None = None,
+        max_connections: int = 32,
+        *,
+        keyed: bool = False,
+        label: str | None = None,
+    ):
+        super().__init__(on_error=on_error, keyed=keyed, label=label)
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError(f"max_connections must be a positive int, got {max_connections!r}")
+        self.store = Store(location, io_config)
+        self.max_connections = max_connections
+
+    def make_fn(self):
+        return _UploadFn(
+            self.store,
+            self.max_connections,
+            on_error=self.on_error,
+            keyed=self.keyed,
+            failures=self._failures,
+        )

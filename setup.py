@@ -1,0 +1,47 @@
+"""Packaging for mmbeam.
+
+A plain setup.py (not only pyproject) because Dataflow ships the package to its workers with
+``--setup_file ./setup.py``.
+"""
+
+from setuptools import find_packages, setup
+
+S3 = ["s3fs>=2024.6"]
+GCS = ["gcsfs>=2024.6"]
+DASK = ["dask>=2024.8", "distributed>=2024.8"]
+RAY = ["ray>=2.40"]
+TEST = [
+    "pytest>=8",
+    "ruff>=0.6",
+    "pandas>=2.1",
+    "moto[server]>=5.0",
+    "gcp-storage-emulator>=2024.8",
+    *S3,
+    *GCS,
+]
+
+setup(
+    name="mmbeam",
+    version="0.1.0",
+    description="Multimodal (image and URL) dataflow on Apache Beam",
+    packages=find_packages(include=["mmbeam", "mmbeam.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "apache-beam>=2.77,<3",
+        "pyarrow>=16,<26",
+        "numpy>=1.26,<2.5",
+        "pillow>=10.3,<13",
+        "opencv-python-headless>=4.9",
+        "fsspec>=2024.6",
+        "aiohttp>=3.9",
+    ],
+    extras_require={
+        "s3": S3,
+        "gcs": GCS,
+        "dask": DASK,
+        "ray": RAY,
+        "test": TEST,
+        "all": S3 + GCS + DASK + RAY + TEST,
+    },
+    entry_points={"pytest11": ["mmbeam = mmbeam.testing.plugin"]},
+)

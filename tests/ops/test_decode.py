@@ -1,0 +1,100 @@
+"""decode_image: formats, modes, orientation, reduced-size JPEG decode, and every bad input."""
+
+import numpy as np
+import pytest
+
+from mmbeam.errors import ConfigError, DecodeError, ImageTooLargeError
+from mmbeam.ops.decode import check_mode, decode_image
+from mmbeam.ops.resize import resize_image
+from mmbeam.testing.images import decompression_bomb, encode_sample, make_image, truncated
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_format_decodes_to_hwc_uint8(fmt):
+    pixels = make_image(96, 64, seed=3)
+    out = decode_image(encode_sample(pixels, fmt))
+    assert out.shape == (64, 96, 3) and out.dtype == np.uint8
+    lossless = fmt in ("PNG", "BMP", "TIFF")
+    if lossless:
+        np.testing.assert_array_equal(out, pixels)
+    else:  # lossy or palette formats still look like the source
+        assert psnr(out, pixels) > 20
+
+
+def test_gif_gives_its_first_frame():
+    pixels = make_image(80, 40, seed=1)
+    first = decode_image(encode_sample(pixels, "GIF", frames=3))
+    again = decode_image(encode_sample(pixels, "GIF"))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_modes():
+    rgba = make_image(20, 10, mode="RGBA")
+    png = encode_sample(rgba, "PNG")
+    assert decode_image(png, mode=None).shape == (10, 20, 4)
+    assert decode_image(png, mode="RGB").shape == (10, 20, 3)
+    assert decode_image(png, mode="L").shape == (10, 20)
+    gray = encode_sample(make_image(20, 10, mode="L"), "PNG")
+    assert decode_image(gray, mode=None).ndim == 2
+
+
+@pytest.mark.parametrize("orientation, shape", [(1, (60, 100, 3)), (3, (60, 100, 3)), (6, (100, 60, 3)), (8, (100, 60, 3))])
+def test_exif_orientation_is_applied(orientation, shape):
+    pixels = make_image(100, 60, seed=2)
+    out = decode_image(encode_sample(pixels, "JPEG", quality=95, exif_orientation=orientation))
+    assert out.shape == shape
+    if orientation == 6:  # rotate 90 degrees clockwise to display
+        assert psnr(out, np.rot90(pixels, k=-1)) > 28
+
+
+def test_reduced_jpeg_decode_is_at_least_min_size_and_looks_the_same():
+    pixels = make_image(2048, 1536, seed=5)
+    data = encode_sample(pixels, "JPEG", quality=92)
+    reduced = decode_image(data, min_size=(256, 256))
+    assert reduced.shape[:2] == (384, 512)  # 1/4 scale: the smallest still >= 256x256
+    full = decode_image(data)
+    assert full.shape[:2] == (1536, 2048)
+    ref = resize_image(full, 256, 256)
+    assert psnr(resize_image(reduced, 256, 256), ref) > 30
+
+
+def test_reduced_decode_respects_rotation():
+    pixels = make_image(1600, 800, seed=6)
+    data = encode_sample(pixels, "JPEG", exif_orientation=6)
+    out = decode_image(data, min_size=(100, 400))  # the target as displayed: 100 wide, 400 high
+    assert out.shape[0] >= 400 and out.shape[1] >= 100
+    assert out.shape[0] > out.shape[1]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "zero bytes"),
+        (b"<html>not found</html>", "not an image"),
+        (truncated(encode_sample(make_image(300, 200), "JPEG")), "truncated"),
+    ],
+)
+def test_bad_bytes_raise_decode_error(data, message):
+    with pytest.raises(DecodeError, match=message):
+        decode_image(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = decompression_bomb(20000, 20000)
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageTooLargeError, match="400000000 pixels"):
+        decode_image(bomb)
+    small = encode_sample(make_image(200, 100), "PNG")
+    with pytest.raises(ImageTooLargeError, match="max_pixels=10,000"):
+        decode_image(small, max_pixels=10_000)
+
+
+def test_check_mode():
+    assert check_mode("RGB") == "RGB" and check_mode(None) is None
+    with pytest.raises(ConfigError, match="'CMYK'"):
+        check_mode("CMYK")

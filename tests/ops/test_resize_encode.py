@@ -1,0 +1,87 @@
+"""resize_image (stretch, fit, fill), crop/to_mode, and encode_image."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmbeam.errors import ConfigError, EncodeError, ImageError, ResizeError
+from mmbeam.ops.encode import check_format, encode_image
+from mmbeam.ops.image import crop, image_mode, to_mode
+from mmbeam.ops.resize import check_resize, resize_image
+from mmbeam.testing.images import make_image
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("stretch", (256, 256)), ("fit", (256, 192)), ("fill", (256, 256))],
+)
+def test_resize_modes_shapes(mode, expected):
+    img = make_image(400, 300)  # 4:3 landscape
+    out = resize_image(img, 256, 256, mode)
+    assert out.shape == (expected[1], expected[0], 3)
+
+
+def test_fit_keeps_aspect_and_fill_crops_the_centre():
+    img = np.zeros((100, 300, 3), np.uint8)
+    img[:, 150:] = 255  # black left half, white right half
+    fit = resize_image(img, 60, 60, "fit")
+    assert fit.shape == (20, 60, 3)
+    fill = resize_image(img, 60, 60, "fill")
+    assert fill.shape == (60, 60, 3)
+    # the crop keeps source columns 100..200: half black, half white
+    assert fill[:, :25].max() < 60 and fill[:, 35:].min() > 200
+
+
+def test_resize_gray_and_upscale():
+    gray = make_image(10, 8, mode="L")
+    assert resize_image(gray, 40, 32).shape == (32, 40)
+
+
+def test_resize_rejects_non_images():
+    with pytest.raises(ResizeError, match="image array"):
+        resize_image(np.zeros(5, np.uint8), 10, 10)
+    with pytest.raises(ResizeError, match="str"):
+        resize_image("cat.jpg", 10, 10)
+
+
+@pytest.mark.parametrize("args", [(0, 10, "fit"), (10, -1, "fit"), (10, 10, "squash"), (2.5, 10, "fit")])
+def test_check_resize_rejects(args):
+    with pytest.raises(ConfigError):
+        check_resize(*args)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
+def test_encode_round_trips(fmt):
+    img = make_image(64, 48, seed=9)
+    data = encode_image(img, fmt)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.format == fmt and decoded.size == (64, 48)
+
+
+def test_encode_quality_and_alpha():
+    img = make_image(200, 200, seed=4)
+    assert len(encode_image(img, "JPEG", quality=20)) < len(encode_image(img, "JPEG", quality=95))
+    rgba = make_image(32, 32, mode="RGBA")
+    assert Image.open(io.BytesIO(encode_image(rgba, "jpg"))).mode == "RGB"
+    assert Image.open(io.BytesIO(encode_image(rgba, "PNG"))).mode == "RGBA"
+
+
+def test_encode_errors():
+    with pytest.raises(ConfigError, match="GIFF"):
+        check_format("GIFF")
+    with pytest.raises(ConfigError, match="quality"):
+        check_format("JPEG", 101)
+    with pytest.raises(EncodeError, match="uint8"):
+        encode_image(np.zeros((4, 4, 3), np.float32), "PNG")
+
+
+def test_crop_and_to_mode():
+    img = make_image(50, 40)
+    assert crop(img, (10, 5, 20, 30)).shape == (30, 20, 3)
+    assert crop(img, (40, 30, 100, 100)).shape == (10, 10, 3)  # clipped to the image
+    with pytest.raises(ImageError, match="outside"):
+        crop(img, (60, 0, 5, 5))
+    assert image_mode(to_mode(img, "L")) == "L"
+    assert to_mode(img, "RGB") is img
