@@ -22,7 +22,9 @@ def image_mode(image: np.ndarray) -> str:
         raise ImageError(f"expected an H×W or H×W×C image array, got {shape}")
     channels = 1 if image.ndim == 2 else image.shape[2]
     if image.dtype != np.uint8 or channels not in _MODE_BY_CHANNELS:
-        raise ImageError(f"expected a uint8 image with 1-4 channels, got {image.shape} {image.dtype}")
+        raise ImageError(
+            f"expected a uint8 image with 1-4 channels, got {image.shape} {image.dtype}"
+        )
     return _MODE_BY_CHANNELS[channels]
 
 

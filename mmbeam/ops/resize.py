@@ -47,7 +47,7 @@ def resize_image(image: np.ndarray, width: int, height: int, mode: str = "stretc
         try:
             image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
         except cv2.error as exc:
-            raise ResizeError(f"OpenCV could not resize {image.shape} {image.dtype}: {exc}") from exc
+            raise ResizeError(f"OpenCV cannot resize {image.shape} {image.dtype}: {exc}") from exc
     if mode == "fill":
         top, left = (new_h - height) // 2, (new_w - width) // 2
         image = np.ascontiguousarray(image[top : top + height, left : left + width])

@@ -18,8 +18,14 @@ def local_runner() -> FnApiRunner:
     return FnApiRunner()
 
 
-def local_pipeline(options: PipelineOptions | None = None, **flags) -> beam.Pipeline:
-    """``beam.Pipeline`` on the in-process runner; ``flags`` become pipeline options."""
+def local_pipeline(
+    options: PipelineOptions | None = None, argv: list[str] | None = None, **flags
+) -> beam.Pipeline:
+    """``beam.Pipeline`` on the in-process runner.
+
+    ``argv`` (command-line flags, not read from ``sys.argv`` unless passed) and ``flags`` become
+    pipeline options when ``options`` is not given.
+    """
     if options is None:
-        options = PipelineOptions(**flags)
+        options = PipelineOptions(argv or [], **flags)
     return beam.Pipeline(runner=local_runner(), options=options)

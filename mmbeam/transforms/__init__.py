@@ -8,6 +8,7 @@ Each is a verb usable in any Beam pipeline; each per-element transform takes ``o
 from mmbeam.transforms._base import FailedRecord
 from mmbeam.transforms.download import Download
 from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
+from mmbeam.transforms.join import Join
 from mmbeam.transforms.upload import Upload
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Download",
     "EncodeImage",
     "FailedRecord",
+    "Join",
     "ResizeImage",
     "Upload",
 ]

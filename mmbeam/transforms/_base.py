@@ -92,13 +92,13 @@ class ElementFn(beam.DoFn):
         if value is None:  # a null stays null (for example after a download with on_error="null")
             yield WindowedValue(element, timestamp, (window,))
             return
+        yield from self._drain(self.window - 1)  # make room first: never more than `window`
         try:
             future = self.submit(value, key)
         except Exception as exc:  # noqa: BLE001 - a bad argument for this element, not a crash
             future = concurrent.futures.Future()
             future.set_exception(exc)
         self._inflight.append((future, element, key, timestamp, window))
-        yield from self._drain(self.window)
 
     def finish_bundle(self):
         yield from self._drain(0)
