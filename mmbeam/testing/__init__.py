@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mmbeam.testing.collect import Collected, run_collect
     from mmbeam.testing.gcs import GCSServer
     from mmbeam.testing.http_server import FaultServer
     from mmbeam.testing.images import (
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
     from mmbeam.testing.s3 import S3Server
 
 __all__ = [
+    "Collected",
     "FaultServer",
     "GCSServer",
     "S3Server",
     "decompression_bomb",
     "encode_sample",
     "make_image",
+    "run_collect",
     "sample_images",
     "truncated",
 ]
@@ -37,6 +40,8 @@ _HOME = {
     "FaultServer": "http_server",
     "GCSServer": "gcs",
     "S3Server": "s3",
+    "Collected": "collect",
+    "run_collect": "collect",
     "decompression_bomb": "images",
     "encode_sample": "images",
     "make_image": "images",

@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from mmbeam.errors import ConfigError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -52,7 +54,7 @@ class FaultServer:
 
     def __init__(self, latency_s: float = 0.0, max_connections: int | None = None) -> None:
         if latency_s < 0 or (max_connections is not None and max_connections < 1):
-            raise ValueError(f"FaultServer: need latency_s >= 0 and max_connections None or >= 1, "
+            raise ConfigError(f"FaultServer: need latency_s >= 0 and max_connections None or >= 1, "
                              f"got {latency_s!r} and {max_connections!r}")
         self.latency_s = float(latency_s)
         self.max_connections = max_connections
