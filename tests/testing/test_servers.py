@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 
 import aiohttp
+import fsspec
+import gcsfs
 import numpy as np
 import pytest
 from PIL import Image
@@ -269,7 +271,8 @@ def test_gcs_round_trip_through_gcsfs(mmbeam_gcs, mmbeam_bucket_name):
     bucket = mmbeam_gcs.make_bucket(mmbeam_bucket_name)
     opts = mmbeam_gcs.storage_options()
     assert opts == {"endpoint_url": mmbeam_gcs.endpoint_url, "project": "test", "token": "anon"}
-    fs = mmbeam_gcs.filesystem()
+    fs = fsspec.filesystem("gs", skip_instance_cache=True, **opts)  # the path mmbeam.io takes
+    assert type(fs) is gcsfs.core.GCSFileSystem, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT is not off"
     fs.pipe_file(f"{mmbeam_bucket_name}/in/a.jpg", b"written by gcsfs")
     assert mmbeam_gcs.get(f"{bucket}/in/a.jpg") == b"written by gcsfs"
     mmbeam_gcs.put(f"{bucket}/in/b c.jpg", b"written over HTTP")

@@ -1,0 +1,598 @@
+"""Compile an optimized plan to Beam transforms over Arrow record batches, and run it.
+
+Every PCollection here holds ``(key, pyarrow.RecordBatch)`` pairs. ``key`` is a tuple of ints
+that orders batches (source file, batch number ...) so collected rows come back in source
+order. Per-row work (projections, filters, explodes) runs as one DoFn per stage; joins,
+group-bys and distinct hash-partition batches and shuffle them with GroupByKey /
+CoGroupByKey, then work inside each partition with Arrow. Every stage emits at least one batch
+(possibly empty) when its input had one, so global aggregates see empty inputs too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from functools import singledispatch
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+
+from mmbeam.errors import MmbeamError, UnsupportedError
+from mmbeam.expr import ir
+from mmbeam.frame import physical
+from mmbeam.frame import plan as P
+from mmbeam.frame.context import ExecOptions
+from mmbeam.frame.evaluate import EvalContext, filter_table, project
+
+__all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
+
+log = logging.getLogger("mmbeam.frame")
+
+
+def to_batch(table: pa.Table) -> pa.RecordBatch:
+    """One record batch holding all of ``table`` (an empty one when it has no rows)."""
+    if table.num_rows == 0:
+        return _empty_batch(table.schema)
+    batches = table.combine_chunks().to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]  # pragma: no cover
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f in schema:
+        if isinstance(f.type, pa.ExtensionType):
+            storage = pa.array([], f.type.storage_type)
+            arrays.append(pa.ExtensionArray.from_storage(f.type, storage))
+        else:
+            arrays.append(pa.array([], f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+
+def _concat(batches: list, schema: pa.Schema) -> pa.Table:
+    tables = [_table(b) for b in batches if b.num_rows]
+    if not tables:
+        return pa.Table.from_batches([_empty_batch(schema)])
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+# -- DoFns --------------------------------------------------------------------------------------
+class _SliceTableFn(beam.DoFn):
+    """Emit slice ``i`` of an in-memory table: held inline when small, else read from a staged
+    Arrow IPC file (memory-mapped), so big tables never go through Beam's pickled graph."""
+
+    def __init__(self, table: pa.Table | None, path: str | None, rows: int):
+        self._table = table
+        self._path = path
+        self._rows = rows
+
+    def setup(self):
+        if self._table is None:
+            with pa.memory_map(self._path) as src:
+                self._loaded = pa.ipc.open_file(src).read_all()
+        else:
+            self._loaded = self._table
+
+    def process(self, i: int):
+        yield (i,), to_batch(self._loaded.slice(i * self._rows, self._rows))
+
+
+class _ScanFn(beam.DoFn):
+    """Read one scan task (a file) as batches, applying the scan's filter, columns and limit."""
+
+    def __init__(self, scan: P.Scan, rows: int):
+        self._scan = scan
+        self._rows = rows
+
+    def process(self, task: tuple[int, Any]):
+        index, spec = task
+        scan = self._scan
+        out_cols = list(scan.schema.names())
+        read_cols = list(out_cols)
+        if scan.predicate is not None:
+            read_cols += sorted(ir.columns_of(scan.predicate) - set(out_cols))
+        if not read_cols:  # nothing needed but the row count: read the cheapest column
+            read_cols = [scan.source.schema.names()[0]]
+        left = scan.limit
+        j = 0
+        ctx = EvalContext()
+        if spec is not None or scan.source.tasks() == [None]:
+            for table in scan.source.read(spec, read_cols, self._rows):
+                if scan.predicate is not None:
+                    table = filter_table(table, scan.predicate, ctx)
+                table = table.select(out_cols) if out_cols else table.select(read_cols[:1])
+                if left is not None:
+                    table = table.slice(0, left)
+                    left -= table.num_rows
+                if table.num_rows or j == 0:
+                    yield (index, j), to_batch(table)
+                    j += 1
+                if left is not None and left <= 0:
+                    break
+        if j == 0:
+            yield (index, 0), _empty_batch(scan.schema.to_arrow())
+
+
+def prune_tasks(scan: P.Scan, tasks: list) -> list:
+    """Drop files whose hive partition values fail the scan's filter (partition pruning)."""
+    parts = set(getattr(scan.source, "partition_columns", ()))
+    if scan.predicate is None or not parts:
+        return tasks
+    conjuncts = _conjuncts(scan.predicate)
+    usable = [c for c in conjuncts if ir.columns_of(c) and ir.columns_of(c) <= parts]
+    if not usable:
+        return tasks
+    kept = []
+    ctx = EvalContext()
+    for task in tasks:
+        values = dict(task.partitions)
+        row = pa.table({k: pa.array([values.get(k)], scan.source.schema[k].to_arrow())
+                        for k in parts})
+        if all(filter_table(row, c, ctx).num_rows for c in usable):
+            kept.append(task)
+    return kept
+
+
+def _conjuncts(node: ir.Node) -> list[ir.Node]:
+    if isinstance(node, ir.BinaryOp) and node.op == "&":
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
+class _RowStageFn(beam.DoFn):
+    """Projections, filters and explodes of one stage, fused over each batch."""
+
+    def __init__(self, ops: list[tuple[str, Any]], sub_rows: int | None, schema: pa.Schema):
+        self._ops = ops
+        self._sub_rows = sub_rows
+        self._schema = schema
+
+    def setup(self):
+        self._errors = {}
+
+    def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
+        for kind, arg in self._ops:
+            if kind == "project":
+                table = project(table, arg, ctx)
+            elif kind == "filter":
+                table = filter_table(table, arg, ctx)
+            else:
+                table = physical.explode_table(table, arg)
+        return table
+
+    def process(self, element):
+        key, batch = element
+        table = _table(batch)
+        ctx = EvalContext()
+        if self._sub_rows is None or table.num_rows <= self._sub_rows:
+            yield key, to_batch(self._run(table, ctx))
+        else:
+            for j, start in enumerate(range(0, table.num_rows, self._sub_rows)):
+                out = self._run(table.slice(start, self._sub_rows), ctx)
+                yield key + (j,), to_batch(out)
+        for op, count in ctx.errors.items():
+            beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
+
+
+class _PartitionFn(beam.DoFn):
+    """Hash-partition a batch; with a staging folder, emit the path of an Arrow file per part
+    (shuffle by reference) instead of the batch itself."""
+
+    def __init__(self, columns: tuple[str, ...], parts: int, staging: str | None = None):
+        self._columns = columns
+        self._parts = parts
+        self._staging = staging
+
+    def process(self, element):
+        _, batch = element
+        for pid, part in physical.partition_table(_table(batch), self._columns, self._parts):
+            if self._staging is None:
+                yield pid, to_batch(part)
+            else:
+                path = os.path.join(self._staging, f"shuffle-{pid}-{uuid.uuid4().hex}.arrow")
+                with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, part.schema) as w:
+                    w.write_table(part)
+                yield pid, path
+
+
+def _load(item: Any) -> pa.Table | pa.RecordBatch:
+    """A shuffled batch, or the table in a shuffle file (memory-mapped, no copy)."""
+    if isinstance(item, str):
+        with pa.memory_map(item) as src:
+            return pa.ipc.open_file(src).read_all()
+    return item
+
+
+class _JoinFn(beam.DoFn):
+    """Join the left and right batches of one hash partition (holds no plan, only the spec)."""
+
+    def __init__(self, join: P.Join):
+        self._spec = (join.left_on, join.right_on, join.how, join.prefix)
+        self._lschema = join.left.schema.to_arrow()
+        self._rschema = join.right.schema.to_arrow()
+        self._out = join.schema
+
+    def process(self, element):
+        pid, groups = element
+        left_on, right_on, how, prefix = self._spec
+        left = _concat([_load(b) for b in groups["l"]], self._lschema)
+        right = _concat([_load(b) for b in groups["r"]], self._rschema)
+        out = physical.join_tables(left, right, left_on, right_on, how, self._out, prefix)
+        yield (pid,), to_batch(out)
+
+
+class _AggregateFn(beam.DoFn):
+    def __init__(self, agg: P.Aggregate):
+        self._keys = agg.keys
+        self._aggs = agg.aggs
+        self._schema = agg.child.schema.to_arrow()
+        self._out = agg.schema
+
+    def process(self, element):
+        pid, batches = element
+        table = _concat([_load(b) for b in batches], self._schema)
+        out = physical.aggregate_table(table, self._keys, self._aggs, self._out)
+        yield (pid if isinstance(pid, int) else 0,), to_batch(out)
+
+
+class _GatherFn(beam.DoFn):
+    """All batches of a gathered stage, in key order: global limit or sort."""
+
+    def __init__(self, node: P.Plan, schema: pa.Schema, rows: int):
+        if isinstance(node, P.Limit):
+            self._limit, self._sort = node.n, None
+        else:
+            self._limit, self._sort = None, (node.by, node.descending, node.nulls_first)
+        self._schema = schema
+        self._rows = rows
+
+    def process(self, element):
+        _, keyed = element
+        batches = [b for _, b in sorted(keyed, key=lambda kb: kb[0])]
+        table = _concat(batches, self._schema)
+        if self._limit is not None:
+            table = table.slice(0, self._limit)
+        else:
+            table = physical.sort_table(table, *self._sort)
+        if table.num_rows == 0:
+            yield (0,), _empty_batch(self._schema)
+        for i, start in enumerate(range(0, table.num_rows, self._rows)):
+            yield (i,), to_batch(table.slice(start, self._rows))
+
+
+class _DistinctFn(beam.DoFn):
+    def __init__(self, node: P.Distinct, schema: pa.Schema):
+        self._on = node.on
+        self._schema = schema
+
+    def process(self, element):
+        pid, batches = element
+        table = _concat([_load(b) for b in batches], self._schema)
+        yield (pid,), to_batch(physical.distinct_table(table, self._on))
+
+
+class _RowsToBatchFn(beam.DoFn):
+    """Dict rows (or record batches) from a user's PCollection to batches of ``schema``."""
+
+    def __init__(self, schema: pa.Schema):
+        self._schema = schema
+
+    def process(self, rows):
+        from mmbeam.types import normalize_table
+
+        tables = []
+        dicts = []
+        for r in rows:
+            if isinstance(r, (pa.RecordBatch, pa.Table)):
+                tables.append(normalize_table(r).select(self._schema.names).cast(self._schema))
+            else:
+                dicts.append(r)
+        if dicts:
+            tables.append(_from_rows(dicts, self._schema))
+        yield (uuid.uuid4().int >> 66,), to_batch(_concat(tables, self._schema))
+
+
+def _from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    from mmbeam.frame.sources import column_to_arrow
+    from mmbeam.types import DataType
+
+    cols = [column_to_arrow([r.get(f.name) for r in rows], DataType.from_arrow(f.type))
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class _WriteIpcFn(beam.DoFn):
+    """Write each batch as an Arrow IPC file named by its key, for the driver to read back."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def process(self, element):
+        import fsspec
+
+        key, batch = element
+        name = "-".join(f"{k:019d}" for k in key) + f".{uuid.uuid4().hex}.arrow"
+        with fsspec.open(f"{self._folder}/{name}", "wb") as f:
+            with pa.ipc.new_file(f, batch.schema) as writer:
+                writer.write_batch(batch)
+
+
+def _batches_to_rows(element):
+    _, batch = element
+    yield from batch.to_pylist()
+
+
+# -- plan -> PCollection ------------------------------------------------------------------------
+class Compiler:
+    """Expands plan nodes into a pipeline; each node is expanded once."""
+
+    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions,
+                 staging: str | None = None, shuffle_files: bool = False):
+        self.pipeline = pipeline
+        self.options = options
+        self.staging = staging
+        self._shuffle_files = shuffle_files and staging is not None
+        self._count = 0
+
+    def shuffle_dir(self) -> str | None:
+        """Where partition files go when shuffling by reference (None: shuffle values)."""
+        if not self._shuffle_files:
+            return None
+        os.makedirs(self.staging, exist_ok=True)
+        return self.staging
+
+    def stage(self, table: pa.Table) -> str:
+        """Write ``table`` as an Arrow IPC file the workers read; returns its path."""
+        if self.staging is None:
+            self.staging = tempfile.mkdtemp(prefix="mmbeam-stage-")
+        os.makedirs(self.staging, exist_ok=True)
+        path = os.path.join(self.staging, f"input-{uuid.uuid4().hex}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return path
+
+    def label(self, what: str) -> str:
+        self._count += 1
+        return f"{what}{self._count}"
+
+    def expand(self, plan: P.Plan) -> beam.PCollection:
+        return _expand(plan, self)
+
+
+@singledispatch
+def _expand(plan: P.Plan, c: Compiler) -> beam.PCollection:
+    raise UnsupportedError(f"the Beam compiler has no rule for {type(plan).__name__}")
+
+
+INLINE_BYTES = 1 << 20
+
+
+@_expand.register
+def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
+    rows = c.options.batch_rows
+    n = max(1, -(-plan.table.num_rows // rows))
+    if plan.table.nbytes <= INLINE_BYTES:
+        fn = _SliceTableFn(plan.table, None, rows)
+    else:
+        fn = _SliceTableFn(None, c.stage(plan.table), rows)
+    return (c.pipeline | c.label("Create") >> beam.Create(list(range(n)))
+            | c.label("Slice") >> beam.ParDo(fn))
+
+
+@_expand.register
+def _(plan: P.Scan, c: Compiler) -> beam.PCollection:
+    tasks = plan.source.tasks(plan.limit if plan.predicate is None else None)
+    tasks = list(enumerate(prune_tasks(plan, tasks))) or [(0, None)]
+    return (c.pipeline | c.label("ScanTasks") >> beam.Create(tasks)
+            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows)))
+
+
+@_expand.register
+def _(plan: P.FromPCollection, c: Compiler) -> beam.PCollection:
+    return (plan.pcoll | c.label("Batch") >> beam.BatchElements(min_batch_size=1024,
+                                                                 max_batch_size=65536)
+            | c.label("ToArrow") >> beam.ParDo(_RowsToBatchFn(plan.schema.to_arrow())))
+
+
+def _is_row(plan: P.Plan) -> bool:
+    return isinstance(plan, (P.Project, P.Filter, P.Explode))
+
+
+def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
+    ops: list[tuple[str, Any]] = []
+    node = plan
+    multimodal = False
+    while _is_row(node):
+        if isinstance(node, P.Project):
+            ops.append(("project", node.exprs))
+            multimodal |= _has_multimodal(node.exprs)
+        elif isinstance(node, P.Filter):
+            ops.append(("filter", node.predicate))
+            multimodal |= _has_multimodal((node.predicate,))
+        else:
+            ops.append(("explode", node.columns))
+        node = node.inputs()[0]
+    ops.reverse()
+    source = c.expand(node)
+    sub = c.options.multimodal_batch_rows if multimodal else None
+    return source | c.label("Stage") >> beam.ParDo(_RowStageFn(ops, sub, plan.schema.to_arrow()))
+
+
+def _has_multimodal(exprs: tuple[ir.Node, ...]) -> bool:
+    return any(isinstance(n, ir.Function) and n.name.startswith(("url.", "image."))
+               for e in exprs for n in ir.walk(e))
+
+
+_expand.register(P.Project, _row_stage)
+_expand.register(P.Filter, _row_stage)
+_expand.register(P.Explode, _row_stage)
+
+
+def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
+    child = c.expand(plan.inputs()[0])
+    if isinstance(plan, P.Limit):
+        n = plan.n
+        child = child | c.label("LocalLimit") >> beam.Map(
+            lambda kb: (kb[0], kb[1].slice(0, n)))
+    return (child | c.label("ToOne") >> beam.Map(lambda kb: (0, kb))
+            | c.label("Gather") >> beam.GroupByKey()
+            | c.label("Global") >> beam.ParDo(_GatherFn(plan, plan.schema.to_arrow(),
+                                                        c.options.batch_rows)))
+
+
+_expand.register(P.Limit, _gather)
+_expand.register(P.Sort, _gather)
+
+
+@_expand.register
+def _(plan: P.Join, c: Compiler) -> beam.PCollection:
+    parts = c.options.num_partitions
+    left = c.expand(plan.left) | c.label("HashLeft") >> beam.ParDo(
+        _PartitionFn(plan.left_on, parts, c.shuffle_dir()))
+    right = c.expand(plan.right) | c.label("HashRight") >> beam.ParDo(
+        _PartitionFn(plan.right_on, parts, c.shuffle_dir()))
+    return ({"l": left, "r": right} | c.label("CoGroup") >> beam.CoGroupByKey()
+            | c.label("Join") >> beam.ParDo(_JoinFn(plan)))
+
+
+@_expand.register
+def _(plan: P.Aggregate, c: Compiler) -> beam.PCollection:
+    child = c.expand(plan.child)
+    parts = c.options.num_partitions if plan.keys else 1
+    hashed = child | c.label("HashAgg") >> beam.ParDo(
+        _PartitionFn(plan.keys, parts, c.shuffle_dir()))
+    return (hashed
+            | c.label("GroupAgg") >> beam.GroupByKey()
+            | c.label("Aggregate") >> beam.ParDo(_AggregateFn(plan)))
+
+
+@_expand.register
+def _(plan: P.Distinct, c: Compiler) -> beam.PCollection:
+    child = c.expand(plan.child)
+    cols = plan.on or tuple(plan.child.schema.names())
+    return (child | c.label("HashDistinct") >> beam.ParDo(
+        _PartitionFn(cols, c.options.num_partitions, c.shuffle_dir()))
+            | c.label("GroupDistinct") >> beam.GroupByKey()
+            | c.label("Distinct") >> beam.ParDo(_DistinctFn(plan, plan.schema.to_arrow())))
+
+
+# -- running ------------------------------------------------------------------------------------
+def _pipeline_of(plan: P.Plan) -> beam.Pipeline | None:
+    found = {id(n.pcoll.pipeline): n.pcoll.pipeline for n in P.walk(plan)
+             if isinstance(n, P.FromPCollection)}
+    if len(found) > 1:
+        raise UnsupportedError("a frame can only read PCollections of one pipeline")
+    return next(iter(found.values()), None)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MmbeamError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
+def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
+             schema: pa.Schema | None = None) -> tuple[pa.Table, dict]:
+    """Run an (optimized) plan on the context's runner; the result table and error counts.
+
+    ``tail`` (PCollection -> PCollection of keyed batches with ``schema``) adds a last stage.
+    """
+    from mmbeam.frame import context
+
+    options = options or context.get_context().exec_options
+    folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
+    try:
+        pipeline = _pipeline_of(plan) or beam.Pipeline(runner=context.get_runner(),
+                                                       options=context.pipeline_options())
+        ctx = context.get_context()
+        files = _pipeline_of(plan) is None and options.use_shuffle_files(ctx.runner_name)
+        out = Compiler(pipeline, options, staging=folder + "-stage",
+                       shuffle_files=files).expand(plan)
+        if tail is not None:
+            out = tail(out)
+        _ = out | "Collect" >> beam.ParDo(_WriteIpcFn(folder))
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as exc:  # noqa: BLE001 - re-raised as the mmbeam error inside
+            inner = _unwrap(exc)
+            if inner is exc:
+                raise
+            raise inner from exc
+        counts = _null_counts(result)
+        names = sorted(os.listdir(folder), key=lambda n: tuple(
+            int(k) for k in n.split(".")[0].split("-")))
+        batches = []
+        for name in names:
+            with pa.memory_map(os.path.join(folder, name)) as src:
+                batches.extend(pa.ipc.open_file(src).read_all().to_batches())
+        schema = schema if schema is not None else plan.schema.to_arrow()
+        table = pa.Table.from_batches([b for b in batches if b.num_rows] or [_empty_batch(schema)])
+        return table, counts
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder + "-stage", ignore_errors=True)
+
+
+def _null_counts(result: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    try:
+        for m in result.metrics().query()["counters"]:
+            if m.key.metric.namespace == "mmbeam" and m.key.metric.name.endswith(".nulled"):
+                op = m.key.metric.name[: -len(".nulled")]
+                counts[op] = counts.get(op, 0) + int(m.committed or m.attempted or 0)
+    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
+        return counts
+    for op, n in counts.items():
+        if n:
+            log.warning("%s: %d row(s) set to null by on_error='null'", op, n)
+    return counts
+
+
+def expand_rows(plan: P.Plan, pipeline: beam.Pipeline, batches: bool = False,
+                options: ExecOptions | None = None) -> beam.PCollection:
+    """The plan's rows as a PCollection in ``pipeline`` (dicts, or RecordBatches)."""
+    from mmbeam.frame import context
+
+    options = options or context.get_context().exec_options
+    out = Compiler(pipeline, options).expand(plan)
+    if batches:
+        return out | "Batches" >> beam.Map(lambda kb: kb[1])
+    return out | "Rows" >> beam.FlatMap(_batches_to_rows)
+
+
+class _WriteFilesFn(beam.DoFn):
+    def __init__(self, spec: Any):
+        self._spec = spec
+
+    def process(self, element):
+        from mmbeam.io.writers import write_table
+
+        key, batch = element
+        paths = write_table(_table(batch), self._spec)
+        yield key, pa.record_batch({"path": pa.array(paths, pa.large_string())})
+
+
+def run_write(plan: P.Plan, spec: Any) -> Any:
+    """Run ``plan`` writing its batches as files; a frame of the written paths."""
+    from mmbeam.frame.frame import Frame
+    from mmbeam.frame.optimizer import optimize
+
+    schema = pa.schema([("path", pa.large_string())])
+    table, _ = run_plan(optimize(plan), tail=lambda pc: pc | "Write" >> beam.ParDo(
+        _WriteFilesFn(spec)), schema=schema)
+    return Frame(P.InMemory(table))

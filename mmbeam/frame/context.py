@@ -1,0 +1,113 @@
+"""Where frames run: the runner choice and execution sizes, in one process-wide context.
+
+``mmbeam.context.set_runner_local()`` (the default) runs on Beam's in-process FnApiRunner;
+other runners plug in with :func:`set_runner` (a factory returning a Beam runner), which is what
+``set_runner_dask`` / ``set_runner_ray`` build on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mmbeam.errors import ConfigError
+
+__all__ = [
+    "Context",
+    "ExecOptions",
+    "get_context",
+    "get_runner",
+    "pipeline_options",
+    "set_execution_config",
+    "set_runner",
+    "set_runner_local",
+]
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """Sizes the compiled pipeline uses: rows per tabular batch, per multimodal batch, and the
+    number of hash partitions for joins, group-bys and distinct."""
+
+    batch_rows: int = 131_072
+    multimodal_batch_rows: int = 64
+    num_partitions: int = 4
+    #: shuffle hash partitions as Arrow files in a staging folder, passing only their paths
+    #: through GroupByKey (None: only on the local runner, whose workers share this disk)
+    shuffle_files: bool | None = None
+
+    def use_shuffle_files(self, runner_name: str) -> bool:
+        return runner_name == "local" if self.shuffle_files is None else self.shuffle_files
+
+
+def _local_runner() -> Any:
+    from mmbeam.runners.direct import local_runner
+
+    return local_runner()
+
+
+@dataclass
+class Context:
+    """The current runner (a factory, so each run gets a fresh runner) and execution options."""
+
+    runner_name: str = "local"
+    runner_factory: Callable[[], Any] = _local_runner
+    exec_options: ExecOptions = field(default_factory=ExecOptions)
+    pipeline_flags: dict[str, Any] = field(default_factory=dict)
+
+
+_lock = threading.Lock()
+_context = Context()
+
+
+def get_context() -> Context:
+    return _context
+
+
+def get_runner() -> Any:
+    """A Beam runner for the next frame execution."""
+    return _context.runner_factory()
+
+
+def set_runner(factory: Callable[[], Any], name: str, **pipeline_flags: Any) -> Context:
+    """Run frames on the runner ``factory()`` returns; ``pipeline_flags`` become options."""
+    global _context
+    if not callable(factory):
+        raise ConfigError(f"set_runner needs a callable returning a Beam runner, got {factory!r}")
+    with _lock:
+        _context = replace(_context, runner_name=name, runner_factory=factory,
+                           pipeline_flags=dict(pipeline_flags))
+    return _context
+
+
+def set_runner_local() -> Context:
+    """Run frames in this process on Beam's FnApiRunner (the default)."""
+    return set_runner(_local_runner, "local")
+
+
+def set_execution_config(**sizes: Any) -> Context:
+    """Change batch sizes or partition counts, e.g. ``set_execution_config(num_partitions=8)``."""
+    global _context
+    known = set(ExecOptions.__dataclass_fields__)
+    for key, value in sizes.items():
+        if key not in known:
+            raise ConfigError(f"unknown execution option {key!r}; known: "
+                              f"{', '.join(sorted(known))}")
+        if key == "shuffle_files":
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"shuffle_files must be True, False or None, not {value!r}")
+            continue
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key} must be a positive integer, not {value!r}")
+    with _lock:
+        _context = replace(_context, exec_options=replace(_context.exec_options, **sizes))
+    return _context
+
+
+def pipeline_options() -> Any:
+    """Beam PipelineOptions for the current context."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(**_context.pipeline_flags)

@@ -1,0 +1,242 @@
+"""Evaluate expressions over an Arrow table, vectorised with ``pyarrow.compute``.
+
+One ``functools.singledispatch`` function per node type; a node this backend cannot run raises
+UnsupportedError. URL and image functions are handed to :mod:`mmbeam.frame.kernels`, which runs
+whole chains of them fused per row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from functools import singledispatch
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmbeam.errors import UnsupportedError
+from mmbeam.expr import ir
+from mmbeam.expr.infer import infer
+from mmbeam.types import DataType, Schema
+
+__all__ = ["EvalContext", "evaluate", "project", "filter_table"]
+
+Array = pa.Array | pa.ChunkedArray
+
+
+class EvalContext:
+    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation."""
+
+    def __init__(self) -> None:
+        self.errors: Counter[str] = Counter()
+
+
+def _length(table: pa.Table) -> int:
+    return table.num_rows
+
+
+def _as_array(value: Any, n: int, dtype: pa.DataType | None = None) -> Array:
+    if isinstance(value, pa.Scalar):
+        return pa.repeat(value, n) if value.is_valid else pa.nulls(n, dtype or value.type)
+    return value
+
+
+@singledispatch
+def evaluate(node: ir.Node, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    """The value of ``node`` over ``table``: an array, or a scalar for constant expressions."""
+    raise UnsupportedError(f"the Arrow evaluator cannot run {type(node).__name__}")
+
+
+@evaluate.register
+def _(node: ir.Column, table: pa.Table, ctx: EvalContext) -> Array:
+    return table.column(node.name)
+
+
+@evaluate.register
+def _(node: ir.Literal, table: pa.Table, ctx: EvalContext) -> pa.Scalar:
+    return pa.scalar(node.value, node.dtype.to_arrow())
+
+
+@evaluate.register
+def _(node: ir.Alias, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    return evaluate(node.child, table, ctx)
+
+
+_NUMERIC: dict[str, Callable] = {
+    "+": pc.add, "-": pc.subtract, "*": pc.multiply,
+    "==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
+    ">": pc.greater, ">=": pc.greater_equal, "&": pc.and_kleene, "|": pc.or_kleene,
+}
+
+
+def _types(node: ir.BinaryOp, table: pa.Table) -> tuple[DataType, DataType]:
+    schema = Schema.from_arrow(table.schema)
+    return infer(node.left, schema), infer(node.right, schema)
+
+
+def _to_numpy(arr: Array | pa.Scalar, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    arr = _as_array(arr, n)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return values, valid
+
+
+def _modulo(node: ir.BinaryOp, left: Any, right: Any, table: pa.Table) -> Array:
+    out = infer(node, Schema.from_arrow(table.schema))
+    dtype = np.dtype(out.to_arrow().to_pandas_dtype())
+    n = table.num_rows
+    a, va = _to_numpy(left, n, dtype)
+    b, vb = _to_numpy(right, n, dtype)
+    valid = va & vb
+    if out.is_integer():
+        valid &= b != 0
+        b = np.where(b == 0, 1, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = np.floor_divide(a, b) if node.op == "//" else np.mod(a, b)
+    return pa.array(result, mask=~valid, type=out.to_arrow())
+
+
+@evaluate.register
+def _(node: ir.BinaryOp, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    left = evaluate(node.left, table, ctx)
+    right = evaluate(node.right, table, ctx)
+    op = node.op
+    if op == "+":
+        lt, rt = _types(node, table)
+        if lt.kind in ("string", "binary") or rt.kind in ("string", "binary"):
+            t = pa.large_string() if "string" in (lt.kind, rt.kind) else pa.large_binary()
+            left, right = pc.cast(left, t), pc.cast(right, t)
+            return pc.binary_join_element_wise(left, right, pa.scalar(b"" if t ==
+                                                                      pa.large_binary() else "",
+                                                                      t))
+    if op in ("%", "//"):
+        return _modulo(node, left, right, table)
+    if op == "/":
+        return pc.divide(pc.cast(left, pa.float64()), pc.cast(right, pa.float64()))
+    fn = _NUMERIC.get(op)
+    if fn is None:
+        raise UnsupportedError(f"operator {op!r} is not supported by the Arrow evaluator")
+    if op in ("&", "|"):
+        left, right = (pc.cast(v, pa.bool_()) for v in (left, right))
+    return fn(left, right)
+
+
+@evaluate.register
+def _(node: ir.UnaryOp, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    value = evaluate(node.child, table, ctx)
+    if node.op == "is_null":
+        return pc.is_null(_as_array(value, table.num_rows))
+    if node.op == "not_null":
+        return pc.is_valid(_as_array(value, table.num_rows))
+    if node.op == "not":
+        return pc.invert(pc.cast(value, pa.bool_()))
+    if node.op == "neg":
+        return pc.negate(value)
+    if node.op == "abs":
+        return pc.abs(value)
+    raise UnsupportedError(f"unary operator {node.op!r} is not supported")
+
+
+@evaluate.register
+def _(node: ir.Cast, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    value = evaluate(node.child, table, ctx)
+    return pc.cast(value, node.dtype.to_arrow())
+
+
+@evaluate.register
+def _(node: ir.FillNull, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    out = infer(node, Schema.from_arrow(table.schema)).to_arrow()
+    child = pc.cast(evaluate(node.child, table, ctx), out)
+    fill = pc.cast(evaluate(node.fill, table, ctx), out)
+    return pc.coalesce(child, fill)
+
+
+@evaluate.register
+def _(node: ir.IfElse, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    out = infer(node, Schema.from_arrow(table.schema)).to_arrow()
+    cond = pc.cast(evaluate(node.predicate, table, ctx), pa.bool_())
+    then = pc.cast(evaluate(node.then, table, ctx), out)
+    other = pc.cast(evaluate(node.otherwise, table, ctx), out)
+    return pc.if_else(cond, then, other)
+
+
+def _literal(node: ir.Function, i: int) -> Any:
+    arg = node.args[i]
+    assert isinstance(arg, ir.Literal)
+    return arg.value
+
+
+def _str_fn(node: ir.Function, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    s = evaluate(node.args[0], table, ctx)
+    name = node.name
+    if name == "str.contains":
+        return pc.match_substring(s, _literal(node, 1))
+    if name == "str.startswith":
+        return pc.starts_with(s, _literal(node, 1))
+    if name == "str.endswith":
+        return pc.ends_with(s, _literal(node, 1))
+    if name == "str.lower":
+        return pc.utf8_lower(s)
+    if name == "str.upper":
+        return pc.utf8_upper(s)
+    if name == "str.length":
+        return pc.cast(pc.utf8_length(s), pa.int64())
+    if name == "str.split":
+        return pc.split_pattern(s, _literal(node, 1))
+    if name == "str.replace":
+        fn = pc.replace_substring_regex if node.option("regex") else pc.replace_substring
+        return fn(s, _literal(node, 1), _literal(node, 2))
+    raise UnsupportedError(f"{name} is not supported by the Arrow evaluator")
+
+
+@evaluate.register
+def _(node: ir.Function, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
+    if node.name.startswith("str."):
+        return _str_fn(node, table, ctx)
+    if node.name == "is_in":
+        value = evaluate(node.args[0], table, ctx)
+        return pc.is_in(value, value_set=pa.array(list(node.option("values"))))
+    if node.name.startswith(("url.", "image.")):
+        from mmbeam.frame.kernels import evaluate_multimodal
+
+        return evaluate_multimodal(node, table, ctx)
+    raise UnsupportedError(f"function {node.name!r} is not supported by the Arrow evaluator")
+
+
+@evaluate.register
+def _(node: ir.Agg, table: pa.Table, ctx: EvalContext) -> Array:
+    raise UnsupportedError("aggregations run in groupby().agg() or Frame.agg(), not in "
+                           "with_column/select")
+
+
+def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa.Table:
+    """A table of ``exprs`` evaluated over ``table``, cast to their inferred types."""
+    schema = Schema.from_arrow(table.schema)
+    n = table.num_rows
+    arrays, names = [], []
+    for e in exprs:
+        if isinstance(e, ir.Alias) and isinstance(e.child, ir.Column):
+            value: Any = table.column(e.child.name)
+        elif isinstance(e, ir.Column):
+            value = table.column(e.name)
+        else:
+            value = evaluate(e, table, ctx)
+        target = infer(e, schema).to_arrow()
+        value = _as_array(value, n, target)
+        if value.type != target:
+            value = value.cast(target)
+        arrays.append(value)
+        names.append(ir.output_name(e))
+    return pa.Table.from_arrays(arrays, names=names) if arrays else table.select([])
+
+
+def filter_table(table: pa.Table, predicate: ir.Node, ctx: EvalContext) -> pa.Table:
+    """Rows of ``table`` where ``predicate`` is true (null counts as false)."""
+    mask = evaluate(predicate, table, ctx)
+    if isinstance(mask, pa.Scalar):
+        return table if mask.as_py() else table.slice(0, 0)
+    return table.filter(pc.cast(mask, pa.bool_()), null_selection_behavior="drop")

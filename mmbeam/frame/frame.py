@@ -1,0 +1,502 @@
+"""The immutable, lazy ``Frame``: every method returns a new frame over a bigger plan.
+
+Nothing runs until ``show``, ``collect``, ``count_rows``, ``to_*`` or ``write_*``. Each method
+checks its columns and types against the schema at once (SchemaError before anything runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from difflib import get_close_matches
+from typing import Any
+
+import pyarrow as pa
+
+from mmbeam.errors import ConfigError, UnsupportedError
+from mmbeam.expr import ir
+from mmbeam.expr.expr import Expr, col, suggest_attribute
+from mmbeam.frame import plan as P
+from mmbeam.frame.display import Preview
+from mmbeam.types import Schema, arrow_to_images
+
+__all__ = ["Frame", "GroupedFrame"]
+
+ColumnLike = str | Expr
+
+
+def _node(value: ColumnLike) -> ir.Node:
+    if isinstance(value, Expr):
+        return value._node
+    if isinstance(value, str):
+        return ir.Column(value)
+    raise ConfigError(f"expected a column name or an expression, got {value!r}")
+
+
+def _flatten(args: tuple) -> list:
+    out: list = []
+    for a in args:
+        if isinstance(a, (list, tuple)) and not (isinstance(a, tuple) and len(a) == 2 and
+                                                  isinstance(a[1], str) and a[1] in ir.AGG_OPS):
+            out.extend(a)
+        else:
+            out.append(a)
+    return out
+
+
+def _column_name(value: ColumnLike, what: str) -> str:
+    node = _node(value)
+    if isinstance(node, ir.Column):
+        return node.name
+    raise UnsupportedError(f"{what} takes column names for now; add the expression as a column "
+                           f"with with_column() first, then use its name")
+
+
+class Frame:
+    """A lazy table of rows. Build with ``mmbeam.from_pydict``, ``read_parquet`` ..."""
+
+    def __init__(self, plan: P.Plan):
+        plan.schema  # noqa: B018 - validate now, before anything runs
+        self._plan = plan
+        self._result: pa.Table | None = None
+        self._counts: dict[str, int] = {}
+
+    # -- schema ---------------------------------------------------------------------------------
+    def schema(self) -> Schema:
+        """Column names and types (known without running anything)."""
+        return self._plan.schema
+
+    @property
+    def column_names(self) -> list[str]:
+        return self._plan.schema.names()
+
+    @property
+    def columns(self) -> list[Expr]:
+        return [col(n) for n in self.column_names]
+
+    def _derive(self, plan: P.Plan) -> Frame:
+        return Frame(plan)
+
+    # -- projections ----------------------------------------------------------------------------
+    def select(self, *columns: ColumnLike) -> Frame:
+        """Only these columns or expressions, in this order."""
+        nodes = [_node(c) for c in _flatten(columns)]
+        if not nodes:
+            raise ConfigError("select() needs at least one column")
+        return self._derive(P.Project(self._plan, tuple(_aliased(n) for n in nodes)))
+
+    def with_column(self, name: str, expr: Expr | Any) -> Frame:
+        """This frame plus (or with a replaced) column ``name`` computed by ``expr``."""
+        return self.with_columns({name: expr})
+
+    def with_columns(self, columns: Mapping[str, Expr | Any]) -> Frame:
+        """This frame plus several new or replaced columns."""
+        from mmbeam.expr.expr import lit
+
+        new = {str(k): ir.Alias(_strip_alias((v if isinstance(v, Expr) else lit(v))._node),
+                                str(k)) for k, v in columns.items()}
+        exprs = [new.pop(n) if n in new else ir.Column(n) for n in self.column_names]
+        exprs.extend(new.values())
+        return self._derive(P.Project(self._plan, tuple(exprs)))
+
+    def exclude(self, *names: str) -> Frame:
+        """All columns but ``names``."""
+        names_list = _flatten(names)
+        for n in names_list:
+            self._plan.schema[n]  # unknown names fail here with a suggestion
+        keep = [ir.Column(n) for n in self.column_names if n not in names_list]
+        return self._derive(P.Project(self._plan, tuple(keep)))
+
+    def with_column_renamed(self, existing: str, new: str) -> Frame:
+        self._plan.schema[existing]
+        return self._derive(P.Project(self._plan, tuple(
+            ir.Alias(ir.Column(n), new) if n == existing else ir.Column(n)
+            for n in self.column_names)))
+
+    # -- rows -----------------------------------------------------------------------------------
+    def where(self, predicate: Expr) -> Frame:
+        """Rows where ``predicate`` is true (null counts as false)."""
+        if not isinstance(predicate, Expr):
+            raise ConfigError(f"where() takes a Boolean expression, got {predicate!r}")
+        return self._derive(P.Filter(self._plan, predicate._node))
+
+    filter = where
+
+    def limit(self, n: int) -> Frame:
+        """The first ``n`` rows."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"limit() takes a non-negative integer, not {n!r}")
+        return self._derive(P.Limit(self._plan, n))
+
+    def sort(self, by: ColumnLike | Sequence[ColumnLike], desc: bool | Sequence[bool] = False,
+             nulls_first: bool | None = None) -> Frame:
+        """Rows ordered by ``by`` (nulls last, or first with ``nulls_first=True``)."""
+        keys = [_column_name(b, "sort") for b in (by if isinstance(by, (list, tuple)) else [by])]
+        flags = list(desc) if isinstance(desc, (list, tuple)) else [bool(desc)] * len(keys)
+        if len(flags) != len(keys):
+            raise ConfigError(f"sort got {len(keys)} keys but {len(flags)} desc flags")
+        return self._derive(P.Sort(self._plan, tuple(keys), tuple(map(bool, flags)),
+                                   bool(nulls_first)))
+
+    def distinct(self, *on: ColumnLike) -> Frame:
+        """Unique rows (or the first row per distinct value of ``on``)."""
+        cols = tuple(_column_name(c, "distinct") for c in _flatten(on)) or None
+        return self._derive(P.Distinct(self._plan, cols))
+
+    unique = distinct
+
+    def explode(self, *columns: ColumnLike) -> Frame:
+        """One row per element of the list columns ``columns``."""
+        cols = tuple(_column_name(c, "explode") for c in _flatten(columns))
+        if not cols:
+            raise ConfigError("explode() needs at least one list column")
+        return self._derive(P.Explode(self._plan, cols))
+
+    def join(self, other: Frame, on: Any = None, left_on: Any = None, right_on: Any = None,
+             how: str = "inner", prefix: str | None = None, suffix: str | None = None) -> Frame:
+        """Equi-join with ``other``; ``how`` is inner, left, right, outer, semi or anti.
+
+        Null keys never match (SQL). With ``on`` a key appears once; a right column whose name
+        is taken is renamed ``right.<name>`` (or ``prefix``/``suffix``).
+        """
+        if not isinstance(other, Frame):
+            raise ConfigError(f"join() takes another Frame, got {type(other).__name__}")
+        if how not in P.JOIN_HOWS:
+            near = get_close_matches(str(how), P.JOIN_HOWS, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"unknown join type {how!r}; use one of {P.JOIN_HOWS}.{hint}")
+        if on is not None:
+            if left_on is not None or right_on is not None:
+                raise ConfigError("join() takes on= or left_on=/right_on=, not both")
+            left_on = right_on = on
+        if left_on is None or right_on is None:
+            raise ConfigError("join() needs on= or both left_on= and right_on=")
+        lk = [_column_name(c, "join") for c in _listify(left_on)]
+        rk = [_column_name(c, "join") for c in _listify(right_on)]
+        if len(lk) != len(rk) or not lk:
+            raise ConfigError(f"join needs as many left keys as right keys, got {lk} and {rk}")
+        if suffix is not None:
+            raise UnsupportedError("join(suffix=) is not supported yet; use prefix=")
+        return self._derive(P.Join(self._plan, other._plan, tuple(lk), tuple(rk), how,
+                                   "right." if prefix is None else prefix))
+
+    def groupby(self, *keys: ColumnLike) -> GroupedFrame:
+        """Group rows by ``keys``; follow with ``.agg(...)`` or ``.sum(...)`` etc."""
+        names = [_column_name(k, "groupby") for k in _flatten(keys)]
+        for n in names:
+            self._plan.schema[n]
+        return GroupedFrame(self, tuple(names))
+
+    group_by = groupby
+
+    def agg(self, *aggs: Any) -> Frame:
+        """Aggregate the whole frame into one row."""
+        return GroupedFrame(self, ()).agg(*aggs)
+
+    def sum(self, *cols: ColumnLike) -> Frame:
+        return self.agg(*[col(_column_name(c, "sum")).sum() for c in _flatten(cols)])
+
+    def mean(self, *cols: ColumnLike) -> Frame:
+        return self.agg(*[col(_column_name(c, "mean")).mean() for c in _flatten(cols)])
+
+    def min(self, *cols: ColumnLike) -> Frame:
+        return self.agg(*[col(_column_name(c, "min")).min() for c in _flatten(cols)])
+
+    def max(self, *cols: ColumnLike) -> Frame:
+        return self.agg(*[col(_column_name(c, "max")).max() for c in _flatten(cols)])
+
+    # -- running --------------------------------------------------------------------------------
+    def _run(self) -> pa.Table:
+        if self._result is None:
+            from mmbeam.frame.compile import run_plan
+            from mmbeam.frame.optimizer import optimize
+
+            table, counts = run_plan(optimize(self._plan))
+            self._result = table.select(self.column_names)
+            self._counts = counts
+        return self._result
+
+    def collect(self) -> Frame:
+        """Run the plan and keep the rows (later calls reuse them); returns this frame."""
+        self._run()
+        return self
+
+    def is_materialized(self) -> bool:
+        return self._result is not None
+
+    def count_rows(self) -> int:
+        """Number of rows (reads only what counting needs)."""
+        if self._result is not None:
+            return self._result.num_rows
+        cheap = _cheap_count(self._plan)
+        if cheap is not None:
+            return cheap
+        agg = ir.Alias(ir.Agg("count_all", ir.Literal(1, _int64())), "count")
+        table = Frame(P.Aggregate(self._plan, (), (agg,)))._run()
+        return int(table.column("count")[0].as_py())
+
+    def __len__(self) -> int:
+        return self.count_rows()
+
+    def show(self, n: int = 8) -> None:
+        """Print the first ``n`` rows as a table (HTML with thumbnails in notebooks)."""
+        preview = self._preview(n)
+        if _in_notebook():
+            from IPython.display import display
+
+            display(preview)
+        else:
+            print(repr(preview))
+
+    def _preview(self, n: int) -> Preview:
+        if self._result is not None:
+            return Preview(self._result.slice(0, n), self.schema(), self._result.num_rows)
+        rows = self.limit(n)._run()
+        total = rows.num_rows if rows.num_rows < n else _cheap_count(self._plan)
+        return Preview(rows, self.schema(), total)
+
+    def explain(self, show_all: bool = False) -> None:
+        """Print the plan; with ``show_all`` also the optimized plan and the Beam stages."""
+        from mmbeam.frame.optimizer import optimize
+
+        text = "== Logical plan ==\n" + P.render(self._plan)
+        if show_all:
+            from mmbeam.frame.context import get_context
+
+            opt = optimize(self._plan)
+            text += "\n\n== Optimized plan ==\n" + P.render(opt)
+            text += "\n\n== Physical stages ==\n" + _stages(opt, get_context().exec_options)
+        print(text)
+
+    def to_arrow(self) -> pa.Table:
+        """The rows as an Arrow table (image columns use the ``mmbeam.image`` extension type)."""
+        return self._run()
+
+    def to_pydict(self) -> dict[str, list]:
+        """``{column: values}``; image cells are numpy arrays."""
+        table = self._run()
+        return {n: _pylist(table.column(n)) for n in table.column_names}
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        """A list of row dicts."""
+        data = self.to_pydict()
+        names = list(data)
+        return [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        yield from self.to_pylist()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.iter_rows()
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame; image cells are numpy arrays in object columns."""
+        import pandas as pd
+
+        table = self._run()
+        data = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if isinstance(column.type, pa.ExtensionType):
+                data[name] = pd.Series(_pylist(column), dtype=object)
+            else:
+                data[name] = column.to_pandas()
+        return pd.DataFrame(data, columns=table.column_names)
+
+    def write_parquet(self, root_dir: str, partition_cols: Sequence[str] | None = None,
+                      io_config: Any = None) -> Frame:
+        """Write Parquet files under ``root_dir``; returns a frame of written paths."""
+        return self._write("parquet", root_dir, partition_cols, io_config)
+
+    def write_csv(self, root_dir: str, partition_cols: Sequence[str] | None = None,
+                  io_config: Any = None) -> Frame:
+        """Write CSV files under ``root_dir``; returns a frame of written paths."""
+        return self._write("csv", root_dir, partition_cols, io_config)
+
+    def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any) -> Frame:
+        from mmbeam.io.writers import WriteSpec
+
+        cols = tuple(partition_cols or ())
+        for c in cols:
+            self._plan.schema[c]
+        spec = WriteSpec(fmt, root, cols, io_config)
+        written = Frame(P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names)))
+        from mmbeam.frame.compile import run_write
+
+        return run_write(written._plan, spec)
+
+    def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
+        """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""
+        from mmbeam.frame.compile import expand_rows
+        from mmbeam.frame.optimizer import optimize
+
+        return expand_rows(optimize(self._plan), pipeline, batches=batches)
+
+    # -- python protocol ------------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            self._plan.schema[key]
+            return col(key)
+        if isinstance(key, (list, tuple)) and all(isinstance(k, str) for k in key):
+            return self.select(*key)
+        raise ConfigError(f"frame[...] takes a column name or a list of names, not {key!r}")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise suggest_attribute(self, name, "Frame")
+
+    def __repr__(self) -> str:
+        if self._result is not None:
+            return repr(self._preview(8))
+        from mmbeam.frame.display import render_text
+
+        empty = self._plan.schema.to_arrow().empty_table()
+        text = render_text(empty, self.schema(), None).rsplit("\n\n", 1)[0]
+        return text + "\n\n(No data to display: Frame not materialized)"
+
+    def _repr_html_(self) -> str:
+        if self._result is None:
+            return "<pre>" + repr(self).replace("<", "&lt;") + "</pre>"
+        return self._preview(8)._repr_html_()
+
+
+class GroupedFrame:
+    """A frame grouped by keys; ``agg`` turns it back into a frame."""
+
+    def __init__(self, frame: Frame, keys: tuple[str, ...]):
+        self._frame = frame
+        self._keys = keys
+
+    def agg(self, *aggs: Any) -> Frame:
+        """One row per group: keys, then each aggregation (``col("x").sum()``, ``("x", "sum")``)."""
+        nodes = []
+        for a in _flatten(aggs):
+            if isinstance(a, tuple) and len(a) == 2:
+                name, op = a
+                if op not in ir.AGG_OPS:
+                    raise ConfigError(f"unknown aggregation {op!r}; use one of {ir.AGG_OPS}")
+                a = Expr(ir.Agg(op, _node(name)))
+            if not isinstance(a, Expr) or not isinstance(_strip_alias(a._node), ir.Agg):
+                raise ConfigError(f"agg() takes aggregations such as col('x').sum(), got {a!r}")
+            nodes.append(a._node if isinstance(a._node, ir.Alias)
+                         else ir.Alias(a._node, ir.output_name(a._node)))
+        if not nodes:
+            raise ConfigError("agg() needs at least one aggregation")
+        return Frame(P.Aggregate(self._frame._plan, self._keys, tuple(nodes)))
+
+    def _each(self, op: str, cols: tuple) -> Frame:
+        names = [_column_name(c, op) for c in _flatten(cols)] or [
+            n for n in self._frame.column_names if n not in self._keys]
+        return self.agg(*[Expr(ir.Agg(op, ir.Column(n))) for n in names])
+
+    def sum(self, *cols: ColumnLike) -> Frame:
+        return self._each("sum", cols)
+
+    def mean(self, *cols: ColumnLike) -> Frame:
+        return self._each("mean", cols)
+
+    def min(self, *cols: ColumnLike) -> Frame:
+        return self._each("min", cols)
+
+    def max(self, *cols: ColumnLike) -> Frame:
+        return self._each("max", cols)
+
+    def count(self, *cols: ColumnLike) -> Frame:
+        return self._each("count", cols)
+
+    def agg_list(self, *cols: ColumnLike) -> Frame:
+        return self._each("list", cols)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise suggest_attribute(self, name, "GroupedFrame")
+
+
+def _int64():
+    from mmbeam.types import DataType
+
+    return DataType.int64()
+
+
+def _strip_alias(node: ir.Node) -> ir.Node:
+    return node.child if isinstance(node, ir.Alias) else node
+
+
+def _aliased(node: ir.Node) -> ir.Node:
+    return node if isinstance(node, (ir.Column, ir.Alias)) else ir.Alias(node,
+                                                                          ir.output_name(node))
+
+
+def _listify(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _pylist(column: pa.ChunkedArray) -> list:
+    from mmbeam.types import ImageArrowType
+
+    if isinstance(column.type, ImageArrowType):
+        return arrow_to_images(column)
+    return column.to_pylist()
+
+
+def _cheap_count(plan: P.Plan) -> int | None:
+    """The row count without running, when the plan allows (no filters, joins ...)."""
+    if isinstance(plan, P.InMemory):
+        return plan.table.num_rows
+    if isinstance(plan, P.Project):
+        return _cheap_count(plan.child)
+    if isinstance(plan, P.Limit):
+        inner = _cheap_count(plan.child)
+        return None if inner is None else min(inner, plan.n)
+    if isinstance(plan, P.Scan) and plan.predicate is None:
+        n = plan.source.count_rows()
+        return n if plan.limit is None or n is None else min(n, plan.limit)
+    if isinstance(plan, P.Sort):
+        return _cheap_count(plan.child)
+    if isinstance(plan, P.Aggregate) and not plan.keys:
+        return 1
+    return None
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
+    pad = "  " * depth
+    if isinstance(plan, (P.Project, P.Filter, P.Explode)):
+        ops = []
+        node = plan
+        while isinstance(node, (P.Project, P.Filter, P.Explode)):
+            ops.append(node.describe())
+            node = node.inputs()[0]
+        from mmbeam.frame.compile import _has_multimodal
+
+        mm = any(_has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
+                 and n in _chain_nodes(plan))
+        size = options.multimodal_batch_rows if mm else options.batch_rows
+        head = f"{pad}* RowStage (one DoFn, batches of {size} rows): " + " -> ".join(
+            reversed(ops))
+        return head + "\n" + _stages(node, options, depth + 1)
+    if isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
+        head = f"{pad}* {plan.describe()} [hash-partitioned x{options.num_partitions}, " \
+               f"{'CoGroupByKey' if isinstance(plan, P.Join) else 'GroupByKey'}]"
+    elif isinstance(plan, (P.Limit, P.Sort)):
+        head = f"{pad}* {plan.describe()} [gathered with GroupByKey]"
+    else:
+        head = f"{pad}* {plan.describe()} [source, batches of {options.batch_rows} rows]"
+    return "\n".join([head] + [_stages(c, options, depth + 1) for c in plan.inputs()])
+
+
+def _chain_nodes(plan: P.Plan) -> list[P.Plan]:
+    out = []
+    while isinstance(plan, (P.Project, P.Filter, P.Explode)):
+        out.append(plan)
+        plan = plan.inputs()[0]
+    return out

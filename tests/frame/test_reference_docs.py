@@ -1,0 +1,158 @@
+"""The reference documents' examples, with ``daft`` replaced by ``mmbeam`` and data served locally.
+
+000 "Working with Images": hive-partitioned Parquet of dog owners, string concatenation, join with
+a dict of dogs, exclude, show(), url.download(on_error="null"), image.decode().
+004 "Processing 300K Images": download -> decode -> resize -> encode -> upload, then show().
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import mmbeam
+from mmbeam import col
+from mmbeam.testing.images import encode_sample, make_image
+
+OWNERS = {
+    "first_name": ["Ernesto", "James", "Wolfgang", "Shandra", "Zaya"],
+    "last_name": ["Evergreen", "Jale", "Winter", "Shamas", "Zaphora"],
+    "age": [34, 62, 23, 57, 40],
+    "DoB": [datetime.date(1990, 4, 3), datetime.date(1962, 3, 14), datetime.date(2001, 2, 12),
+            datetime.date(1967, 1, 2), datetime.date(1984, 4, 7)],
+    "country": ["Canada", "Canada", "Germany", "United Kingdom", "United Kingdom"],
+    "has_dog": [True, True, None, True, True],
+}
+DOG_NAMES = ["Ernie", "Jackie", "Wolfie", "Shaggie", "Zadie"]
+FULL_NAMES = ["Ernesto Evergreen", "James Jale", "Wolfgang Winter", "Shandra Shamas",
+              "Zaya Zaphora"]
+
+
+@pytest.fixture
+def owners_dataset(tmp_path):
+    """sample-data-dog-owners-partitioned.pq/country=<c>/part-0.parquet"""
+    root = tmp_path / "sample-data-dog-owners-partitioned.pq"
+    table = pa.table(OWNERS)
+    for country in sorted(set(OWNERS["country"])):
+        part = table.filter(pa.compute.equal(table["country"], country)).drop_columns(["country"])
+        folder = root / f"country={country}"
+        folder.mkdir(parents=True)
+        pq.write_table(part, folder / "part-0.parquet")
+    return str(root)
+
+
+@pytest.fixture
+def dog_urls(mmbeam_http):
+    urls = []
+    for i, name in enumerate(DOG_NAMES):
+        data = encode_sample(make_image(40 + 8 * i, 30 + 4 * i, seed=i))
+        urls.append(mmbeam_http.add(f"ref000/{name}.jpg", data))
+    return urls
+
+
+def _body_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("│"):
+            rows.append([c.strip() for c in line.strip("│").split("┆")])
+    return rows[3:]  # names, ---, dtypes
+
+
+def test_working_with_images_example(owners_dataset, dog_urls, capsys):
+    # Read parquet file containing sample dog owners
+    df = mmbeam.read_parquet(owners_dataset + "/**")
+
+    # Combine "first_name" and "last_name" to create new column "full_name"
+    df = df.with_column("full_name", col("first_name") + " " + col("last_name"))
+    df.select("full_name", "age", "country", "has_dog").show()
+    first = capsys.readouterr().out
+    assert "│ full_name         ┆ age   ┆ country        ┆ has_dog │" in first
+    assert "│ Utf8              ┆ Int64 ┆ Utf8           ┆ Boolean │" in first
+    assert sorted(r[0] for r in _body_rows(first)) == sorted(FULL_NAMES)
+    assert first.rstrip().endswith("(Showing first 5 of 5 rows)")
+
+    # Create dataframe of dogs
+    df_dogs = mmbeam.from_pydict({"urls": dog_urls, "full_name": FULL_NAMES,
+                                  "dog_name": DOG_NAMES})
+
+    # Join owners with dogs, dropping some columns
+    df_family = df.join(df_dogs, on="full_name").exclude("first_name", "last_name", "DoB",
+                                                          "country", "age")
+    df_family.show()
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[1] == "│ full_name         ┆ has_dog ┆ urls                           ┆ dog_name │"
+    assert lines[2] == "│ ---               ┆ ---     ┆ ---                            ┆ ---      │"
+    assert lines[3] == "│ Utf8              ┆ Boolean ┆ Utf8                           ┆ Utf8     │"
+    assert lines[0] == "╭───────────────────┬─────────┬────────────────────────────────┬──────────╮"
+    rows = {r[0]: r for r in _body_rows(text)}
+    assert set(rows) == set(FULL_NAMES)
+    assert rows["Wolfgang Winter"][1] == "None" and rows["Wolfgang Winter"][3] == "Wolfie"
+    assert all(rows[n][1] == "true" for n in FULL_NAMES if n != "Wolfgang Winter")
+    assert all(rows[n][2].startswith("http://127.0.0.1:") and rows[n][2].endswith("…")
+               for n in FULL_NAMES)
+    assert text.rstrip().endswith("(Showing first 5 of 5 rows)")
+    family = df_family.to_pydict()
+    assert list(family) == ["full_name", "has_dog", "urls", "dog_name"]
+    by_name = dict(zip(family["full_name"], family["has_dog"], strict=True))
+    assert by_name["Wolfgang Winter"] is None and len(by_name) == 5
+
+    df_family = df_family.with_column("image_bytes", col("urls").url.download(on_error="null"))
+    df_family.show()
+    text = capsys.readouterr().out
+    assert "┆ image_bytes                    │" in text and "┆ Binary                         │" in text
+    assert all(r[4] == 'b"\\xff\\xd8\\xff\\xe0\\x00\\x10JFI…' for r in _body_rows(text))
+
+    df_family = df_family.with_column("image", mmbeam.col("image_bytes").image.decode())
+    df_family.select("dog_name", "image").show()
+    text = capsys.readouterr().out
+    assert "┆ Image[MIXED] │" in text and text.count("<Image>") == 5
+    images = dict(zip(*df_family.select("dog_name", "image").to_pydict().values(), strict=True))
+    assert images["Ernie"].shape == (30, 40, 3) and images["Zadie"].shape == (46, 72, 3)
+
+
+def test_processing_300k_images_example(tmp_path, mmbeam_http, monkeypatch):
+    names = [f"ref004/{i}.jpg" for i in range(12)]
+    for i, name in enumerate(names):
+        mmbeam_http.add(name, encode_sample(make_image(300 + 10 * i, 200, seed=i)))
+    meta = tmp_path / "validation-images-parquet"
+    meta.mkdir()
+    pq.write_table(pa.table({"path": [mmbeam_http.url("files/" + n) for n in names[:6]]}),
+                   meta / "part-0.parquet")
+    pq.write_table(pa.table({"path": [mmbeam_http.url("files/" + n) for n in names[6:]]}),
+                   meta / "part-1.parquet")
+    monkeypatch.chdir(tmp_path)
+
+    # Download images
+    df = mmbeam.read_parquet(str(meta))
+    df = df.with_column("image", df["path"].url.download().image.decode())
+
+    # Resize
+    df = df.with_column("resized", df["image"].image.resize(256, 256))
+
+    # Save results
+    df = df.with_column("encoded", df["resized"].image.encode("JPEG"))
+    df = df.with_column("path", df["path"].url.upload("processed_images"))
+
+    # Preview results
+    mmbeam_http.reset_stats()
+    df.show()
+    # show() downloads only the rows it shows (8 of 12)
+    assert sum(mmbeam_http.hits("files/" + n) for n in names) == 8
+    uploaded = os.listdir(tmp_path / "processed_images")
+    assert len(uploaded) == 8
+
+    # Collect to run on the full dataset
+    out = df.collect().to_pydict()
+    assert [r.shape for r in out["resized"]] == [(256, 256, 3)] * 12
+    assert all(re.search(r"processed_images/", p) for p in out["path"])
+    assert out["image"][0].shape == (200, 300, 3)
+    assert out["encoded"][0][:2] == b"\xff\xd8"
+    assert len(os.listdir(tmp_path / "processed_images")) == 12
+    assert np.asarray(out["resized"][3]).dtype == np.uint8
