@@ -43,8 +43,15 @@ def sniff_extension(data: bytes) -> str:
     return ".bin"
 
 
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError(f"expected bytes to upload, got {type(data).__name__}")
+    return bytes(data)
+
+
 def content_name(data: bytes) -> str:
     """A deterministic file name for ``data``: its SHA-256 (32 hex digits) and extension."""
+    data = _as_bytes(data)
     return hashlib.sha256(data).hexdigest()[:32] + sniff_extension(data)
 
 
@@ -96,18 +103,17 @@ class Store:
     async def write_async(self, name: str, data: bytes) -> str:
         """Write ``data`` as ``name``; raises UploadError (or UnsafePathError) on failure."""
         target = self.url_for(name)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UploadError(f"expected bytes to upload, got {type(data).__name__}")
+        data = _as_bytes(data)
         try:
             if self.protocol == "file":
-                await asyncio.to_thread(_write_local_atomic, target, bytes(data))
+                await asyncio.to_thread(_write_local_atomic, target, data)
             else:
                 fs = filesystem_for(self.protocol, self.io_config)
                 path = target.split("://", 1)[1]
                 if is_async(fs):
-                    await fs._pipe_file(path, bytes(data))
+                    await fs._pipe_file(path, data)
                 else:
-                    await asyncio.to_thread(fs.pipe_file, path, bytes(data))
+                    await asyncio.to_thread(fs.pipe_file, path, data)
         except MmbeamError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported with its cause

@@ -23,7 +23,15 @@ from apache_beam.utils.windowed_value import WindowedValue
 from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.fetch import check_on_error
 
-__all__ = ["FAILED_TAG", "ElementFn", "ElementTransform", "FailedRecord", "KernelFn", "cpu_pool"]
+__all__ = [
+    "FAILED_TAG",
+    "ElementFn",
+    "ElementTransform",
+    "FailedRecord",
+    "KernelFn",
+    "check_connections",
+    "cpu_pool",
+]
 
 FAILED_TAG = "failed"
 
@@ -34,6 +42,14 @@ class FailedRecord(NamedTuple):
     element: Any
     stage: str
     error: str
+
+
+def check_connections(max_connections: int) -> int:
+    """Validate a ``max_connections`` argument when the pipeline is built."""
+    valid = isinstance(max_connections, int) and not isinstance(max_connections, bool)
+    if not valid or max_connections < 1:
+        raise ConfigError(f"max_connections must be a positive int, got {max_connections!r}")
+    return max_connections
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None

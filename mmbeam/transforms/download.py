@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mmbeam.errors import ConfigError
 from mmbeam.io.config import IOConfig
 from mmbeam.ops.fetch import Fetcher
-from mmbeam.transforms._base import ElementFn, ElementTransform
+from mmbeam.transforms._base import ElementFn, ElementTransform, check_connections
 
 __all__ = ["Download"]
 
@@ -41,9 +40,7 @@ class Download(ElementTransform):
         label: str | None = None,
     ):
         super().__init__(on_error=on_error, keyed=keyed, label=label)
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(f"max_connections must be a positive int, got {max_connections!r}")
-        self.max_connections = max_connections
+        self.max_connections = check_connections(max_connections)
         self.fetcher = Fetcher(io_config, timeout_s=timeout_s, retries=retries)
 
     def make_fn(self):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mmbeam.errors import ConfigError, UploadError
 from mmbeam.io.config import IOConfig
 from mmbeam.ops.store import Store, content_name
-from mmbeam.transforms._base import ElementFn, ElementTransform
+from mmbeam.transforms._base import ElementFn, ElementTransform, check_connections
 
 __all__ = ["Upload"]
 
@@ -16,9 +15,7 @@ class _UploadFn(ElementFn):
         self.store = store
 
     def submit(self, data, key):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UploadError(f"expected bytes to upload, got {type(data).__name__}")
-        return self.store.submit(content_name(bytes(data)) if key is None else key, data)
+        return self.store.submit(content_name(data) if key is None else key, data)
 
     def size_of(self, result):
         return 0
@@ -46,10 +43,8 @@ class Upload(ElementTransform):
         label: str | None = None,
     ):
         super().__init__(on_error=on_error, keyed=keyed, label=label)
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(f"max_connections must be a positive int, got {max_connections!r}")
         self.store = Store(location, io_config)
-        self.max_connections = max_connections
+        self.max_connections = check_connections(max_connections)
 
     def make_fn(self):
         return _UploadFn(

@@ -4,57 +4,58 @@ import apache_beam as beam
 import pytest
 
 from mmbeam import transforms as mt
+from mmbeam.errors import ConfigError
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import decompression_bomb, encode_sample, make_image, truncated
 
 JPEG = encode_sample(make_image(64, 48), "JPEG")
 
-# id -> (transform factory taking on_error, input element, stage, words the error must contain)
+# id -> (transform factory taking on_error and a folder, input element, stage, words the error must contain)
 CASES = {
     "http-404": (
-        lambda on_error: mt.Download(on_error=on_error, retries=0),
+        lambda on_error, tmp: mt.Download(on_error=on_error, retries=0),
         "status/404",
         "Download",
         "not found",
     ),
     "unreachable-host": (
-        lambda on_error: mt.Download(on_error=on_error, retries=1, timeout_s=5),
+        lambda on_error, tmp: mt.Download(on_error=on_error, retries=1, timeout_s=5),
         "http://127.0.0.1:9/unreachable.jpg",
         "Download",
         "Cannot connect",
     ),
     "unsupported-scheme": (
-        lambda on_error: mt.Download(on_error=on_error),
+        lambda on_error, tmp: mt.Download(on_error=on_error),
         "ftp://example.invalid/a.jpg",
         "Download",
         "unsupported URL scheme 'ftp'",
     ),
     "non-image-bytes": (
-        lambda on_error: mt.DecodeImage(on_error=on_error),
+        lambda on_error, tmp: mt.DecodeImage(on_error=on_error),
         b"<html>oops</html>",
         "DecodeImage",
         "not an image",
     ),
     "truncated-jpeg": (
-        lambda on_error: mt.DecodeImage(on_error=on_error),
+        lambda on_error, tmp: mt.DecodeImage(on_error=on_error),
         truncated(JPEG),
         "DecodeImage",
         "truncated",
     ),
     "zero-bytes": (
-        lambda on_error: mt.DecodeImage(on_error=on_error),
+        lambda on_error, tmp: mt.DecodeImage(on_error=on_error),
         b"",
         "DecodeImage",
         "zero bytes",
     ),
     "decompression-bomb": (
-        lambda on_error: mt.DecodeImage(on_error=on_error),
+        lambda on_error, tmp: mt.DecodeImage(on_error=on_error),
         decompression_bomb(20000, 20000),
         "DecodeImage",
         "decompression bomb",
     ),
     "upload-escape": (
-        lambda on_error: mt.Upload("{tmp}", on_error=on_error, keyed=True),
+        lambda on_error, tmp: mt.Upload(str(tmp), on_error=on_error, keyed=True),
         ("../evil.jpg", JPEG),
         "Upload",
         "not a plain relative path",
@@ -64,9 +65,7 @@ CASES = {
 
 def _resolve(case, mmbeam_http, tmp_path, on_error):
     factory, element, stage, words = CASES[case]
-    transform = factory(on_error)
-    if isinstance(transform, mt.Upload):
-        transform = mt.Upload(str(tmp_path), on_error=on_error, keyed=True)
+    transform = factory(on_error, tmp_path)
     if isinstance(element, str) and element.startswith("status/"):
         element = mmbeam_http.url(element)
     return transform, element, stage, words
@@ -157,3 +156,18 @@ def test_keyed_transform_rejects_unkeyed_elements():
         lambda p: p | beam.Create([b"raw bytes"]) | mt.DecodeImage(keyed=True).with_exception_handling()
     ).outputs
     assert good == [] and "keyed=True expects (key, value) pairs" in failed[0].error
+
+
+@pytest.mark.parametrize("make", [mt.Download, lambda **kw: mt.Upload("/tmp/x", **kw)])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_max_connections_is_checked_when_built(make, bad):
+    with pytest.raises(ConfigError, match=f"max_connections must be a positive int, got {bad!r}"):
+        make(max_connections=bad)
+
+
+def test_upload_of_non_bytes_is_a_clear_failure(tmp_path):
+    good, failed = run_collect(
+        lambda p: p | beam.Create(["a string"]) | mt.Upload(str(tmp_path)).with_exception_handling()
+    ).outputs
+    assert good == [] and "expected bytes to upload, got str" in failed[0].error
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import urllib.request
 
 import apache_beam as beam
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from mmbeam import transforms as mt
 from mmbeam.testing.collect import run_collect
+from mmbeam.testing.http_server import FaultServer
 from mmbeam.testing.images import encode_sample, make_image
 
 
@@ -47,8 +49,6 @@ def test_download_decode_resize_encode_upload(served, tmp_path):
 
 
 def _get(url):
-    import urllib.request
-
     with urllib.request.urlopen(url) as r:
         return r.read()
 
@@ -81,9 +81,7 @@ def test_rerun_overwrites_instead_of_duplicating(served, tmp_path):
     assert first == second and len(os.listdir(tmp_path)) == 3
 
 
-def test_window_bounds_concurrent_requests(mmbeam_http):
-    from mmbeam.testing.http_server import FaultServer
-
+def test_window_bounds_concurrent_requests():
     with FaultServer(latency_s=0.05) as slow:
         urls = [slow.add(f"c{i}.bin", bytes([i]) * 1000) for i in range(24)]
         out = run_collect(lambda p: p | beam.Create(urls) | mt.Download(max_connections=3)).outputs
