@@ -37,6 +37,9 @@ class ExecOptions:
     #: shuffle hash partitions as Arrow files in a staging folder, passing only their paths
     #: through GroupByKey (None: only on the local runner, whose workers share this disk)
     shuffle_files: bool | None = None
+    #: run purely tabular plans in this process with the same Arrow operators, without a Beam
+    #: pipeline (None: whenever the runner is the local default; False: always Beam)
+    in_process: bool | None = None
 
     def use_shuffle_files(self, runner_name: str) -> bool:
         return runner_name == "local" if self.shuffle_files is None else self.shuffle_files
@@ -95,9 +98,9 @@ def set_execution_config(**sizes: Any) -> Context:
         if key not in known:
             raise ConfigError(f"unknown execution option {key!r}; known: "
                               f"{', '.join(sorted(known))}")
-        if key == "shuffle_files":
+        if key in ("shuffle_files", "in_process"):
             if value is not None and not isinstance(value, bool):
-                raise ConfigError(f"shuffle_files must be True, False or None, not {value!r}")
+                raise ConfigError(f"{key} must be True, False or None, not {value!r}")
             continue
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{key} must be a positive integer, not {value!r}")

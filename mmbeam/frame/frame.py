@@ -476,9 +476,9 @@ def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
         while isinstance(node, (P.Project, P.Filter, P.Explode)):
             ops.append(node.describe())
             node = node.inputs()[0]
-        from mmbeam.frame.compile import _has_multimodal
+        from mmbeam.frame.operators import has_multimodal
 
-        mm = any(_has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
+        mm = any(has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
                  and n in _chain_nodes(plan))
         size = options.multimodal_batch_rows if mm else options.batch_rows
         head = f"{pad}* RowStage (one DoFn, batches of {size} rows): " + " -> ".join(
