@@ -41,7 +41,7 @@ def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tupl
         elif isinstance(node, P.Scan) and node.predicate is not None:
             exprs = (node.predicate,)
         if operators.has_multimodal(exprs):
-            return False, "the plan has URL/image work (fused multimodal Beam stages)"
+            return False, "the plan has URL/image work, which runs as fused Beam stages"
     return True, "a purely tabular plan on the local runner"
 
 

@@ -23,3 +23,11 @@ def runs():
     context.set_runner(counter.factory, "counted")
     yield counter
     context.set_runner_local()
+
+
+@pytest.fixture(params=["in_process", "beam"])
+def engine(request):
+    """Runs a test on both execution paths: in this process, and as a Beam pipeline."""
+    context.set_execution_config(in_process=None if request.param == "in_process" else False)
+    yield request.param
+    context.set_execution_config(in_process=None)
