@@ -113,4 +113,4 @@ def pipeline_options() -> Any:
     """Beam PipelineOptions for the current context."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(**_context.pipeline_flags)
+    return PipelineOptions([], **_context.pipeline_flags)  # never the script's sys.argv
