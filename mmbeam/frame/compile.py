@@ -320,6 +320,10 @@ class Compiler:
         self.staging = staging
         self._shuffle_files = shuffle_files and staging is not None
         self._count = 0
+        # several frames may expand into one user pipeline: keep their labels apart
+        frames = getattr(pipeline, "_mmbeam_frames", 0) + 1
+        pipeline._mmbeam_frames = frames
+        self.prefix = "" if frames == 1 else f"Frame{frames}/"
 
     def shuffle_dir(self) -> str | None:
         """Where partition files go when shuffling by reference (None: shuffle values)."""
@@ -340,7 +344,7 @@ class Compiler:
 
     def label(self, what: str) -> str:
         self._count += 1
-        return f"{what}{self._count}"
+        return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
         return _expand(plan, self)
@@ -529,10 +533,11 @@ def expand_rows(plan: P.Plan, pipeline: beam.Pipeline, batches: bool = False,
     from mmbeam.frame import context
 
     options = options or context.get_context().exec_options
-    out = Compiler(pipeline, options).expand(plan)
+    compiler = Compiler(pipeline, options)
+    out = compiler.expand(plan)
     if batches:
-        return out | "Batches" >> beam.Map(lambda kb: kb[1])
-    return out | "Rows" >> beam.FlatMap(_batches_to_rows)
+        return out | compiler.label("Batches") >> beam.Map(lambda kb: kb[1])
+    return out | compiler.label("Rows") >> beam.FlatMap(_batches_to_rows)
 
 
 class _WriteFilesFn(beam.DoFn):

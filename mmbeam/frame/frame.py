@@ -481,10 +481,12 @@ def _listify(value: Any) -> list:
 
 
 def _pylist(column: pa.ChunkedArray) -> list:
-    from mmbeam.types import ImageArrowType
+    from mmbeam.types import DataType, ImageArrowType, arrow_to_tensors
 
     if isinstance(column.type, ImageArrowType):
         return arrow_to_images(column)
+    if DataType.from_arrow(column.type).is_tensor():
+        return arrow_to_tensors(column)
     return column.to_pylist()
 
 
