@@ -519,6 +519,8 @@ def _in_notebook() -> bool:
 
 
 def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
+    from mmbeam.frame.compile import broadcast_right
+
     pad = "  " * depth
     if isinstance(plan, (P.Project, P.Filter, P.Explode)):
         ops = []
@@ -534,8 +536,11 @@ def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
         head = f"{pad}* RowStage (one DoFn, batches of {size} rows): " + " -> ".join(
             reversed(ops))
         return head + "\n" + _stages(node, options, depth + 1)
-    if isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
-        head = f"{pad}* {plan.describe()} [hash-partitioned x{options.num_partitions}, " \
+    if isinstance(plan, P.Join) and broadcast_right(plan, options):
+        head = f"{pad}* {plan.describe()} [broadcast: the small right side is a side input]"
+    elif isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
+        first = "partial aggregates per bundle, then " if isinstance(plan, P.Aggregate) else ""
+        head = f"{pad}* {plan.describe()} [{first}hash-partitioned x{options.num_partitions}, " \
                f"{'CoGroupByKey' if isinstance(plan, P.Join) else 'GroupByKey'}]"
     elif isinstance(plan, (P.Limit, P.Sort)):
         head = f"{pad}* {plan.describe()} [gathered with GroupByKey]"
