@@ -53,6 +53,9 @@ def test_read_a_file_a_folder_and_globs(store, path_mode):
     assert sorted(everything.to_pydict()["id"]) == list(range(1, 8))
     deep = mf.read_parquet(f"{bucket}/owners.pq/year=2024/**/*.parquet", io_config=cfg)
     assert sorted(deep.to_pydict()["id"]) == [4, 5, 6, 7]
+    listed = mf.from_glob_path(f"{bucket}/owners.pq/**/*.parquet", io_config=cfg).to_pydict()
+    assert len(listed["path"]) == 4 and all(size > 0 for size in listed["size"])
+    assert sorted(listed["path"])[0] == f"{bucket}/owners.pq/year=2023/country=DE/part-0.parquet"
 
 
 def test_hive_filters_prune_remote_files(store, path_mode):
