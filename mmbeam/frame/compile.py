@@ -432,32 +432,9 @@ _expand.register(P.Limit, _gather)
 _expand.register(P.Sort, _gather)
 
 
-def broadcast_right(plan: P.Join, options: ExecOptions) -> bool:
-    """True when the right side is known to be small and the join keeps no unmatched right
-    rows, so each left batch can join the whole right side without a shuffle."""
-    size = physical_size(plan.right)
-    return plan.how in ("inner", "left", "semi", "anti") and size is not None and \
-        size <= options.broadcast_bytes
-
-
-def physical_size(plan: P.Plan) -> int | None:
-    """An upper estimate of a plan's bytes in memory, when cheap to know (None otherwise)."""
-    if isinstance(plan, P.InMemory):
-        return plan.table.nbytes
-    if isinstance(plan, P.Scan):
-        sizes = [getattr(t, "size", None) for t in plan.source.tasks()]
-        if not sizes or any(s is None for s in sizes):
-            return None
-        return 8 * sum(sizes)  # compressed files: allow for decompression
-    if isinstance(plan, (P.Filter, P.Limit, P.Project)) and not (
-            isinstance(plan, P.Project) and operators.has_multimodal(plan.exprs)):
-        return physical_size(plan.inputs()[0])
-    return None
-
-
 @_expand.register
 def _(plan: P.Join, c: Compiler) -> beam.PCollection:
-    if broadcast_right(plan, c.options):
+    if operators.broadcast_right(plan, c.options):
         right = c.expand(plan.right)
         return c.expand(plan.left) | c.label("BroadcastJoin") >> beam.ParDo(
             _BroadcastJoinFn(plan), right_batches=beam.pvalue.AsList(right))

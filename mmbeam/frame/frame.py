@@ -519,7 +519,7 @@ def _in_notebook() -> bool:
 
 
 def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
-    from mmbeam.frame.compile import broadcast_right
+    from mmbeam.frame.operators import broadcast_right
 
     pad = "  " * depth
     if isinstance(plan, (P.Project, P.Filter, P.Explode)):

@@ -19,8 +19,10 @@ from mmbeam.frame.evaluate import EvalContext, filter_table, project
 
 __all__ = [
     "RowOps",
+    "broadcast_right",
     "empty_batch",
     "has_multimodal",
+    "physical_size",
     "prune_tasks",
     "row_ops",
     "run_row_ops",
@@ -137,3 +139,26 @@ def scan_task(scan: P.Scan, index: int, spec: Any, rows: int) \
                 break
     if j == 0:
         yield (index, 0), pa.Table.from_batches([empty_batch(scan.schema.to_arrow())])
+
+
+def broadcast_right(plan: P.Join, options: Any) -> bool:
+    """True when the right side is known to be small and the join keeps no unmatched right
+    rows, so each left batch can join the whole right side without a shuffle."""
+    size = physical_size(plan.right)
+    return plan.how in ("inner", "left", "semi", "anti") and size is not None and \
+        size <= options.broadcast_bytes
+
+
+def physical_size(plan: P.Plan) -> int | None:
+    """A rough estimate of a plan's bytes in memory, when cheap to know (None otherwise)."""
+    if isinstance(plan, P.InMemory):
+        return plan.table.nbytes
+    if isinstance(plan, P.Scan):
+        sizes = [getattr(t, "size", None) for t in plan.source.tasks()]
+        if not sizes or any(s is None for s in sizes):
+            return None
+        return 8 * sum(sizes)  # compressed files: allow for decompression
+    if isinstance(plan, (P.Filter, P.Limit, P.Project)) and not (
+            isinstance(plan, P.Project) and has_multimodal(plan.exprs)):
+        return physical_size(plan.inputs()[0])
+    return None

@@ -204,3 +204,17 @@ def test_expression_keys_fail_before_running_naming_the_column():
         left.join(right, left_on=col("name").str.length(), right_on="n")
     with pytest.raises(SchemaError, match="'x' not found"):
         left.sort(col("x") + 1)
+
+
+def test_new_dofns_survive_pickling():
+    import pickle
+
+    from mmbeam.frame.compile import _AggregateFn, _BroadcastJoinFn
+
+    left = mf.from_pydict({"k": [1, 2], "v": [1.0, None]})
+    right = mf.from_pydict({"k": [1], "w": ["a"]})
+    grouped = left.groupby("k").agg(col("v").mean())._plan
+    joined = left.join(right, on="k")._plan
+    for fn in (_PartialAggregateFn(grouped, 4), _AggregateFn(grouped), _BroadcastJoinFn(joined)):
+        back = pickle.loads(pickle.dumps(fn))
+        assert type(back) is type(fn) and back.__dict__.keys() == fn.__dict__.keys()
