@@ -102,6 +102,11 @@ def _rebuild_stage_error(cls, cause, stage, element):
     return err
 
 
+class CastError(StageError):
+    """A value cannot become the target type of a ``cast`` (an image of the wrong size, a list
+    that does not fill a tensor's shape)."""
+
+
 class DownloadError(StageError):
     """A URL could not be read: missing, refused, timed out, or failed after every retry."""
 

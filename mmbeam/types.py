@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmbeam.errors import ConfigError, SchemaError, UnsupportedError
+from mmbeam.errors import CastError, ConfigError, SchemaError, UnsupportedError
 
 __all__ = [
     "IMAGE_MODES",
@@ -27,9 +27,11 @@ __all__ = [
     "Schema",
     "TensorArrowType",
     "arrow_to_images",
+    "arrow_to_tensors",
     "image_mode_of",
     "images_to_arrow",
     "normalize_table",
+    "tensors_to_arrow",
 ]
 
 # mode -> (channels, numpy dtype); the names Daft uses.
@@ -551,6 +553,47 @@ def arrow_to_images(array: pa.Array | pa.ChunkedArray) -> list[np.ndarray | None
         pixels = raw[offsets[i]: offsets[i + 1]].view(dt)
         result.append(pixels.reshape(int(heights[i]), int(widths[i]), channels))
     return result
+
+
+def tensors_to_arrow(values: Sequence[Any], dtype: DataType) -> pa.Array:
+    """A ``Tensor[dtype]`` Arrow array from numpy arrays or nested lists (None becomes null).
+
+    With a fixed shape every value must have exactly that shape; without one each row keeps
+    its own shape (``mmbeam.tensor``: shape + flat data).
+    """
+    value_type = dtype.inner.to_arrow()
+    shape = dtype.params[1]
+    arrays = [None if v is None else np.asarray(v) for v in values]
+    if shape is not None:
+        for i, a in enumerate(arrays):
+            if a is not None and a.size != int(np.prod(shape)):
+                raise CastError(f"row {i} has {a.size} values ({a.shape}); "
+                                f"{dtype} needs {int(np.prod(shape))}")
+        flat = pa.array([None if a is None else a.ravel() for a in arrays],
+                        pa.list_(value_type, int(np.prod(shape))))
+        return pa.ExtensionArray.from_storage(dtype.to_arrow(), flat)
+    shapes = pa.array([None if a is None else list(a.shape) for a in arrays],
+                      pa.large_list(pa.int64()))
+    data = pa.array([None if a is None else a.ravel() for a in arrays], pa.large_list(value_type))
+    mask = pa.array([a is None for a in arrays])
+    storage = pa.StructArray.from_arrays([shapes, data], names=["shape", "data"], mask=mask)
+    return pa.ExtensionArray.from_storage(dtype.to_arrow(), storage)
+
+
+def arrow_to_tensors(array: pa.Array | pa.ChunkedArray) -> list[np.ndarray | None]:
+    """Numpy arrays (in their shapes) of a tensor column's rows; null rows are None."""
+    if isinstance(array, pa.ChunkedArray):
+        return [t for chunk in array.chunks for t in arrow_to_tensors(chunk)]
+    storage = array.storage if isinstance(array, pa.ExtensionArray) else array
+    if isinstance(array.type, pa.FixedShapeTensorType):
+        shape = tuple(array.type.shape)
+        return [None if v is None else np.asarray(v, array.type.value_type.to_pandas_dtype())
+                .reshape(shape) for v in storage.to_pylist()]
+    out: list[np.ndarray | None] = []
+    dt = storage.type.field("data").type.value_type.to_pandas_dtype()
+    for row in storage.to_pylist():
+        out.append(None if row is None else np.asarray(row["data"], dt).reshape(row["shape"]))
+    return out
 
 
 # -- conversions --------------------------------------------------------------------------------

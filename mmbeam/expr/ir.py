@@ -27,6 +27,7 @@ __all__ = [
     "Node",
     "UnaryOp",
     "columns_of",
+    "conjuncts",
     "output_name",
     "transform",
     "walk",
@@ -172,6 +173,13 @@ def transform(node: Node, fn: Callable[[Node], Node | None]) -> Node:
 def columns_of(node: Node) -> set[str]:
     """Names of the columns an expression reads."""
     return {n.name for n in walk(node) if isinstance(n, Column)}
+
+
+def conjuncts(node: Node) -> list[Node]:
+    """The parts of an ``a & b & ...`` predicate (a filter keeps rows where all hold)."""
+    if isinstance(node, BinaryOp) and node.op == "&":
+        return conjuncts(node.left) + conjuncts(node.right)
+    return [node]
 
 
 def output_name(node: Node) -> str:

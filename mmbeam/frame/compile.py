@@ -20,13 +20,16 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import MmbeamError, UnsupportedError
-from mmbeam.expr import ir
-from mmbeam.frame import physical
+from mmbeam.frame import operators, physical
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
-from mmbeam.frame.evaluate import EvalContext, filter_table, project
+from mmbeam.frame.evaluate import EvalContext
+from mmbeam.frame.inprocess import execution_path, run_in_process
 
 __all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
 
@@ -43,15 +46,7 @@ def to_batch(table: pa.Table) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]  # pragma: no cover
 
 
-def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
-    arrays = []
-    for f in schema:
-        if isinstance(f.type, pa.ExtensionType):
-            storage = pa.array([], f.type.storage_type)
-            arrays.append(pa.ExtensionArray.from_storage(f.type, storage))
-        else:
-            arrays.append(pa.array([], f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+_empty_batch = operators.empty_batch
 
 
 def _table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
@@ -95,57 +90,8 @@ class _ScanFn(beam.DoFn):
 
     def process(self, task: tuple[int, Any]):
         index, spec = task
-        scan = self._scan
-        out_cols = list(scan.schema.names())
-        read_cols = list(out_cols)
-        if scan.predicate is not None:
-            read_cols += sorted(ir.columns_of(scan.predicate) - set(out_cols))
-        if not read_cols:  # nothing needed but the row count: read the cheapest column
-            read_cols = [scan.source.schema.names()[0]]
-        left = scan.limit
-        j = 0
-        ctx = EvalContext()
-        if spec is not None or scan.source.tasks() == [None]:
-            for table in scan.source.read(spec, read_cols, self._rows):
-                if scan.predicate is not None:
-                    table = filter_table(table, scan.predicate, ctx)
-                table = table.select(out_cols) if out_cols else table.select(read_cols[:1])
-                if left is not None:
-                    table = table.slice(0, left)
-                    left -= table.num_rows
-                if table.num_rows or j == 0:
-                    yield (index, j), to_batch(table)
-                    j += 1
-                if left is not None and left <= 0:
-                    break
-        if j == 0:
-            yield (index, 0), _empty_batch(scan.schema.to_arrow())
-
-
-def prune_tasks(scan: P.Scan, tasks: list) -> list:
-    """Drop files whose hive partition values fail the scan's filter (partition pruning)."""
-    parts = set(getattr(scan.source, "partition_columns", ()))
-    if scan.predicate is None or not parts:
-        return tasks
-    conjuncts = _conjuncts(scan.predicate)
-    usable = [c for c in conjuncts if ir.columns_of(c) and ir.columns_of(c) <= parts]
-    if not usable:
-        return tasks
-    kept = []
-    ctx = EvalContext()
-    for task in tasks:
-        values = dict(task.partitions)
-        row = pa.table({k: pa.array([values.get(k)], scan.source.schema[k].to_arrow())
-                        for k in parts})
-        if all(filter_table(row, c, ctx).num_rows for c in usable):
-            kept.append(task)
-    return kept
-
-
-def _conjuncts(node: ir.Node) -> list[ir.Node]:
-    if isinstance(node, ir.BinaryOp) and node.op == "&":
-        return _conjuncts(node.left) + _conjuncts(node.right)
-    return [node]
+        for key, table in operators.scan_task(self._scan, index, spec, self._rows):
+            yield key, to_batch(table)
 
 
 class _RowStageFn(beam.DoFn):
@@ -160,14 +106,7 @@ class _RowStageFn(beam.DoFn):
         self._errors = {}
 
     def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
-        for kind, arg in self._ops:
-            if kind == "project":
-                table = project(table, arg, ctx)
-            elif kind == "filter":
-                table = filter_table(table, arg, ctx)
-            else:
-                table = physical.explode_table(table, arg)
-        return table
+        return operators.run_row_ops(table, self._ops, ctx)
 
     def process(self, element):
         key, batch = element
@@ -194,7 +133,10 @@ class _PartitionFn(beam.DoFn):
 
     def process(self, element):
         _, batch = element
-        for pid, part in physical.partition_table(_table(batch), self._columns, self._parts):
+        yield from self._emit(_table(batch))
+
+    def _emit(self, table: pa.Table):
+        for pid, part in physical.partition_table(table, self._columns, self._parts):
             if self._staging is None:
                 yield pid, to_batch(part)
             else:
@@ -202,6 +144,39 @@ class _PartitionFn(beam.DoFn):
                 with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, part.schema) as w:
                     w.write_table(part)
                 yield pid, path
+
+
+class _PartialAggregateFn(_PartitionFn):
+    """Combiner lifting: partial aggregates of every batch of a bundle, merged and
+    hash-partitioned once in ``finish_bundle``, so the shuffle moves one row per group and
+    bundle instead of every input row."""
+
+    MERGE_EVERY = 16
+
+    def __init__(self, agg: P.Aggregate, parts: int, staging: str | None = None):
+        super().__init__(tuple(agg.keys) or (physical.GLOBAL_KEY,), parts, staging)
+        self._keys = agg.keys
+        self._aggs = agg.aggs
+
+    def start_bundle(self):
+        self._partials: list[pa.Table] = []
+
+    def process(self, element):
+        _, batch = element
+        self._partials.append(physical.partial_aggregate(_table(batch), self._keys, self._aggs))
+        if len(self._partials) >= self.MERGE_EVERY:
+            self._partials = [self._merged()]
+
+    def _merged(self) -> pa.Table:
+        return physical.merge_partials(pa.concat_tables(self._partials), self._keys, self._aggs)
+
+    def finish_bundle(self):
+        if not self._partials:
+            return
+        merged = self._merged()
+        self._partials = []
+        for pid, part in self._emit(merged):
+            yield WindowedValue((pid, part), MIN_TIMESTAMP, [GlobalWindow()])
 
 
 def _load(item: Any) -> pa.Table | pa.RecordBatch:
@@ -230,18 +205,38 @@ class _JoinFn(beam.DoFn):
         yield (pid,), to_batch(out)
 
 
+class _BroadcastJoinFn(_JoinFn):
+    """Join each left batch with the whole (small) right side, given as a side input: no
+    shuffle of the big side. Only for joins that never emit unmatched right rows."""
+
+    def setup(self):
+        self._right: pa.Table | None = None
+
+    def process(self, element, right_batches):
+        key, batch = element
+        left_on, right_on, how, prefix = self._spec
+        if self._right is None:  # the side input of the global window is the same every call
+            self._right = _concat([b for _, b in right_batches], self._rschema)
+        out = physical.join_tables(_table(batch), self._right, left_on, right_on, how,
+                                   self._out, prefix)
+        yield key, to_batch(out)
+
+
 class _AggregateFn(beam.DoFn):
+    """Merge the partial aggregates of one hash partition into the final rows."""
+
     def __init__(self, agg: P.Aggregate):
         self._keys = agg.keys
         self._aggs = agg.aggs
-        self._schema = agg.child.schema.to_arrow()
+        empty = pa.Table.from_batches([_empty_batch(agg.child.schema.to_arrow())])
+        self._schema = physical.partial_aggregate(empty, agg.keys, agg.aggs).schema
         self._out = agg.schema
 
     def process(self, element):
         pid, batches = element
-        table = _concat([_load(b) for b in batches], self._schema)
-        out = physical.aggregate_table(table, self._keys, self._aggs, self._out)
-        yield (pid if isinstance(pid, int) else 0,), to_batch(out)
+        partials = _concat([_load(b) for b in batches], self._schema)
+        out = physical.finish_aggregate(partials, self._keys, self._aggs, self._out)
+        yield (pid,), to_batch(out)
 
 
 class _GatherFn(beam.DoFn):
@@ -342,6 +337,10 @@ class Compiler:
         self.staging = staging
         self._shuffle_files = shuffle_files and staging is not None
         self._count = 0
+        # several frames may expand into one user pipeline: keep their labels apart
+        frames = getattr(pipeline, "_mmbeam_frames", 0) + 1
+        pipeline._mmbeam_frames = frames
+        self.prefix = "" if frames == 1 else f"Frame{frames}/"
 
     def shuffle_dir(self) -> str | None:
         """Where partition files go when shuffling by reference (None: shuffle values)."""
@@ -362,7 +361,7 @@ class Compiler:
 
     def label(self, what: str) -> str:
         self._count += 1
-        return f"{what}{self._count}"
+        return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
         return _expand(plan, self)
@@ -390,9 +389,7 @@ def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
 
 @_expand.register
 def _(plan: P.Scan, c: Compiler) -> beam.PCollection:
-    tasks = plan.source.tasks(plan.limit if plan.predicate is None else None)
-    tasks = list(enumerate(prune_tasks(plan, tasks))) or [(0, None)]
-    return (c.pipeline | c.label("ScanTasks") >> beam.Create(tasks)
+    return (c.pipeline | c.label("ScanTasks") >> beam.Create(operators.scan_tasks(plan))
             | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows)))
 
 
@@ -408,28 +405,10 @@ def _is_row(plan: P.Plan) -> bool:
 
 
 def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
-    ops: list[tuple[str, Any]] = []
-    node = plan
-    multimodal = False
-    while _is_row(node):
-        if isinstance(node, P.Project):
-            ops.append(("project", node.exprs))
-            multimodal |= _has_multimodal(node.exprs)
-        elif isinstance(node, P.Filter):
-            ops.append(("filter", node.predicate))
-            multimodal |= _has_multimodal((node.predicate,))
-        else:
-            ops.append(("explode", node.columns))
-        node = node.inputs()[0]
-    ops.reverse()
+    ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
     sub = c.options.multimodal_batch_rows if multimodal else None
     return source | c.label("Stage") >> beam.ParDo(_RowStageFn(ops, sub, plan.schema.to_arrow()))
-
-
-def _has_multimodal(exprs: tuple[ir.Node, ...]) -> bool:
-    return any(isinstance(n, ir.Function) and n.name.startswith(("url.", "image."))
-               for e in exprs for n in ir.walk(e))
 
 
 _expand.register(P.Project, _row_stage)
@@ -455,6 +434,10 @@ _expand.register(P.Sort, _gather)
 
 @_expand.register
 def _(plan: P.Join, c: Compiler) -> beam.PCollection:
+    if operators.broadcast_right(plan, c.options):
+        right = c.expand(plan.right)
+        return c.expand(plan.left) | c.label("BroadcastJoin") >> beam.ParDo(
+            _BroadcastJoinFn(plan), right_batches=beam.pvalue.AsList(right))
     parts = c.options.num_partitions
     left = c.expand(plan.left) | c.label("HashLeft") >> beam.ParDo(
         _PartitionFn(plan.left_on, parts, c.shuffle_dir()))
@@ -468,8 +451,8 @@ def _(plan: P.Join, c: Compiler) -> beam.PCollection:
 def _(plan: P.Aggregate, c: Compiler) -> beam.PCollection:
     child = c.expand(plan.child)
     parts = c.options.num_partitions if plan.keys else 1
-    hashed = child | c.label("HashAgg") >> beam.ParDo(
-        _PartitionFn(plan.keys, parts, c.shuffle_dir()))
+    hashed = child | c.label("PartialAgg") >> beam.ParDo(
+        _PartialAggregateFn(plan, parts, c.shuffle_dir()))
     return (hashed
             | c.label("GroupAgg") >> beam.GroupByKey()
             | c.label("Aggregate") >> beam.ParDo(_AggregateFn(plan)))
@@ -514,6 +497,8 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
     from mmbeam.frame import context
 
     options = options or context.get_context().exec_options
+    if tail is None and execution_path(plan, options, context.get_context().runner_name)[0]:
+        return run_in_process(plan, options)
     folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
     try:
         pipeline = _pipeline_of(plan) or beam.Pipeline(runner=context.get_runner(),
@@ -569,10 +554,11 @@ def expand_rows(plan: P.Plan, pipeline: beam.Pipeline, batches: bool = False,
     from mmbeam.frame import context
 
     options = options or context.get_context().exec_options
-    out = Compiler(pipeline, options).expand(plan)
+    compiler = Compiler(pipeline, options)
+    out = compiler.expand(plan)
     if batches:
-        return out | "Batches" >> beam.Map(lambda kb: kb[1])
-    return out | "Rows" >> beam.FlatMap(_batches_to_rows)
+        return out | compiler.label("Batches") >> beam.Map(lambda kb: kb[1])
+    return out | compiler.label("Rows") >> beam.FlatMap(_batches_to_rows)
 
 
 class _WriteFilesFn(beam.DoFn):
@@ -589,10 +575,19 @@ class _WriteFilesFn(beam.DoFn):
 
 def run_write(plan: P.Plan, spec: Any) -> Any:
     """Run ``plan`` writing its batches as files; a frame of the written paths."""
+    from mmbeam.frame import context
     from mmbeam.frame.frame import Frame
     from mmbeam.frame.optimizer import optimize
+    from mmbeam.io.writers import write_table
 
     schema = pa.schema([("path", pa.large_string())])
-    table, _ = run_plan(optimize(plan), tail=lambda pc: pc | "Write" >> beam.ParDo(
+    plan = optimize(plan)
+    options = context.get_context().exec_options
+    if execution_path(plan, options, context.get_context().runner_name)[0]:
+        rows, _ = run_in_process(plan, options)
+        paths = [p for start in range(0, max(rows.num_rows, 1), options.batch_rows)
+                 for p in write_table(rows.slice(start, options.batch_rows), spec)]
+        return Frame(P.InMemory(pa.table({"path": pa.array(paths, pa.large_string())})))
+    table, _ = run_plan(plan, tail=lambda pc: pc | "Write" >> beam.ParDo(
         _WriteFilesFn(spec)), schema=schema)
     return Frame(P.InMemory(table))

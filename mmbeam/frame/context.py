@@ -37,6 +37,12 @@ class ExecOptions:
     #: shuffle hash partitions as Arrow files in a staging folder, passing only their paths
     #: through GroupByKey (None: only on the local runner, whose workers share this disk)
     shuffle_files: bool | None = None
+    #: run purely tabular plans in this process with the same Arrow operators, without a Beam
+    #: pipeline (None: whenever the runner is the local default; False: always Beam)
+    in_process: bool | None = None
+    #: a join whose right side is known to be at most this many bytes (in memory, or files
+    #: of up to an eighth of it) sends it to every worker instead of shuffling both sides
+    broadcast_bytes: int = 64 << 20
 
     def use_shuffle_files(self, runner_name: str) -> bool:
         return runner_name == "local" if self.shuffle_files is None else self.shuffle_files
@@ -95,11 +101,11 @@ def set_execution_config(**sizes: Any) -> Context:
         if key not in known:
             raise ConfigError(f"unknown execution option {key!r}; known: "
                               f"{', '.join(sorted(known))}")
-        if key == "shuffle_files":
+        if key in ("shuffle_files", "in_process"):
             if value is not None and not isinstance(value, bool):
-                raise ConfigError(f"shuffle_files must be True, False or None, not {value!r}")
+                raise ConfigError(f"{key} must be True, False or None, not {value!r}")
             continue
-        if not isinstance(value, int) or value <= 0:
+        if not isinstance(value, int) or value < (0 if key == "broadcast_bytes" else 1):
             raise ConfigError(f"{key} must be a positive integer, not {value!r}")
     with _lock:
         _context = replace(_context, exec_options=replace(_context.exec_options, **sizes))
@@ -110,4 +116,4 @@ def pipeline_options() -> Any:
     """Beam PipelineOptions for the current context."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(**_context.pipeline_flags)
+    return PipelineOptions([], **_context.pipeline_flags)  # never the script's sys.argv

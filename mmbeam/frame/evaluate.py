@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmbeam.errors import UnsupportedError
+from mmbeam.errors import CastError, UnsupportedError
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
 from mmbeam.types import DataType, Schema
@@ -144,7 +144,54 @@ def _(node: ir.UnaryOp, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
 @evaluate.register
 def _(node: ir.Cast, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
     value = evaluate(node.child, table, ctx)
-    return pc.cast(value, node.dtype.to_arrow())
+    target = node.dtype
+    if target.is_image() or target.is_tensor():
+        source = infer(node.child, Schema.from_arrow(table.schema))
+        value = _as_array(value, table.num_rows, source.to_arrow())
+        try:
+            if target.is_image():
+                return _cast_images(value, source, target)
+            return _cast_tensors(value, source, target)
+        except CastError as err:
+            raise err.located("cast", f"{_describe(node.child)} to {target}") from err
+    return pc.cast(value, target.to_arrow())
+
+
+def _describe(node: ir.Node) -> str:
+    from mmbeam.expr.expr import _show
+
+    return _show(node)
+
+
+def _cast_images(value: Array, source: DataType, target: DataType) -> pa.Array:
+    """Images converted to the target mode; a fixed height x width is checked, not resized."""
+    from mmbeam.ops.image import to_mode
+    from mmbeam.types import arrow_to_images, images_to_arrow
+
+    mode, height, width = target.params
+    images = arrow_to_images(value)
+    if mode is not None:
+        images = [None if img is None else to_mode(
+            img[:, :, 0] if img.shape[2] == 1 else img, mode) for img in images]
+    if height is not None:
+        for i, img in enumerate(images):
+            if img is not None and img.shape[:2] != (height, width):
+                raise CastError(f"row {i} is {img.shape[0]} x {img.shape[1]}, the type "
+                                f"needs {height} x {width}; resize with .image.resize("
+                                f"{width}, {height}) first")
+    out = images_to_arrow(images, mode)
+    return pa.ExtensionArray.from_storage(target.to_arrow(), out.storage)
+
+
+def _cast_tensors(value: Array, source: DataType, target: DataType) -> pa.Array:
+    """Lists, fixed-size lists or tensors to a tensor (of a fixed shape, or any shape)."""
+    from mmbeam.types import arrow_to_tensors, tensors_to_arrow
+
+    if source.is_tensor():
+        rows = arrow_to_tensors(value)
+    else:
+        rows = [None if v is None else np.asarray(v) for v in value.to_pylist()]
+    return tensors_to_arrow(rows, target)
 
 
 @evaluate.register

@@ -130,12 +130,21 @@ class Frame:
     def sort(self, by: ColumnLike | Sequence[ColumnLike], desc: bool | Sequence[bool] = False,
              nulls_first: bool | None = None) -> Frame:
         """Rows ordered by ``by`` (nulls last, or first with ``nulls_first=True``)."""
-        keys = [_column_name(b, "sort") for b in (by if isinstance(by, (list, tuple)) else [by])]
-        flags = list(desc) if isinstance(desc, (list, tuple)) else [bool(desc)] * len(keys)
-        if len(flags) != len(keys):
-            raise ConfigError(f"sort got {len(keys)} keys but {len(flags)} desc flags")
-        return self._derive(P.Sort(self._plan, tuple(keys), tuple(map(bool, flags)),
-                                   bool(nulls_first)))
+        nodes = [_node(b) for b in (by if isinstance(by, (list, tuple)) else [by])]
+        flags = list(desc) if isinstance(desc, (list, tuple)) else [bool(desc)] * len(nodes)
+        if len(flags) != len(nodes):
+            raise ConfigError(f"sort got {len(nodes)} keys but {len(flags)} desc flags")
+        child, keys, hidden = self._plan, [], []
+        for i, node in enumerate(nodes):  # an expression key sorts by a hidden column
+            if isinstance(node, ir.Column):
+                keys.append(node.name)
+                continue
+            name = f"__sort_key{i}"
+            child = _with_hidden(child, name, node)
+            keys.append(name)
+            hidden.append(name)
+        return self._derive(_drop_hidden(P.Sort(child, tuple(keys), tuple(map(bool, flags)),
+                                                bool(nulls_first)), hidden))
 
     def distinct(self, *on: ColumnLike) -> Frame:
         """Unique rows (or the first row per distinct value of ``on``)."""
@@ -170,21 +179,42 @@ class Frame:
             left_on = right_on = on
         if left_on is None or right_on is None:
             raise ConfigError("join() needs on= or both left_on= and right_on=")
-        lk = [_column_name(c, "join") for c in _listify(left_on)]
-        rk = [_column_name(c, "join") for c in _listify(right_on)]
+        lk = [_node(c) for c in _listify(left_on)]
+        rk = [_node(c) for c in _listify(right_on)]
         if len(lk) != len(rk) or not lk:
-            raise ConfigError(f"join needs as many left keys as right keys, got {lk} and {rk}")
+            raise ConfigError(f"join needs as many left keys as right keys, got "
+                              f"{len(lk)} and {len(rk)}")
         if suffix is not None:
             raise UnsupportedError("join(suffix=) is not supported yet; use prefix=")
-        return self._derive(P.Join(self._plan, other._plan, tuple(lk), tuple(rk), how,
-                                   "right." if prefix is None else prefix))
+        # a key that is an expression on either side becomes a hidden column on both sides:
+        # same name, so the join merges it, and it is dropped from the output
+        left_plan, right_plan, lnames, rnames, hidden = self._plan, other._plan, [], [], []
+        for i, (lnode, rnode) in enumerate(zip(lk, rk, strict=True)):
+            if isinstance(lnode, ir.Column) and isinstance(rnode, ir.Column):
+                lnames.append(lnode.name)
+                rnames.append(rnode.name)
+                continue
+            name = f"__join_key{i}"
+            left_plan = _with_hidden(left_plan, name, lnode)
+            right_plan = _with_hidden(right_plan, name, rnode)
+            lnames.append(name)
+            rnames.append(name)
+            hidden.append(name)
+        joined: P.Plan = P.Join(left_plan, right_plan, tuple(lnames), tuple(rnames), how,
+                                "right." if prefix is None else prefix)
+        return self._derive(_drop_hidden(joined, hidden))
 
     def groupby(self, *keys: ColumnLike) -> GroupedFrame:
         """Group rows by ``keys``; follow with ``.agg(...)`` or ``.sum(...)`` etc."""
-        names = [_column_name(k, "groupby") for k in _flatten(keys)]
-        for n in names:
-            self._plan.schema[n]
-        return GroupedFrame(self, tuple(names))
+        nodes = [_node(k) for k in _flatten(keys)]
+        exprs = {ir.output_name(n): _strip_alias(n) for n in nodes
+                 if not isinstance(n, ir.Column)}
+        for n in nodes:
+            if isinstance(n, ir.Column):
+                self._plan.schema[n.name]
+        # an expression key (``col("a") % 2``) is computed as a column named like Daft names it
+        frame = self.with_columns({k: Expr(v) for k, v in exprs.items()}) if exprs else self
+        return GroupedFrame(frame, tuple(ir.output_name(n) for n in nodes))
 
     group_by = groupby
 
@@ -255,16 +285,22 @@ class Frame:
         return Preview(rows, self.schema(), total)
 
     def explain(self, show_all: bool = False) -> None:
-        """Print the plan; with ``show_all`` also the optimized plan and the Beam stages."""
+        """Print the plan and which engine runs it (in this process, or a Beam pipeline); with
+        ``show_all`` also the optimized plan and the stages."""
+        from mmbeam.frame.context import get_context
+        from mmbeam.frame.inprocess import execution_path
         from mmbeam.frame.optimizer import optimize
 
+        ctx = get_context()
+        opt = optimize(self._plan)
+        local, why = execution_path(opt, ctx.exec_options, ctx.runner_name)
         text = "== Logical plan ==\n" + P.render(self._plan)
+        text += "\n\n== Execution ==\n" + (
+            "in-process: the stages' Arrow operators run in this process, no Beam pipeline"
+            if local else f"Beam pipeline on the {ctx.runner_name!r} runner") + f" ({why})"
         if show_all:
-            from mmbeam.frame.context import get_context
-
-            opt = optimize(self._plan)
             text += "\n\n== Optimized plan ==\n" + P.render(opt)
-            text += "\n\n== Physical stages ==\n" + _stages(opt, get_context().exec_options)
+            text += "\n\n== Physical stages ==\n" + _stages(opt, ctx.exec_options)
         print(text)
 
     def to_arrow(self) -> pa.Table:
@@ -413,6 +449,18 @@ class GroupedFrame:
         raise suggest_attribute(self, name, "GroupedFrame")
 
 
+def _with_hidden(plan: P.Plan, name: str, node: ir.Node) -> P.Plan:
+    """``plan`` plus a column ``name`` computed by ``node`` (checked against its schema now)."""
+    keep = tuple(ir.Column(c) for c in plan.schema.names())
+    return P.Project(plan, keep + (ir.Alias(_strip_alias(node), name),))
+
+
+def _drop_hidden(plan: P.Plan, hidden: list[str]) -> P.Plan:
+    if not hidden:
+        return plan
+    return P.Project(plan, tuple(ir.Column(c) for c in plan.schema.names() if c not in hidden))
+
+
 def _int64():
     from mmbeam.types import DataType
 
@@ -433,10 +481,12 @@ def _listify(value: Any) -> list:
 
 
 def _pylist(column: pa.ChunkedArray) -> list:
-    from mmbeam.types import ImageArrowType
+    from mmbeam.types import DataType, ImageArrowType, arrow_to_tensors
 
     if isinstance(column.type, ImageArrowType):
         return arrow_to_images(column)
+    if DataType.from_arrow(column.type).is_tensor():
+        return arrow_to_tensors(column)
     return column.to_pylist()
 
 
@@ -469,6 +519,8 @@ def _in_notebook() -> bool:
 
 
 def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
+    from mmbeam.frame.operators import broadcast_right
+
     pad = "  " * depth
     if isinstance(plan, (P.Project, P.Filter, P.Explode)):
         ops = []
@@ -476,16 +528,19 @@ def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
         while isinstance(node, (P.Project, P.Filter, P.Explode)):
             ops.append(node.describe())
             node = node.inputs()[0]
-        from mmbeam.frame.compile import _has_multimodal
+        from mmbeam.frame.operators import has_multimodal
 
-        mm = any(_has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
+        mm = any(has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
                  and n in _chain_nodes(plan))
         size = options.multimodal_batch_rows if mm else options.batch_rows
         head = f"{pad}* RowStage (one DoFn, batches of {size} rows): " + " -> ".join(
             reversed(ops))
         return head + "\n" + _stages(node, options, depth + 1)
-    if isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
-        head = f"{pad}* {plan.describe()} [hash-partitioned x{options.num_partitions}, " \
+    if isinstance(plan, P.Join) and broadcast_right(plan, options):
+        head = f"{pad}* {plan.describe()} [broadcast: the small right side is a side input]"
+    elif isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
+        first = "partial aggregates per bundle, then " if isinstance(plan, P.Aggregate) else ""
+        head = f"{pad}* {plan.describe()} [{first}hash-partitioned x{options.num_partitions}, " \
                f"{'CoGroupByKey' if isinstance(plan, P.Join) else 'GroupByKey'}]"
     elif isinstance(plan, (P.Limit, P.Sort)):
         head = f"{pad}* {plan.describe()} [gathered with GroupByKey]"

@@ -25,12 +25,6 @@ def optimize(root: P.Plan) -> P.Plan:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _conjuncts(node: ir.Node) -> list[ir.Node]:
-    if isinstance(node, ir.BinaryOp) and node.op == "&":
-        return _conjuncts(node.left) + _conjuncts(node.right)
-    return [node]
-
-
 def _and(nodes: list[ir.Node]) -> ir.Node:
     out = nodes[0]
     for n in nodes[1:]:
@@ -101,7 +95,7 @@ def _push_into_join(f: P.Filter, j: P.Join) -> P.Plan:
     keep, to_left, to_right = [], [], []
     left_ok = j.how in ("inner", "left", "semi", "anti")
     right_ok = j.how in ("inner", "right")
-    for c in _conjuncts(f.predicate):
+    for c in ir.conjuncts(f.predicate):
         refs = ir.columns_of(c)
         if left_ok and refs <= left_names and not (j.how == "right" and refs & set(j.left_on)):
             to_left.append(c)

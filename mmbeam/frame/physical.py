@@ -17,7 +17,11 @@ from mmbeam.expr import ir
 from mmbeam.types import Schema
 
 __all__ = [
+    "GLOBAL_KEY",
     "aggregate_table",
+    "finish_aggregate",
+    "merge_partials",
+    "partial_aggregate",
     "distinct_table",
     "explode_table",
     "hash_columns",
@@ -178,40 +182,8 @@ def _key(arr: pa.ChunkedArray, other: pa.DataType) -> pa.ChunkedArray:
     return arr
 
 
-_AGG = {"sum": "sum", "mean": "mean", "min": "min", "max": "max", "count": "count",
-        "list": "list", "count_all": "count_all"}
-
-
-def aggregate_table(table: pa.Table, keys: Sequence[str], aggs: Sequence[ir.Node],
-                    output: Schema) -> pa.Table:
-    """Group ``table`` by ``keys`` and compute ``aggs`` (``Alias(Agg(Column))`` nodes)."""
-    from mmbeam.frame.evaluate import EvalContext, project
-
-    ctx = EvalContext()
-    inputs = [ir.Alias(_agg(a).child, f"__a{i}") for i, a in enumerate(aggs)]
-    work = project(table, tuple(ir.Column(k) for k in keys) + tuple(inputs), ctx)
-    if not keys:
-        cols = []
-        for i, a in enumerate(aggs):
-            cols.append(_global(work.column(f"__a{i}"), _agg(a).op,
-                                output[ir.output_name(a)].to_arrow()))
-        return pa.Table.from_arrays(cols, names=[ir.output_name(a) for a in aggs])
-    specs = []
-    for i, a in enumerate(aggs):
-        op = _agg(a).op
-        if op == "count_all":
-            specs.append(([], "count_all"))
-        elif op == "count":
-            specs.append((f"__a{i}", "count", pc.CountOptions(mode="only_valid")))
-        else:
-            specs.append((f"__a{i}", _AGG[op]))
-    result = work.group_by(list(keys), use_threads=False).aggregate(specs)
-    # pyarrow names outputs "<col>_<op>" and puts keys last
-    agg_names = [c for c in result.column_names if c not in keys]
-    cols = [result.column(k) for k in keys] + [result.column(c) for c in agg_names]
-    names = list(keys) + [ir.output_name(a) for a in aggs]
-    out = pa.Table.from_arrays(cols, names=names)
-    return out.cast(output.to_arrow()) if out.schema != output.to_arrow() else out
+#: the constant key column a global aggregate groups its partial states by
+GLOBAL_KEY = "__g"
 
 
 def _agg(node: ir.Node) -> ir.Agg:
@@ -221,22 +193,116 @@ def _agg(node: ir.Node) -> ir.Agg:
     return node
 
 
-def _global(arr: pa.ChunkedArray, op: str, t: pa.DataType) -> pa.Array:
-    if op == "count_all":
-        value = pa.scalar(len(arr), pa.int64())
-    elif op == "count":
-        value = pa.scalar(len(arr) - arr.null_count, pa.int64())
-    elif op == "list":
-        value = pa.scalar(arr.to_pylist(), t)
-    elif op in ("sum", "mean") and pa.types.is_boolean(arr.type):
-        value = getattr(pc, op)(arr.cast(pa.int64()))
-    else:
-        value = getattr(pc, op)(arr)
-    return pa.array([value.as_py()], type=t)
+def _state(i: int, op: str) -> list[tuple[str, str]]:
+    """The partial-state columns of aggregation ``i`` and how partials of each merge."""
+    if op in ("count", "count_all"):
+        return [(f"__p{i}", "sum")]
+    if op == "mean":
+        return [(f"__p{i}", "sum"), (f"__q{i}", "sum")]
+    return [(f"__p{i}", op)]  # sum, min, max, list
 
 
-def merge_counts(tables: Sequence[pa.Table]) -> int:
-    return sum(t.num_rows for t in tables)
+def _group(table: pa.Table, keys: list[str], specs: list) -> pa.Table:
+    """``table`` grouped by ``keys``; columns: keys, then each spec's output named as its input."""
+    result = table.group_by(keys, use_threads=False).aggregate(specs)
+    names = [spec[0] for spec in specs]
+    return pa.Table.from_arrays([result.column(k) for k in keys] +
+                                [result.column(f"{n}_{spec[1]}") for n, spec in
+                                 zip(names, specs, strict=True)], names=keys + names)
+
+
+def partial_aggregate(table: pa.Table, keys: Sequence[str], aggs: Sequence[ir.Node]) -> pa.Table:
+    """Per-group partial states of ``aggs`` over ``table`` (the combiner before a shuffle).
+
+    Columns: ``keys`` (or one constant ``__g`` key for a global aggregate), then per aggregation
+    its state: a count, a sum, a min/max, a list, or (sum, count) for a mean. Partials of many
+    tables merge with :func:`merge_partials`; :func:`finish_aggregate` turns them into results.
+    """
+    from mmbeam.frame.evaluate import EvalContext, project
+
+    exprs: list[ir.Node] = [ir.Column(k) for k in keys]
+    specs: list = []
+    for i, a in enumerate(aggs):
+        agg = _agg(a)
+        exprs.append(ir.Alias(agg.child, f"__p{i}"))
+        if agg.op in ("count", "count_all"):
+            mode = "all" if agg.op == "count_all" else "only_valid"
+            specs.append((f"__p{i}", "count", pc.CountOptions(mode=mode)))
+        elif agg.op == "mean":
+            specs += [(f"__p{i}", "sum"), (f"__q{i}", "count", pc.CountOptions(mode="only_valid"))]
+        else:
+            specs.append((f"__p{i}", agg.op))
+    work = project(table, tuple(exprs), EvalContext())
+    for i, a in enumerate(aggs):
+        column = work.column(f"__p{i}")
+        if _agg(a).op in ("sum", "mean") and pa.types.is_boolean(column.type):
+            work = work.set_column(work.schema.get_field_index(f"__p{i}"), f"__p{i}",
+                                   column.cast(pa.int64()))
+        if _agg(a).op == "mean":
+            work = work.append_column(f"__q{i}", work.column(f"__p{i}"))
+    group_keys = list(keys)
+    if not group_keys:
+        group_keys = [GLOBAL_KEY]
+        work = work.append_column(GLOBAL_KEY, pa.array(np.zeros(work.num_rows, np.int8)))
+    return _group(work, group_keys, specs)
+
+
+def merge_partials(partials: pa.Table, keys: Sequence[str], aggs: Sequence[ir.Node]) -> pa.Table:
+    """Partial states merged per group (same columns as :func:`partial_aggregate`)."""
+    group_keys = list(keys) or [GLOBAL_KEY]
+    specs = [(name, how) for i, a in enumerate(aggs) for name, how in _state(i, _agg(a).op)
+             if how != "list"]
+    lists = [f"__p{i}" for i, a in enumerate(aggs) if _agg(a).op == "list"]
+    if lists:  # Arrow cannot list lists: collect each group's partial rows, then splice
+        partials = partials.append_column("__row", pa.array(np.arange(partials.num_rows)))
+        specs.append(("__row", "list"))
+    merged = _group(partials, group_keys, specs)
+    if not lists:
+        return merged
+    rows = merged.column("__row").combine_chunks()
+    for name in lists:
+        taken = partials.column(name).take(rows.values).combine_chunks()
+        outer = pa.ListArray.from_arrays(rows.offsets, taken)
+        merged = merged.append_column(name, _concat_lists(outer))
+    return merged.drop_columns(["__row"])
+
+
+def _concat_lists(outer: pa.ListArray) -> pa.Array:
+    """Per row, the concatenation of a list of lists (one level flattened within each row)."""
+    inner = outer.values
+    offsets = inner.offsets.take(outer.offsets)
+    return pa.ListArray.from_arrays(offsets, inner.values, type=inner.type)
+
+
+def finish_aggregate(partials: pa.Table, keys: Sequence[str], aggs: Sequence[ir.Node],
+                     output: Schema) -> pa.Table:
+    """The aggregation results (keys, then one column per agg, typed as ``output``) from the
+    partial states of all rows of these groups."""
+    merged = merge_partials(partials, keys, aggs)
+    target = output.to_arrow()
+    if not keys and merged.num_rows == 0:  # a global aggregate over no rows: one row
+        return pa.Table.from_arrays([_empty_value(_agg(a).op, target.field(ir.output_name(a)).type)
+                                     for a in aggs], schema=target)
+    cols = [merged.column(k) for k in keys]
+    for i, a in enumerate(aggs):
+        value = merged.column(f"__p{i}")
+        if _agg(a).op == "mean":
+            value = pc.divide(value.cast(pa.float64()), merged.column(f"__q{i}").cast(pa.float64()))
+        cols.append(value)
+    out = pa.Table.from_arrays(cols, names=list(keys) + [ir.output_name(a) for a in aggs])
+    return out.cast(target) if out.schema != target else out
+
+
+def _empty_value(op: str, t: pa.DataType) -> pa.Array:
+    if op in ("count", "count_all"):
+        return pa.array([0], t)
+    return pa.array([[]] if op == "list" else [None], t)
+
+
+def aggregate_table(table: pa.Table, keys: Sequence[str], aggs: Sequence[ir.Node],
+                    output: Schema) -> pa.Table:
+    """Group ``table`` by ``keys`` and compute ``aggs`` (``Alias(Agg(...))`` nodes)."""
+    return finish_aggregate(partial_aggregate(table, keys, aggs), keys, aggs, output)
 
 
 def sort_table(table: pa.Table, by: Sequence[str], descending: Sequence[bool],

@@ -9,6 +9,7 @@ and ``count_rows()``.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -209,7 +210,7 @@ class ParquetSource(_FileSource):
             except Exception as exc:  # noqa: BLE001 - reported with the file name
                 raise ConfigError(f"{_url(protocol, files[0].path)} is not a Parquet file: "
                                   f"{exc}") from exc
-        file_schema = Schema.from_arrow(arrow_schema)
+        file_schema = Schema.from_arrow(_restore_fixed_size_lists(arrow_schema))
         cols = list(file_schema.items()) + [(k, t) for k, t in parts if k not in file_schema]
         return ParquetSource(protocol, tuple(files), Schema(cols),
                              tuple(k for k, _ in parts if k not in file_schema), io_config,
@@ -252,9 +253,30 @@ class ParquetSource(_FileSource):
                     empty = pa.table({"__n": pa.nulls(min(rows, total - start))})
                     yield _with_partitions(empty, task, columns, self.schema)
                 return
+            restored = _restore_fixed_size_lists(pf.schema_arrow)
             for batch in pf.iter_batches(batch_size=rows, columns=read_cols):
-                table = normalize_table(pa.Table.from_batches([batch]))
+                table = pa.Table.from_batches([batch])
+                if restored is not pf.schema_arrow:
+                    table = table.cast(pa.schema([restored.field(c) for c in read_cols]))
+                table = normalize_table(table)
                 yield _with_partitions(table, task, columns, self.schema)
+
+
+def _restore_fixed_size_lists(schema: pa.Schema) -> pa.Schema:
+    """The schema with the fixed-size lists :func:`mmbeam.io.writers.parquet_safe` stored as
+    lists given back their type (the same schema object when there are none)."""
+    from mmbeam.io.writers import FIXED_SIZE_LISTS
+
+    raw = (schema.metadata or {}).get(FIXED_SIZE_LISTS)
+    if raw is None:
+        return schema
+    sizes = json.loads(raw)
+    for name, size in sizes.items():
+        i = schema.get_field_index(name)
+        if i >= 0:
+            value = schema.field(i).type.value_type
+            schema = schema.set(i, pa.field(name, pa.list_(value, int(size))))
+    return schema
 
 
 @dataclass(frozen=True)

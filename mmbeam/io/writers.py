@@ -6,6 +6,7 @@ Each call writes one file per hive partition value (``key=value/`` folders when
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from mmbeam.errors import ConfigError, UnsupportedError
 from mmbeam.io.filesystems import filesystem_for, split_protocol
 
-__all__ = ["WriteSpec", "write_table"]
+__all__ = ["FIXED_SIZE_LISTS", "WriteSpec", "parquet_safe", "write_table"]
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
@@ -47,7 +48,7 @@ def _write_one(fs: Any, path: str, table: pa.Table, fmt: str) -> None:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, f)
+            pq.write_table(parquet_safe(table), f)
         else:
             import pyarrow.csv as pcsv
 
@@ -58,6 +59,29 @@ def _write_one(fs: Any, path: str, table: pa.Table, fmt: str) -> None:
                     raise UnsupportedError(f"CSV cannot hold column {field.name!r} of type "
                                            f"{t}; use write_parquet")
             pcsv.write_csv(table, f)
+
+
+#: schema metadata naming the fixed-size-list columns stored as lists, with their sizes
+FIXED_SIZE_LISTS = b"mmbeam.fixed_size_lists"
+
+
+def parquet_safe(table: pa.Table) -> pa.Table:
+    """``table`` with fixed-size-list columns stored as lists (sizes kept in the metadata).
+
+    pyarrow 25 writes a fixed-size list column holding nulls to Parquet but cannot read it back
+    ("Expected all lists to be of size=N"); :mod:`mmbeam.io.readers` restores the type.
+    """
+    sizes = {f.name: f.type.list_size for f in table.schema
+             if pa.types.is_fixed_size_list(f.type)}
+    if not sizes:
+        return table
+    for name in sizes:
+        i = table.schema.get_field_index(name)
+        value = table.schema.field(i).type.value_type
+        table = table.set_column(i, name, table.column(i).cast(pa.large_list(value)))
+    meta = dict(table.schema.metadata or {})
+    meta[FIXED_SIZE_LISTS] = json.dumps(sizes).encode()
+    return table.replace_schema_metadata(meta)
 
 
 def write_table(table: pa.Table, spec: WriteSpec) -> list[str]:

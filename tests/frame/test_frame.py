@@ -140,7 +140,7 @@ def test_operators_and_null_semantics():
     assert out["concat"] == ["ab!", None, "cd!", "Ab!"]
 
 
-def test_where_filter_and_limit():
+def test_where_filter_and_limit(engine):
     df = people()
     assert df.where(col("has_dog")).count_rows() == 4  # null is not true
     assert df.filter((col("age") > 30) & (col("age") < 60)).to_pydict()["age"] == [34, 57, 40]
@@ -154,7 +154,7 @@ def test_where_filter_and_limit():
         df.where(col("age") + 1)
 
 
-def test_limit_keeps_source_order_across_batches():
+def test_limit_keeps_source_order_across_batches(engine):
     mf.context.set_execution_config(batch_rows=7)
     try:
         df = mf.from_pydict({"i": list(range(100))})
@@ -196,7 +196,7 @@ def test_errors_before_anything_runs(runs):
     assert runs.runs == 0
 
 
-def test_sort_multiple_keys_and_nulls():
+def test_sort_multiple_keys_and_nulls(engine):
     df = mf.from_pydict({"a": [2, 1, None, 2, 1], "b": ["x", "y", "z", "w", "v"]})
     assert df.sort(["a", "b"]).to_pydict()["b"] == ["v", "y", "w", "x", "z"]
     assert df.sort("a", desc=True).to_pydict()["a"] == [2, 2, 1, 1, None]
@@ -204,14 +204,14 @@ def test_sort_multiple_keys_and_nulls():
     assert df.sort(["a", "b"], desc=[True, False]).to_pydict()["b"] == ["w", "x", "v", "y", "z"]
 
 
-def test_distinct():
+def test_distinct(engine):
     df = mf.from_pydict({"a": [1, 1, 2, None, None], "b": ["x", "x", "y", None, None]})
     out = df.distinct().sort("a").to_pydict()
     assert out == {"a": [1, 2, None], "b": ["x", "y", None]}
     assert df.distinct("a").count_rows() == 3
 
 
-def test_groupby_aggregations_against_pandas():
+def test_groupby_aggregations_against_pandas(engine):
     rng = np.random.default_rng(0)
     n = 500
     keys = rng.integers(0, 7, n).astype(object)
@@ -234,7 +234,7 @@ def test_groupby_aggregations_against_pandas():
     assert pd.isna(out["k"].tolist()[-1])  # null keys form their own group
 
 
-def test_groupby_shortcuts_and_global_agg():
+def test_groupby_shortcuts_and_global_agg(engine):
     df = mf.from_pydict({"k": ["a", "b", "a"], "v": [1, 2, 3]})
     assert df.groupby("k").sum("v").sort("k").to_pydict() == {"k": ["a", "b"], "v": [4, 2]}
     assert df.groupby("k").count().sort("k").to_pydict()["v"] == [2, 1]
@@ -246,7 +246,7 @@ def test_groupby_shortcuts_and_global_agg():
         df.groupby("k").agg(col("v") + 1)
 
 
-def test_explode():
+def test_explode(engine):
     df = mf.from_pydict({"id": [1, 2, 3, 4], "tags": [["a", "b"], [], None, ["c"]]})
     out = df.explode("tags").to_pydict()
     assert out == {"id": [1, 1, 2, 3, 4], "tags": ["a", "b", None, None, "c"]}

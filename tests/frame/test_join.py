@@ -52,7 +52,7 @@ def _expected(left: pd.DataFrame, right: pd.DataFrame, key: str, how: str) -> pd
 
 @pytest.mark.parametrize("how", ["inner", "left", "right", "outer", "semi", "anti"])
 @pytest.mark.parametrize("key", ["k", "sk"])
-def test_join_null_semantics_match_pandas(how, key):
+def test_join_null_semantics_match_pandas(how, key, engine):
     ldata, rdata = _random(1, 120, "lv"), _random(2, 80, "rv")
     drop = "sk" if key == "k" else "k"
     ldata.pop(drop)
@@ -128,7 +128,8 @@ def test_hash_partitioning_is_deterministic_and_type_stable():
 
 @pytest.mark.parametrize("shuffle_files", [True, False])
 def test_shuffle_by_value_and_by_file_agree(shuffle_files):
-    mf.context.set_execution_config(shuffle_files=shuffle_files, batch_rows=50)
+    mf.context.set_execution_config(shuffle_files=shuffle_files, batch_rows=50, in_process=False,
+                                     broadcast_bytes=0)
     try:
         ldata, rdata = _random(3, 300, "lv"), _random(4, 200, "rv")
         ldata.pop("sk")
@@ -145,4 +146,5 @@ def test_shuffle_by_value_and_by_file_agree(shuffle_files):
         assert sum(counts["lv"]) == sum(v is not None for v in ldata["lv"])
         assert left.distinct("k").count_rows() == len(set(ldata["k"]))
     finally:
-        mf.context.set_execution_config(shuffle_files=None, batch_rows=131_072)
+        mf.context.set_execution_config(shuffle_files=None, batch_rows=131_072, in_process=None,
+                                         broadcast_bytes=64 << 20)

@@ -127,3 +127,18 @@ def test_image_type_mismatch_before_running(runs):
     with pytest.raises(Exception, match="image.resize expects an Image"):
         df.with_column("x", col("s").image.resize(2, 2))
     assert runs.runs == 0
+
+
+def test_show_over_a_filtered_parquet_scan_downloads_only_shown_rows(served, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    server, urls = served
+    pq.write_table(pa.table({"id": list(range(6)), "url": urls}), tmp_path / "urls.parquet")
+    server.reset_stats()
+    df = mf.read_parquet(str(tmp_path / "urls.parquet")).where(col("id") % 2 == 1)
+    df = df.with_column("size", col("url").url.download().image.decode().image.width())
+    df.show(2)
+    out = capsys.readouterr().out
+    assert [server.hits(u) for u in urls] == [0, 1, 0, 1, 0, 0]
+    assert "65" in out and "67" in out and "(Showing first 2 rows)" in out

@@ -1,0 +1,164 @@
+"""Stage operators over Arrow tables, shared by both execution paths.
+
+The Beam DoFns in :mod:`mmbeam.frame.compile` and the in-process executor in
+:mod:`mmbeam.frame.inprocess` call these same functions, so a plan computes the same rows either
+way: one implementation, two drivers. Nothing here imports Beam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from mmbeam.expr import ir
+from mmbeam.frame import physical
+from mmbeam.frame import plan as P
+from mmbeam.frame.evaluate import EvalContext, filter_table, project
+
+__all__ = [
+    "RowOps",
+    "broadcast_right",
+    "empty_batch",
+    "has_multimodal",
+    "physical_size",
+    "prune_tasks",
+    "row_ops",
+    "run_row_ops",
+    "scan_task",
+    "scan_tasks",
+]
+
+#: the per-row work of one stage, innermost first: ("project", exprs), ("filter", predicate),
+#: ("explode", columns)
+RowOps = list[tuple[str, Any]]
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A record batch with no rows (extension types built from their storage)."""
+    arrays = []
+    for f in schema:
+        if isinstance(f.type, pa.ExtensionType):
+            storage = pa.array([], f.type.storage_type)
+            arrays.append(pa.ExtensionArray.from_storage(f.type, storage))
+        else:
+            arrays.append(pa.array([], f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def has_multimodal(exprs: tuple[ir.Node, ...]) -> bool:
+    """True when any expression calls a ``url.*`` or ``image.*`` function."""
+    return any(isinstance(n, ir.Function) and n.name.startswith(("url.", "image."))
+               for e in exprs for n in ir.walk(e))
+
+
+def row_ops(plan: P.Plan) -> tuple[RowOps, P.Plan, bool]:
+    """The chain of Project/Filter/Explode nodes at ``plan`` as one stage's ops (innermost
+    first), the node the chain reads from, and whether any op is multimodal."""
+    ops: RowOps = []
+    node = plan
+    multimodal = False
+    while isinstance(node, (P.Project, P.Filter, P.Explode)):
+        if isinstance(node, P.Project):
+            ops.append(("project", node.exprs))
+            multimodal |= has_multimodal(node.exprs)
+        elif isinstance(node, P.Filter):
+            ops.append(("filter", node.predicate))
+            multimodal |= has_multimodal((node.predicate,))
+        else:
+            ops.append(("explode", node.columns))
+        node = node.inputs()[0]
+    ops.reverse()
+    return ops, node, multimodal
+
+
+def run_row_ops(table: pa.Table, ops: RowOps, ctx: EvalContext) -> pa.Table:
+    """Projections, filters and explodes of one stage, in order, over ``table``."""
+    for kind, arg in ops:
+        if kind == "project":
+            table = project(table, arg, ctx)
+        elif kind == "filter":
+            table = filter_table(table, arg, ctx)
+        else:
+            table = physical.explode_table(table, arg)
+    return table
+
+
+def prune_tasks(scan: P.Scan, tasks: list) -> list:
+    """Drop files whose hive partition values fail the scan's filter (partition pruning)."""
+    parts = set(getattr(scan.source, "partition_columns", ()))
+    if scan.predicate is None or not parts:
+        return tasks
+    usable = [c for c in ir.conjuncts(scan.predicate)
+              if ir.columns_of(c) and ir.columns_of(c) <= parts]
+    if not usable:
+        return tasks
+    kept = []
+    ctx = EvalContext()
+    for task in tasks:
+        values = dict(task.partitions)
+        row = pa.table({k: pa.array([values.get(k)], scan.source.schema[k].to_arrow())
+                        for k in parts})
+        if all(filter_table(row, c, ctx).num_rows for c in usable):
+            kept.append(task)
+    return kept
+
+
+def scan_tasks(scan: P.Scan) -> list[tuple[int, Any]]:
+    """The numbered read tasks of a scan (one per file) after limit and partition pruning."""
+    tasks = scan.source.tasks(scan.limit if scan.predicate is None else None)
+    return list(enumerate(prune_tasks(scan, tasks))) or [(0, None)]
+
+
+def scan_task(scan: P.Scan, index: int, spec: Any, rows: int) \
+        -> Iterator[tuple[tuple[int, int], pa.Table]]:
+    """Read one scan task as keyed tables of at most ``rows`` rows, applying the scan's filter,
+    columns and limit; at least one (possibly empty) table."""
+    out_cols = list(scan.schema.names())
+    read_cols = list(out_cols)
+    if scan.predicate is not None:
+        read_cols += sorted(ir.columns_of(scan.predicate) - set(out_cols))
+    if not read_cols:  # nothing needed but the row count: read the cheapest column
+        read_cols = [scan.source.schema.names()[0]]
+    left = scan.limit
+    j = 0
+    ctx = EvalContext()
+    if spec is not None or scan.source.tasks() == [None]:
+        for table in scan.source.read(spec, read_cols, rows):
+            if scan.predicate is not None:
+                table = filter_table(table, scan.predicate, ctx)
+            table = table.select(out_cols) if out_cols else table.select(read_cols[:1])
+            if left is not None:
+                table = table.slice(0, left)
+                left -= table.num_rows
+            if table.num_rows or j == 0:
+                yield (index, j), table
+                j += 1
+            if left is not None and left <= 0:
+                break
+    if j == 0:
+        yield (index, 0), pa.Table.from_batches([empty_batch(scan.schema.to_arrow())])
+
+
+def broadcast_right(plan: P.Join, options: Any) -> bool:
+    """True when the right side is known to be small and the join keeps no unmatched right
+    rows, so each left batch can join the whole right side without a shuffle."""
+    size = physical_size(plan.right)
+    return plan.how in ("inner", "left", "semi", "anti") and size is not None and \
+        size <= options.broadcast_bytes
+
+
+def physical_size(plan: P.Plan) -> int | None:
+    """A rough estimate of a plan's bytes in memory, when cheap to know (None otherwise)."""
+    if isinstance(plan, P.InMemory):
+        return plan.table.nbytes
+    if isinstance(plan, P.Scan):
+        sizes = [getattr(t, "size", None) for t in plan.source.tasks()]
+        if not sizes or any(s is None for s in sizes):
+            return None
+        return 8 * sum(sizes)  # compressed files: allow for decompression
+    if isinstance(plan, (P.Filter, P.Limit, P.Project)) and not (
+            isinstance(plan, P.Project) and has_multimodal(plan.exprs)):
+        return physical_size(plan.inputs()[0])
+    return None

@@ -1,0 +1,220 @@
+"""The two execution paths (in-process operators, Beam pipeline) give the same rows; group-by
+pre-aggregates before its shuffle; join, sort and group-by keys may be expressions."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import mmbeam.frame as mf
+from mmbeam.errors import SchemaError
+from mmbeam.frame import col, context, lit, physical
+from mmbeam.frame.compile import _PartialAggregateFn
+from mmbeam.testing import run_collect
+
+
+def _data(seed: int, n: int) -> dict:
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, 9, n).astype(object)
+    k[rng.random(n) < 0.1] = None
+    v = rng.normal(size=n).astype(object)
+    v[rng.random(n) < 0.1] = None
+    names = np.array(["Ann", "bob", "CY", "dee", None], dtype=object)[rng.integers(0, 5, n)]
+    return {"k": list(k), "v": list(v), "i": rng.integers(0, 50, n).tolist(),
+            "name": list(names), "tags": [["a"] * int(j % 3) for j in range(n)]}
+
+
+@pytest.fixture
+def sources(tmp_path):
+    left = _data(1, 700)
+    right = {"k": list(range(-2, 7)) + [None], "w": [f"w{i}" for i in range(10)]}
+    folder = tmp_path / "hive"
+    for part in ("a", "b"):
+        (folder / f"part={part}").mkdir(parents=True)
+        table = pa.table({"k": left["k"], "v": left["v"], "i": left["i"]})
+        pq.write_table(table.slice(0 if part == "a" else 350, 350),
+                       folder / f"part={part}" / "f.parquet")
+    return mf.from_pydict(left), mf.from_pydict(right), str(folder)
+
+
+PLANS = {
+    "scan_filter_project": lambda lf, rf, path: mf.read_parquet(path).where(
+        (col("part") == "b") & (col("i") > 10)).with_column("x", col("i") * 2 + col("v")),
+    "joins": lambda lf, rf, path: lf.select("k", "v").join(rf, on="k", how="outer"),
+    "semi": lambda lf, rf, path: lf.join(rf, on="k", how="semi"),
+    "groupby": lambda lf, rf, path: lf.groupby("k").agg(
+        col("v").sum().alias("s"), col("v").mean().alias("m"), col("i").min().alias("lo"),
+        col("i").max().alias("hi"), col("v").count().alias("c"),
+        col("name").agg_list().alias("l")),
+    "global_agg_of_nothing": lambda lf, rf, path: lf.where(col("i") > 100).agg(
+        col("v").sum(), col("i").count().alias("c"), col("name").agg_list()),
+    "distinct_sort_limit": lambda lf, rf, path: lf.distinct("k", "name").sort(
+        ["k", "name"], desc=[True, False], nulls_first=True).limit(17),
+    "explode": lambda lf, rf, path: lf.select("i", "tags").explode("tags"),
+    "expression_keys": lambda lf, rf, path: lf.join(
+        rf, left_on=col("i") % 10, right_on=col("k") + 0, how="left").sort(
+        col("name").str.lower()),
+}
+
+
+def _canon(table: pa.Table) -> list:
+    rows = [tuple(repr(v) for v in r.values()) for r in table.to_pylist()]
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_both_paths_give_the_same_rows(sources, name):
+    frame = PLANS[name](*sources)
+    local = frame.to_arrow()
+    context.set_execution_config(in_process=False)
+    try:
+        beam_rows = PLANS[name](*sources).to_arrow()
+    finally:
+        context.set_execution_config(in_process=None)
+    assert local.schema == beam_rows.schema
+    assert local.num_rows == beam_rows.num_rows
+    if name == "distinct_sort_limit":  # a total order: the same rows in the same order
+        assert local.to_pylist() == beam_rows.to_pylist()
+    assert _canon(local) == _canon(beam_rows)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def factory(self):
+        from mmbeam.runners.direct import local_runner
+
+        self.runs += 1
+        return local_runner()
+
+
+def test_explain_names_the_path_and_only_beam_starts_a_runner(capsys, mmbeam_http):
+    counter = Counter()
+    context.set_runner(counter.factory, "local")
+    try:
+        df = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
+        df.explain()
+        assert "in-process" in capsys.readouterr().out
+        assert df.to_pydict() == {"a": [3, 2]} and counter.runs == 0
+        context.set_execution_config(in_process=False)
+        df2 = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
+        df2.explain()
+        assert "Beam pipeline" in capsys.readouterr().out
+        assert df2.to_pydict() == {"a": [3, 2]} and counter.runs == 1
+        context.set_execution_config(in_process=None)
+        url = mmbeam_http.add("paths-a.txt", b"hello")
+        mm = mf.from_pydict({"u": [url]}).with_column("b", col("u").url.download())
+        mm.explain()
+        assert "URL/image work" in capsys.readouterr().out
+        assert mm.to_pydict()["b"][0] is not None and counter.runs == 2
+    finally:
+        context.set_execution_config(in_process=None)
+        context.set_runner_local()
+
+
+def test_write_parquet_same_files_either_way(tmp_path):
+    df = mf.from_pydict({"k": ["x", "y", None], "v": [1, 2, 3]})
+    df.write_parquet(str(tmp_path / "local"), partition_cols=["k"])
+    context.set_execution_config(in_process=False)
+    try:
+        df.write_parquet(str(tmp_path / "beam"), partition_cols=["k"])
+    finally:
+        context.set_execution_config(in_process=None)
+    a = mf.read_parquet(str(tmp_path / "local")).sort("v").to_pydict()
+    b = mf.read_parquet(str(tmp_path / "beam")).sort("v").to_pydict()
+    assert a == b == {"v": [1, 2, 3], "k": ["x", "y", None]}
+
+
+# -- group-by pre-aggregation ---------------------------------------------------------------------
+def _grouped(n: int, seed: int):
+    data = _data(seed, n)
+    return data, mf.from_pydict(data).groupby("k").agg(
+        col("v").sum().alias("s"), col("v").mean().alias("m"), col("v").min().alias("lo"),
+        col("v").max().alias("hi"), col("v").count().alias("c"), col("i").agg_list().alias("l"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_partials_merged_in_any_split_match_pandas(seed):
+    data, frame = _grouped(400, seed)
+    plan = frame._plan
+    table = pa.table({k: data[k] for k in ("k", "v", "i")})
+    rng = np.random.default_rng(seed)
+    cuts = sorted(set(rng.integers(0, 400, 5).tolist()) | {0, 400})
+    parts = [physical.partial_aggregate(table.slice(a, b - a), plan.keys, plan.aggs)
+             for a, b in zip(cuts, cuts[1:], strict=False)]
+    half = physical.merge_partials(pa.concat_tables(parts[:2]), plan.keys, plan.aggs)
+    partials = pa.concat_tables([half, *parts[2:]])
+    out = physical.finish_aggregate(partials, plan.keys, plan.aggs, plan.schema).to_pandas()
+    out = out.sort_values("k", na_position="last").reset_index(drop=True)
+    frame_df = pd.DataFrame(data)
+    frame_df["v"] = frame_df["v"].astype(float)
+    exp = frame_df.groupby("k", dropna=False).agg(
+        s=("v", "sum"), m=("v", "mean"), lo=("v", "min"), hi=("v", "max"), c=("v", "count"),
+        l=("i", list)).reset_index().sort_values("k", na_position="last").reset_index(drop=True)
+    assert out["k"].tolist()[:-1] == exp["k"].tolist()[:-1] and pd.isna(out["k"].iloc[-1])
+    all_null = exp["c"] == 0  # pandas sums an all-null group to 0; SQL (and mmbeam) to null
+    np.testing.assert_allclose(out["s"][~all_null], exp["s"][~all_null])
+    assert out["s"][all_null].isna().all()
+    for c in ("m", "lo", "hi"):
+        np.testing.assert_allclose(out[c], exp[c])
+    assert out["c"].tolist() == exp["c"].tolist()
+    assert [sorted(x) for x in out["l"]] == [sorted(x) for x in exp["l"]]
+
+
+def test_partial_aggregation_shuffles_one_row_per_group_and_bundle():
+    data, frame = _grouped(20_000, 3)
+    table = pa.table({k: data[k] for k in ("k", "v", "i")})
+    batches = [(i,) for i in range(20)]
+    out = run_collect(lambda p: p | beam.Create(batches)
+                      | beam.Map(lambda key: (key, table.slice(key[0] * 1000, 1000)))
+                      | beam.ParDo(_PartialAggregateFn(frame._plan, 4)))
+    rows = sum(batch.num_rows for _, batch in out.outputs)
+    groups = len(set(data["k"]))
+    assert 0 < rows <= groups * len(batches) < table.num_rows
+
+
+# -- expression keys ------------------------------------------------------------------------------
+def test_join_sort_and_groupby_take_expressions(engine):
+    left = mf.from_pydict({"name": ["Ann", "BOB", "cy", None], "v": [1, 2, 3, 4]})
+    right = mf.from_pydict({"n": ["ann", "bob", "dd"], "w": [10, 20, 30]})
+    joined = left.join(right, left_on=col("name").str.lower(), right_on="n", how="left")
+    assert joined.column_names == ["name", "v", "n", "w"]
+    assert joined.sort("v").to_pydict() == {"name": ["Ann", "BOB", "cy", None],
+                                            "v": [1, 2, 3, 4], "n": ["ann", "bob", None, None],
+                                            "w": [10, 20, None, None]}
+    both = left.join(right, left_on=col("name").str.lower(), right_on=col("n") + lit(""))
+    assert sorted(both.to_pydict()["w"]) == [10, 20]
+    assert left.sort(col("name").str.lower(), desc=True).to_pydict()["v"] == [3, 2, 1, 4]
+    assert left.sort(col("v") % 2).column_names == ["name", "v"]
+    grouped = left.groupby(col("v") % 2).agg(col("name").count()).sort("v").to_pydict()
+    assert grouped == {"v": [0, 1], "name": [1, 2]}
+
+
+def test_expression_keys_fail_before_running_naming_the_column():
+    left = mf.from_pydict({"name": ["a"]})
+    right = mf.from_pydict({"n": ["a"]})
+    with pytest.raises(SchemaError, match="'nmae' not found. Did you mean 'name'"):
+        left.join(right, left_on=col("nmae").str.lower(), right_on="n")
+    with pytest.raises(SchemaError, match="incompatible"):
+        left.join(right, left_on=col("name").str.length(), right_on="n")
+    with pytest.raises(SchemaError, match="'x' not found"):
+        left.sort(col("x") + 1)
+
+
+def test_new_dofns_survive_pickling():
+    import pickle
+
+    from mmbeam.frame.compile import _AggregateFn, _BroadcastJoinFn
+
+    left = mf.from_pydict({"k": [1, 2], "v": [1.0, None]})
+    right = mf.from_pydict({"k": [1], "w": ["a"]})
+    grouped = left.groupby("k").agg(col("v").mean())._plan
+    joined = left.join(right, on="k")._plan
+    for fn in (_PartialAggregateFn(grouped, 4), _AggregateFn(grouped), _BroadcastJoinFn(joined)):
+        back = pickle.loads(pickle.dumps(fn))
+        assert type(back) is type(fn) and back.__dict__.keys() == fn.__dict__.keys()
