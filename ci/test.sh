@@ -4,7 +4,7 @@
 # (e.g. ci/test.sh tests/ops -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source ci/setup-venv.sh
+source ci/setup-venv.sh ""
 "$PY" -m pip install -q "torch==2.13.0" >> "${MMBEAM_VENV:-.venv}/install.log" 2>&1
 source ci/setup-venv.sh test,dask,ray,model
 "$PY" -m ruff check .
