@@ -27,6 +27,7 @@ from mmbeam.frame import physical
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext, filter_table, project
+from mmbeam.transforms.coders import KeyedBatch
 
 __all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
 
@@ -191,6 +192,7 @@ class _PartitionFn(beam.DoFn):
         self._columns = columns
         self._parts = parts
         self._staging = staging
+        self.with_output_types(tuple[int, pa.RecordBatch if staging is None else str])
 
     def process(self, element):
         _, batch = element
@@ -365,7 +367,9 @@ class Compiler:
         return f"{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
-        return _expand(plan, self)
+        out = _expand(plan, self)
+        out.element_type = KeyedBatch  # what every stage emits; Beam codes it with Arrow IPC
+        return out
 
 
 @singledispatch
@@ -442,7 +446,7 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
     if isinstance(plan, P.Limit):
         n = plan.n
         child = child | c.label("LocalLimit") >> beam.Map(
-            lambda kb: (kb[0], kb[1].slice(0, n)))
+            lambda kb: (kb[0], kb[1].slice(0, n))).with_output_types(KeyedBatch)
     return (child | c.label("ToOne") >> beam.Map(lambda kb: (0, kb))
             | c.label("Gather") >> beam.GroupByKey()
             | c.label("Global") >> beam.ParDo(_GatherFn(plan, plan.schema.to_arrow(),
@@ -594,5 +598,5 @@ def run_write(plan: P.Plan, spec: Any) -> Any:
 
     schema = pa.schema([("path", pa.large_string())])
     table, _ = run_plan(optimize(plan), tail=lambda pc: pc | "Write" >> beam.ParDo(
-        _WriteFilesFn(spec)), schema=schema)
+        _WriteFilesFn(spec)).with_output_types(KeyedBatch), schema=schema)
     return Frame(P.InMemory(table))
