@@ -20,6 +20,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics.metric import MetricsFilter
 
 from mmbeam.errors import MmbeamError, UnsupportedError
 from mmbeam.expr import ir
@@ -326,6 +327,7 @@ class _WriteIpcFn(beam.DoFn):
         with fsspec.open(f"{self._folder}/{name}", "wb") as f:
             with pa.ipc.new_file(f, batch.schema) as writer:
                 writer.write_batch(batch)
+        beam.metrics.Metrics.counter("mmbeam", COLLECTED_FILES).inc()
 
 
 def _batches_to_rows(element):
@@ -540,6 +542,7 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
         counts = _null_counts(result)
         names = sorted(os.listdir(folder), key=lambda n: tuple(
             int(k) for k in n.split(".")[0].split("-")))
+        check_collected(result, len(names))
         batches = []
         for name in names:
             with pa.memory_map(os.path.join(folder, name)) as src:
@@ -550,6 +553,25 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder + "-stage", ignore_errors=True)
+
+
+COLLECTED_FILES = "collect.files"
+
+
+def check_collected(result: Any, found: int) -> None:
+    """Fail, rather than return too few rows, when the workers wrote result files that this
+    process cannot see (a cluster runner whose workers do not share this machine's disk)."""
+    try:
+        query = result.metrics().query(MetricsFilter().with_name(COLLECTED_FILES))
+        written = sum(int(m.committed or m.attempted or 0) for m in query["counters"])
+    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
+        return
+    if written > found:
+        raise UnsupportedError(
+            f"the runner's workers wrote {written} result file(s) but only {found} are visible "
+            "to this process: collect()/show()/to_*()/write_*() need workers that share this "
+            "machine's disk (in-process, PortableRunner with LOOPBACK, local Dask/Ray); on a "
+            "cluster use frame.to_pcollection(pipeline) with a sink (see docs/runners.md)")
 
 
 def _null_counts(result: Any) -> dict[str, int]:

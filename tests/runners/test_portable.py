@@ -342,6 +342,22 @@ def test_frame_to_pcollection_inside_a_portable_pipeline(frame_data):
     assert sorted(run_portable(build).outputs) == [(i, f"c{i % 3}") for i in range(0, 40, 2)]
 
 
+def test_frame_results_invisible_to_the_launcher_fail_instead_of_losing_rows(tmp_path):
+    from mmbeam.errors import UnsupportedError
+    from mmbeam.frame.compile import _WriteIpcFn, check_collected
+
+    batches = [((i,), pa.record_batch({"n": [i]})) for i in range(3)]
+    pipeline = beam.Pipeline(runner=PortableRunner(), options=PipelineOptions(**PORTABLE_FLAGS))
+    _ = (pipeline | beam.Create(batches).with_output_types(mc.KeyedBatch)
+         | beam.ParDo(_WriteIpcFn(str(tmp_path))))
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert len(os.listdir(tmp_path)) == 3
+    check_collected(result, 3)  # all visible: fine
+    with pytest.raises(UnsupportedError, match="wrote 3 result file.s. but only 1 are visible"):
+        check_collected(result, 1)  # what a cluster whose workers have their own disks gives
+
+
 def test_frame_pcollections_carry_arrow_batches_not_pickles(frame_data):
     frame = (_parquet(frame_data).join(_csv(frame_data), on="id", how="left")
              .explode("tags").groupby("city").agg(col("v").sum().alias("s"))
