@@ -199,12 +199,12 @@ class ElementTransform(beam.PTransform):
 
     def output_type(self, input_type: Any) -> Any:
         """The element type hint of the good output, given the input PCollection's."""
-        value = Any if self.value_type is Any else self.value_type | None
+        value = typehints.Optional[self.value_type] if self.value_type is not Any else Any
         if not self.keyed:
             return value
         pair = isinstance(input_type, typehints.TupleConstraint)
         key = input_type.tuple_types[0] if pair and len(input_type.tuple_types) == 2 else Any
-        return tuple[key, value]
+        return typehints.Tuple[key, value]
 
     def expand(self, pcoll):
         fn = self.make_fn()

@@ -67,6 +67,9 @@ class ArrowBatchCoder(_CallbackCoder):
     """``pyarrow.RecordBatch`` as an Arrow IPC stream (language-neutral, zero-copy to read)."""
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
+        if not isinstance(batch, pa.RecordBatch):
+            raise TypeError(f"ArrowBatchCoder encodes pyarrow.RecordBatch, got "
+                            f"{type(batch).__name__}; type the PCollection differently")
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)

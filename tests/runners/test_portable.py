@@ -128,6 +128,17 @@ def test_value_coder_codes_arrays_itself_and_pickles_only_other_objects():
     assert coder.decode(coder.encode(odd)) == odd
 
 
+def test_coders_survive_pickling_and_reject_what_they_do_not_code():
+    import pickle
+
+    for coder in (mc.ArrowBatchCoder(), mc.NdarrayCoder(), mc.FailedRecordCoder(),
+                  mc.ValueCoder()):
+        clone = pickle.loads(pickle.dumps(coder))
+        assert clone == coder and type(clone) is type(coder)
+    with pytest.raises(TypeError, match="encodes pyarrow.RecordBatch, got Table"):
+        mc.ArrowBatchCoder().encode(pa.table({"a": [1]}))
+
+
 def test_registry_picks_mmbeam_coders_from_type_hints():
     def coder_of(hint):
         return beam.coders.registry.get_coder(convert_to_beam_type(hint))
