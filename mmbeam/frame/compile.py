@@ -20,6 +20,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -30,6 +31,7 @@ from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
 from mmbeam.frame.inprocess import execution_path, run_in_process
+from mmbeam.transforms.coders import KeyedBatch
 
 __all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
 
@@ -130,6 +132,7 @@ class _PartitionFn(beam.DoFn):
         self._columns = columns
         self._parts = parts
         self._staging = staging
+        self.with_output_types(tuple[int, pa.RecordBatch if staging is None else str])
 
     def process(self, element):
         _, batch = element
@@ -319,6 +322,7 @@ class _WriteIpcFn(beam.DoFn):
         with fsspec.open(f"{self._folder}/{name}", "wb") as f:
             with pa.ipc.new_file(f, batch.schema) as writer:
                 writer.write_batch(batch)
+        beam.metrics.Metrics.counter("mmbeam", COLLECTED_FILES).inc()
 
 
 def _batches_to_rows(element):
@@ -364,7 +368,9 @@ class Compiler:
         return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
-        return _expand(plan, self)
+        out = _expand(plan, self)
+        out.element_type = KeyedBatch  # what every stage emits; Beam codes it with Arrow IPC
+        return out
 
 
 @singledispatch
@@ -421,7 +427,7 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
     if isinstance(plan, P.Limit):
         n = plan.n
         child = child | c.label("LocalLimit") >> beam.Map(
-            lambda kb: (kb[0], kb[1].slice(0, n)))
+            lambda kb: (kb[0], kb[1].slice(0, n))).with_output_types(KeyedBatch)
     return (child | c.label("ToOne") >> beam.Map(lambda kb: (0, kb))
             | c.label("Gather") >> beam.GroupByKey()
             | c.label("Global") >> beam.ParDo(_GatherFn(plan, plan.schema.to_arrow(),
@@ -521,6 +527,7 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
         counts = _null_counts(result)
         names = sorted(os.listdir(folder), key=lambda n: tuple(
             int(k) for k in n.split(".")[0].split("-")))
+        check_collected(result, len(names))
         batches = []
         for name in names:
             with pa.memory_map(os.path.join(folder, name)) as src:
@@ -531,6 +538,25 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder + "-stage", ignore_errors=True)
+
+
+COLLECTED_FILES = "collect.files"
+
+
+def check_collected(result: Any, found: int) -> None:
+    """Fail, rather than return too few rows, when the workers wrote result files that this
+    process cannot see (a cluster runner whose workers do not share this machine's disk)."""
+    try:
+        query = result.metrics().query(MetricsFilter().with_name(COLLECTED_FILES))
+        written = sum(int(m.committed or m.attempted or 0) for m in query["counters"])
+    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
+        return
+    if written > found:
+        raise UnsupportedError(
+            f"the runner's workers wrote {written} result file(s) but only {found} are visible "
+            "to this process: collect()/show()/to_*()/write_*() need workers that share this "
+            "machine's disk (in-process, PortableRunner with LOOPBACK, local Dask/Ray); on a "
+            "cluster use frame.to_pcollection(pipeline) with a sink (see docs/runners.md)")
 
 
 def _null_counts(result: Any) -> dict[str, int]:
@@ -589,5 +615,5 @@ def run_write(plan: P.Plan, spec: Any) -> Any:
                  for p in write_table(rows.slice(start, options.batch_rows), spec)]
         return Frame(P.InMemory(pa.table({"path": pa.array(paths, pa.large_string())})))
     table, _ = run_plan(plan, tail=lambda pc: pc | "Write" >> beam.ParDo(
-        _WriteFilesFn(spec)), schema=schema)
+        _WriteFilesFn(spec)).with_output_types(KeyedBatch), schema=schema)
     return Frame(P.InMemory(table))

@@ -2,9 +2,11 @@
 
 Each is a verb usable in any Beam pipeline; each per-element transform takes ``on_error``
 (``"raise"`` or ``"null"``), ``keyed=True`` for ``(key, value)`` pairs, and
-``.with_exception_handling()`` returning ``(good, failed)``.
+``.with_exception_handling()`` returning ``(good, failed)``. Importing this package registers
+mmbeam's Beam coders (``mmbeam.transforms.coders``).
 """
 
+from mmbeam.transforms import coders
 from mmbeam.transforms._base import FailedRecord
 from mmbeam.transforms.download import Download
 from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
@@ -19,4 +21,5 @@ __all__ = [
     "Join",
     "ResizeImage",
     "Upload",
+    "coders",
 ]

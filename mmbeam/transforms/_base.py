@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.typehints import typehints
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import ConfigError, StageError
@@ -175,6 +176,9 @@ class ElementTransform(beam.PTransform):
     """
 
     stage = "Element"
+    #: type of a successful output value; the output type hint (and so the coder a portable
+    #: runner uses) is ``Optional[value_type]``, paired with the input's key type when keyed
+    value_type: Any = Any
 
     def __init__(self, *, on_error: str = "raise", keyed: bool = False, label: str | None = None):
         super().__init__(label)
@@ -193,11 +197,22 @@ class ElementTransform(beam.PTransform):
     def make_fn(self) -> ElementFn:
         raise NotImplementedError
 
+    def output_type(self, input_type: Any) -> Any:
+        """The element type hint of the good output, given the input PCollection's."""
+        value = typehints.Optional[self.value_type] if self.value_type is not Any else Any
+        if not self.keyed:
+            return value
+        pair = isinstance(input_type, typehints.TupleConstraint)
+        key = input_type.tuple_types[0] if pair and len(input_type.tuple_types) == 2 else Any
+        return typehints.Tuple[key, value]
+
     def expand(self, pcoll):
         fn = self.make_fn()
+        out = self.output_type(pcoll.element_type)
         if not self._failures:
-            return pcoll | beam.ParDo(fn)
-        results = pcoll | beam.ParDo(fn).with_outputs(FAILED_TAG, main="good")
+            return pcoll | beam.ParDo(fn).with_output_types(out)
+        tagged = beam.ParDo(fn).with_output_types(out, **{FAILED_TAG: FailedRecord})
+        results = pcoll | tagged.with_outputs(FAILED_TAG, main="good")
         return results.good, results[FAILED_TAG]
 
 

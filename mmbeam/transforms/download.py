@@ -27,6 +27,7 @@ class Download(ElementTransform):
     """
 
     stage = "Download"
+    value_type = bytes
 
     def __init__(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from mmbeam.ops.decode import DEFAULT_MAX_PIXELS, check_mode, decode_image
 from mmbeam.ops.encode import check_format, encode_image
 from mmbeam.ops.resize import check_resize, resize_image
@@ -31,6 +33,7 @@ class DecodeImage(_KernelTransform):
     """
 
     stage = "DecodeImage"
+    value_type = np.ndarray
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class ResizeImage(_KernelTransform):
     """Array → array of the box ``width``×``height``: ``stretch`` (exact), ``fit``, ``fill``."""
 
     stage = "ResizeImage"
+    value_type = np.ndarray
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class EncodeImage(_KernelTransform):
     """Array → bytes in ``format`` (JPEG, PNG, WEBP, BMP, TIFF) at ``quality`` (1-100)."""
 
     stage = "EncodeImage"
+    value_type = bytes
 
     def __init__(
         self,

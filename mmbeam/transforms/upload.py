@@ -31,6 +31,7 @@ class Upload(ElementTransform):
     """
 
     stage = "Upload"
+    value_type = str
 
     def __init__(
         self,
