@@ -7,8 +7,10 @@ Each is a verb usable in any Beam pipeline; each per-element transform takes ``o
 
 from mmbeam.transforms._base import FailedRecord
 from mmbeam.transforms.download import Download
+from mmbeam.transforms.fuse import Fuse
 from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
 from mmbeam.transforms.join import Join
+from mmbeam.transforms.options import MmbeamOptions
 from mmbeam.transforms.upload import Upload
 
 __all__ = [
@@ -16,7 +18,9 @@ __all__ = [
     "Download",
     "EncodeImage",
     "FailedRecord",
+    "Fuse",
     "Join",
+    "MmbeamOptions",
     "ResizeImage",
     "Upload",
 ]
