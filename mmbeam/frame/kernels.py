@@ -143,22 +143,16 @@ def _controller(chain: RowChain) -> BatchSizeController:
     with _controllers_lock:
         ctl = _controllers.get(name)
         if ctl is None:
-            floor = row_window_floor(chain)
+            floor = chain.min_window()
             ctl = _controllers[name] = BatchSizeController(
                 name=name, memory_budget=default_memory_budget(), min_size=1,
                 max_size=max(floor, 512), initial=floor).register()
         return ctl
 
 
-def row_window_floor(chain: RowChain) -> int:
-    """Rows in flight before anything is measured: every connection, or two per CPU thread."""
-    limits = [s.limit for s in chain.steps if s.kind == "io" and s.limit]
-    return max(limits + [2 * cpu_workers()])
-
-
 def row_window(chain: RowChain) -> int:
     """Rows to keep in flight for ``chain``, from what its earlier rows cost (autotuned)."""
-    return _controller(chain).inflight(cpu_workers(), floor=row_window_floor(chain))
+    return _controller(chain).inflight(cpu_workers(), floor=chain.min_window())
 
 
 def _run_rows(chain: RowChain, values: list[Any], names: list[Any]) -> list[RowOutcome]:

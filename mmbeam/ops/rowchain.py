@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from fsspec.asyn import get_loop
 
 from mmbeam.errors import StageError
-from mmbeam.ops.pool import cpu_pool
+from mmbeam.ops.pool import cpu_pool, cpu_workers
 
 __all__ = ["RowChain", "RowOutcome", "Step", "value_bytes"]
 
@@ -85,6 +85,12 @@ class RowChain:
     @property
     def stages(self) -> tuple[str, ...]:
         return tuple(s.stage for s in self.steps)
+
+    def min_window(self) -> int:
+        """Rows in flight before anything is measured: every connection of the widest I/O
+        step, or two rows per CPU thread."""
+        limits = [s.limit for s in self.steps if s.kind == "io" and s.limit]
+        return max(limits + [2 * cpu_workers()])
 
     def submit(self, value: Any, key: Any = None, name: Any = None) -> concurrent.futures.Future:
         """Start one row; ``name`` (default: the value) is what errors call the element."""

@@ -65,13 +65,6 @@ def check_connections(max_connections: int) -> int:
     return max_connections
 
 
-def chain_floor(steps: tuple[Step, ...]) -> int:
-    """The smallest useful window: every connection of the widest I/O step, or two rows per
-    CPU thread."""
-    limits = [s.limit for s in steps if s.kind == "io" and s.limit]
-    return max(limits + [2 * cpu_workers()])
-
-
 class ElementFn(beam.DoFn):
     """Runs ``chain`` on every element with an autotuned window of rows in flight.
 
@@ -96,10 +89,11 @@ class ElementFn(beam.DoFn):
         self._nulls = {s: Metrics.counter(s, "nulls") for s in stages}
         self._bytes = Metrics.counter(stages[-1], "bytes")
         self._window_metric = Metrics.distribution(self.stage, "window")
-        self._workers = max(
-            [s.limit or 1 for s in self.chain.steps if s.kind == "io"] if all(
-                s.kind == "io" for s in self.chain.steps) else [cpu_workers()])
-        floor = min(self.max_window, chain_floor(self.chain.steps))
+        steps = self.chain.steps
+        io_only = all(s.kind == "io" for s in steps)
+        # what the window must keep busy: the connections of an I/O stage, else the CPU pool
+        self._workers = max(s.limit or 1 for s in steps) if io_only else cpu_workers()
+        floor = min(self.max_window, self.chain.min_window())
         self._floor = floor
         self.controller = BatchSizeController(
             name=self.stage, memory_budget=self.memory_budget, min_size=1,
