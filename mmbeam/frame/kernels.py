@@ -143,7 +143,7 @@ def _controller(chain: RowChain) -> BatchSizeController:
     with _controllers_lock:
         ctl = _controllers.get(name)
         if ctl is None:
-            floor = chain.min_window()
+            floor = chain.first_window()
             ctl = _controllers[name] = BatchSizeController(
                 name=name, memory_budget=default_memory_budget(), min_size=1,
                 max_size=max(floor, 512), initial=floor).register()
@@ -152,7 +152,10 @@ def _controller(chain: RowChain) -> BatchSizeController:
 
 def row_window(chain: RowChain) -> int:
     """Rows to keep in flight for ``chain``, from what its earlier rows cost (autotuned)."""
-    return _controller(chain).inflight(cpu_workers(), floor=chain.min_window())
+    ctl = _controller(chain)
+    if ctl.seconds_per_element is None:
+        return chain.first_window()
+    return ctl.inflight(cpu_workers(), floor=chain.min_window())
 
 
 def _run_rows(chain: RowChain, values: list[Any], names: list[Any]) -> list[RowOutcome]:

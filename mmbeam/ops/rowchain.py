@@ -86,16 +86,34 @@ class RowChain:
     def stages(self) -> tuple[str, ...]:
         return tuple(s.stage for s in self.steps)
 
-    def min_window(self) -> int:
+    def first_window(self) -> int:
         """Rows in flight before anything is measured: every connection of the widest I/O
         step, or two rows per CPU thread."""
         limits = [s.limit for s in self.steps if s.kind == "io" and s.limit]
         return max(limits + [2 * cpu_workers()])
 
+    def min_window(self) -> int:
+        """The fewest rows worth keeping in flight: every connection for a chain of I/O steps
+        only, else two rows per CPU thread (measured costs decide how many more)."""
+        if all(s.kind == "io" for s in self.steps):
+            return self.first_window()
+        return 2 * cpu_workers()
+
     def submit(self, value: Any, key: Any = None, name: Any = None) -> concurrent.futures.Future:
         """Start one row; ``name`` (default: the value) is what errors call the element."""
-        return asyncio.run_coroutine_threadsafe(
-            self._run(value, key, value if name is None else name), get_loop())
+        name = value if name is None else name
+        if len(self._groups) == 1 and self._groups[0][0] == "cpu":  # no I/O: skip the loop
+            return cpu_pool().submit(self._run_cpu_only, value, key, name)
+        return asyncio.run_coroutine_threadsafe(self._run(value, key, name), get_loop())
+
+    def _run_cpu_only(self, value: Any, key: Any, name: Any) -> RowOutcome:
+        if value is None:
+            return RowOutcome(None, None, None, 0.0, 0.0, 0)
+        try:
+            value, nulled, busy, peak = _run_cpu(self.steps, value, key)
+        except _Failed as failed:
+            return RowOutcome(None, _located(failed, name), None, 0.0, 0.0, 0)
+        return RowOutcome(value, None, nulled, 0.0, busy, peak)
 
     async def _run(self, value: Any, key: Any, name: Any) -> RowOutcome:
         cost = [0.0, 0.0, value_bytes(value)]  # io seconds, cpu seconds, peak bytes
@@ -114,10 +132,7 @@ class RowChain:
                     cost[1] += busy
                     cost[2] = max(cost[2], peak)
         except _Failed as failed:
-            err = failed.error
-            if not isinstance(err, StageError):
-                err = StageError(f"{type(err).__name__}: {err}")
-            return RowOutcome(None, err.located(failed.stage, name), None, *cost)
+            return RowOutcome(None, _located(failed, name), None, *cost)
         return RowOutcome(value, None, nulled, *cost)
 
     async def _io(self, index, step, value, key, cost, nulled):
@@ -138,6 +153,13 @@ class RowChain:
                 cost[0] += time.perf_counter() - start
         cost[2] = max(cost[2], value_bytes(value) + value_bytes(out))
         return out, nulled
+
+
+def _located(failed: _Failed, name: Any) -> StageError:
+    err = failed.error
+    if not isinstance(err, StageError):
+        err = StageError(f"{type(err).__name__}: {err}")
+    return err.located(failed.stage, name)
 
 
 class _NoGate:

@@ -93,12 +93,12 @@ class ElementFn(beam.DoFn):
         io_only = all(s.kind == "io" for s in steps)
         # what the window must keep busy: the connections of an I/O stage, else the CPU pool
         self._workers = max(s.limit or 1 for s in steps) if io_only else cpu_workers()
-        floor = min(self.max_window, self.chain.min_window())
-        self._floor = floor
+        first = min(self.max_window, self.chain.first_window())
+        self._floor = min(first, self.chain.min_window())
         self.controller = BatchSizeController(
             name=self.stage, memory_budget=self.memory_budget, min_size=1,
-            max_size=max(floor, self.max_window), initial=floor).register()
-        self.window = floor
+            max_size=max(first, self.max_window), initial=first).register()
+        self.window = first
         self._progress = get_progress()
 
     def start_bundle(self):
