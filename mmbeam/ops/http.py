@@ -1,4 +1,4 @@
-"""Plain HTTP(S) GETs on kept-alive connections, one per I/O thread.
+"""Plain HTTP(S) GETs on a pool of kept-alive connections, run on I/O threads.
 
 Measured on this 2-core machine (256 camera JPEGs of ~1.8 MB, 50 ms latency), aiohttp on one
 event-loop thread took 10-17 s and 2.8-5.4 CPU-s where kept-alive ``http.client`` connections on
@@ -22,7 +22,9 @@ __all__ = ["HTTPStatusError", "http_get", "io_pool"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10
-_local = threading.local()
+_idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+_idle_lock = threading.Lock()
+_idle_pid = [os.getpid()]
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
 _pool_lock = threading.Lock()
@@ -68,51 +70,55 @@ def _request(url: str, headers: dict[str, str], timeout_s: float):
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = (parts.scheme, parts.hostname, parts.port)
-    conns = getattr(_local, "conns", None)
-    if conns is None:
-        conns = _local.conns = {}
     for attempt in (0, 1):
-        conn, reused = _connection(conns, key, timeout_s)
+        conn, reused = _checkout(key, timeout_s)
         try:
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             body = response.read()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            _drop(conns, key)
+            conn.close()
             if reused and attempt == 0:
                 continue  # the server closed a kept-alive connection: once more on a fresh one
             raise
         except BaseException:
-            _drop(conns, key)
+            conn.close()
             raise
         if response.will_close:
-            _drop(conns, key)
+            conn.close()
+        else:
+            _checkin(key, conn)
         return response.status, response.reason, {k.lower(): v for k, v in
                                                    response.getheaders()}, body
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _connection(conns: dict, key, timeout_s: float):
-    """This thread's connection to ``key`` (scheme, host, port) and whether it was reused."""
-    conn = conns.get(key)
+def _checkout(key, timeout_s: float):
+    """An idle kept-alive connection to ``key`` (scheme, host, port), the most recently used
+    first (so a server sees one connection finish before it is reused), or a new one."""
+    with _idle_lock:
+        if _idle_pid[0] != os.getpid():
+            _idle.clear()
+            _idle_pid[0] = os.getpid()
+        stack = _idle.get(key)
+        conn = stack.pop() if stack else None
     if conn is not None and conn.sock is not None:
         conn.sock.settimeout(timeout_s)
         return conn, True
     scheme, host, port = key
     cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = conns[key] = cls(host, port, timeout=timeout_s)
+    conn = cls(host, port, timeout=timeout_s)
     try:
         conn.connect()
     except TimeoutError:
-        _drop(conns, key)
+        conn.close()
         raise
     except OSError as exc:
-        _drop(conns, key)
+        conn.close()
         raise ConnectionError(f"Cannot connect to host {host}:{port} ({exc})") from exc
     return conn, False
 
 
-def _drop(conns: dict, key) -> None:
-    conn = conns.pop(key, None)
-    if conn is not None:
-        conn.close()
+def _checkin(key, conn) -> None:
+    with _idle_lock:
+        _idle.setdefault(key, []).append(conn)

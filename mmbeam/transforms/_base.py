@@ -93,6 +93,7 @@ class ElementFn(beam.DoFn):
         io_only = all(s.kind == "io" for s in steps)
         # what the window must keep busy: the connections of an I/O stage, else the CPU pool
         self._workers = max(s.limit or 1 for s in steps) if io_only else cpu_workers()
+        self._io_only = io_only
         first = min(self.max_window, self.chain.first_window())
         self._floor = min(first, self.chain.min_window())
         self.controller = BatchSizeController(
@@ -175,7 +176,8 @@ class ElementFn(beam.DoFn):
             peak_bytes=outcome.peak_bytes))
         self._completed += 1
         if self._completed % _RETUNE_EVERY == 0:
-            window = self.controller.inflight(self._workers, floor=self._floor)
+            window = self.controller.inflight(self._workers, floor=self._floor,
+                                              headroom=1.5 if self._io_only else 2.0)
             if window != self.window:
                 _log.debug("%s: window %d -> %d (%s)", self.stage, self.window, window,
                            self.controller.describe())
