@@ -29,7 +29,7 @@ from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.fetch import check_on_error
 from mmbeam.ops.pool import cpu_pool, cpu_workers
-from mmbeam.ops.rowchain import RowChain, Step
+from mmbeam.ops.rowchain import RowChain, Step, value_bytes
 from mmbeam.progress import get_progress
 from mmbeam.transforms.options import memory_budget_of
 
@@ -162,7 +162,7 @@ class ElementFn(beam.DoFn):
             self._failed[bad].inc()
             self._nulls[bad].inc()
         else:
-            self._bytes.inc(_size(outcome.value))
+            self._bytes.inc(value_bytes(outcome.value))
         self._progress.update(stages[-1], done=1, failed=int(outcome.nulled is not None),
                               inflight_bytes=self._inflight_bytes())
         result = outcome.value
@@ -197,12 +197,6 @@ class ElementFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(record, timestamp, (window,)))
         else:
             raise err
-
-
-def _size(result: Any) -> int:
-    if isinstance(result, (bytes, bytearray)):
-        return len(result)
-    return int(getattr(result, "nbytes", 0) or 0)
 
 
 class ElementTransform(beam.PTransform):
