@@ -1,4 +1,4 @@
-"""Image benchmark: download → decode → resize 256x256 → encode JPEG → write, six ways.
+"""Image benchmark: download → decode → resize 256x256 → encode JPEG → write, seven ways.
 
 Serves a corpus (see corpus.py) from a loopback FaultServer with ``--latency`` per request, then
 runs each contender in a fresh subprocess on the same URLs: the parent times the subprocess
@@ -35,7 +35,7 @@ TARGETS = {"camera": {"count": 1024, "ips": 80.0}, "web": {"count": 4096, "ips":
 RATIO_TARGET = 0.9  # of the hand-written thread-pool script, same run
 RSS_TARGET_MB = 400.0
 FLAT_TARGET = 0.15  # peak RSS growth from 256 to 4,096 images
-MMBEAM = ("mmbeam_transforms", "mmbeam_frame")
+MMBEAM = ("mmbeam_transforms", "mmbeam_fused", "mmbeam_frame")
 
 
 # --------------------------------------------------------------------------- child side

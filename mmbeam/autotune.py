@@ -10,21 +10,33 @@ averages. It then proposes the next batch size so that
   batch of thumbnails is large),
 
 growing at most ``growth``× per step from a small start, as Beam's ``_BatchSizeEstimator`` does.
-:meth:`window` gives the same answer for a concurrent window instead of a batch. The clock is
-injected, so tests drive it with a fake one. Nothing here imports the rest of mmbeam.
+:meth:`window` gives the memory bound for a concurrent window instead of a batch, and
+:meth:`inflight` the window a streaming operator needs (Little's law: to keep ``workers`` busy
+while each element spends ``seconds`` in flight but only ``busy_seconds`` on a worker, about
+``workers * seconds / busy_seconds`` elements must be in flight), capped by memory. The clock is
+injected, so tests drive it with a fake one. Controllers register by name so that ``explain()``
+and logs can show the sizes chosen in the last run. Nothing here imports the rest of mmbeam.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["BatchSizeController", "Measurement", "default_memory_budget"]
+__all__ = [
+    "BatchSizeController",
+    "Measurement",
+    "chosen_sizes",
+    "default_memory_budget",
+    "parse_bytes",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -38,15 +50,46 @@ def default_memory_budget(fraction: float = 0.25, cap: int = 8 << 30) -> int:
     return int(min(cap, total * fraction))
 
 
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(value: int | str) -> int:
+    """``512MB``, ``2GiB``, ``1.5G`` or a plain number of bytes -> bytes (ValueError if not)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(I?B)?\s*", str(value).upper())
+    if not match:
+        raise ValueError(f"expected a size such as 512MB or 2GB, got {value!r}")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size <= 0:
+        raise ValueError(f"a memory size must be positive, got {value!r}")
+    return size
+
+
 @dataclass
 class Measurement:
-    """What one batch cost; fill the byte fields inside :meth:`BatchSizeController.measure`."""
+    """What one batch cost; fill the byte fields inside :meth:`BatchSizeController.measure`.
+
+    ``busy_seconds`` is the time a worker spent on the batch (``seconds`` is wall time from
+    submission to completion, including waits on I/O); 0 means it was not measured.
+    """
 
     elements: int
     seconds: float = 0.0
     input_bytes: int = 0
     peak_bytes: int = 0
     output_bytes: int = 0
+    busy_seconds: float = 0.0
+
+
+_registry: dict[str, BatchSizeController] = {}
+_registry_lock = threading.Lock()
+
+
+def chosen_sizes() -> dict[str, str]:
+    """``name -> describe()`` of every controller registered in this process (the last run's)."""
+    with _registry_lock:
+        return {name: ctl.describe() for name, ctl in sorted(_registry.items())}
 
 
 class BatchSizeController:
@@ -83,6 +126,7 @@ class BatchSizeController:
         self.smoothing = smoothing
         self.clock = clock
         self.seconds_per_element: float | None = None
+        self.busy_per_element: float | None = None
         self.peak_bytes_per_element: float | None = None
         self.output_bytes_per_element: float | None = None
         self.batches = 0
@@ -114,6 +158,9 @@ class BatchSizeController:
         with self._lock:
             self.batches += 1
             self.seconds_per_element = self._mix(self.seconds_per_element, m.seconds / m.elements)
+            if m.busy_seconds > 0:
+                self.busy_per_element = self._mix(self.busy_per_element,
+                                                  m.busy_seconds / m.elements)
             peak = max(m.peak_bytes, m.input_bytes + m.output_bytes) / m.elements
             self.peak_bytes_per_element = self._mix(self.peak_bytes_per_element, peak)
             self.output_bytes_per_element = self._mix(
@@ -137,6 +184,32 @@ class BatchSizeController:
             fits = int(self.memory_budget // max(1.0, self.peak_bytes_per_element))
             return max(floor, min(self.max_size, fits))
 
+    def inflight(self, workers: int, floor: int = 1, headroom: float = 2.0) -> int:
+        """Elements to keep in flight so that ``workers`` stay busy, under the memory budget.
+
+        With no measurement yet this is ``floor``; then ``workers * headroom * seconds /
+        busy_seconds`` per element (elements wait on I/O most of their time -> a wide window),
+        never below ``floor`` nor above what the memory budget holds (nor ``max_size``).
+        """
+        with self._lock:
+            if self.seconds_per_element is None:
+                size = floor
+            else:
+                busy = self.busy_per_element or self.seconds_per_element
+                ratio = max(1.0, self.seconds_per_element / max(busy, 1e-9))
+                size = max(floor, math.ceil(workers * headroom * ratio))
+                if self.peak_bytes_per_element:
+                    fits = int(self.memory_budget // self.peak_bytes_per_element)
+                    size = min(size, max(self.min_size, fits))
+            self._last = max(self.min_size, min(self.max_size, size))
+            return self._last
+
+    def register(self) -> BatchSizeController:
+        """Make this controller's ``describe()`` visible in :func:`chosen_sizes`; returns self."""
+        with _registry_lock:
+            _registry[self.name] = self
+        return self
+
     def _ideal(self) -> int:
         if self.seconds_per_element is None:
             return self.max_size
@@ -155,4 +228,6 @@ class BatchSizeController:
             per = "no batches yet"
         else:
             per = f"{spe * 1e3:.2f} ms/elem, {(bpe or 0) / 1e6:.2f} MB/elem"
+            if self.busy_per_element:
+                per += f", busy {self.busy_per_element * 1e3:.2f} ms/elem"
         return f"{self.name}: batch {self._last} ({per}; budget {self.memory_budget / 1e6:.0f} MB)"

@@ -80,3 +80,42 @@ def test_invalid_arguments_and_default_budget():
     with pytest.raises(ValueError, match="min_size"):
         BatchSizeController(min_size=10, initial=1)
     assert 256 << 20 <= default_memory_budget() <= 8 << 30
+
+
+def feed_rows(ctl, clock, rows, io_s, cpu_s, peak):
+    for _ in range(rows):
+        with ctl.measure(1) as m:
+            clock.now += io_s + cpu_s
+            m.busy_seconds = cpu_s
+            m.peak_bytes = peak
+
+
+def test_inflight_window_grows_with_waiting_and_shrinks_with_work():
+    from mmbeam.autotune import chosen_sizes
+
+    clock = FakeClock()
+    ctl = BatchSizeController(name="rows", memory_budget=1 << 40, max_size=4096, clock=clock,
+                              smoothing=1.0).register()
+    assert ctl.inflight(workers=2, floor=8) == 8  # nothing measured yet
+    feed_rows(ctl, clock, 4, io_s=0.050, cpu_s=0.005, peak=100_000)  # web: mostly waiting
+    assert ctl.inflight(workers=2, floor=8) == 44  # 2 workers x 2 headroom x 55/5
+    feed_rows(ctl, clock, 4, io_s=0.050, cpu_s=0.050, peak=100_000)  # camera: half working
+    assert ctl.inflight(workers=2, floor=8) == 8
+    assert "rows: batch 8" in chosen_sizes()["rows"]
+
+
+def test_inflight_window_stays_under_the_memory_budget():
+    clock = FakeClock()
+    ctl = BatchSizeController(memory_budget=100 << 20, max_size=4096, clock=clock)
+    feed_rows(ctl, clock, 4, io_s=0.5, cpu_s=0.005, peak=10 << 20)  # 10 MB per row
+    assert ctl.inflight(workers=2, floor=32) == 10  # memory wins over time and the floor
+
+
+def test_parse_bytes():
+    from mmbeam.autotune import parse_bytes
+
+    assert parse_bytes("512MB") == 512 << 20 and parse_bytes("2GiB") == 2 << 30
+    assert parse_bytes("1.5g") == int(1.5 * (1 << 30)) and parse_bytes(4096) == 4096
+    for bad in ("lots", "-1MB", 0, "0"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)

@@ -97,31 +97,67 @@ class _ScanFn(beam.DoFn):
 
 
 class _RowStageFn(beam.DoFn):
-    """Projections, filters and explodes of one stage, fused over each batch."""
+    """Projections, filters and explodes of one stage, fused over each batch.
 
-    def __init__(self, ops: list[tuple[str, Any]], sub_rows: int | None, schema: pa.Schema):
+    A stage with URL/image work cuts its input into sub-batches: ``sub_rows`` of them, or with
+    ``sub_rows="auto"`` as many as an autotune controller picks (about ``_MM_SECONDS`` of work
+    per sub-batch, output bytes under the memory budget), reported as the
+    ``multimodal_batch_rows`` distribution metric and in ``explain()`` after a run.
+    """
+
+    def __init__(self, ops: list[tuple[str, Any]], sub_rows: int | str | None,
+                 schema: pa.Schema):
         self._ops = ops
         self._sub_rows = sub_rows
         self._schema = schema
 
     def setup(self):
         self._errors = {}
+        self._sizer = None
+        if self._sub_rows == "auto":
+            from mmbeam.autotune import BatchSizeController
+
+            self._sizer = BatchSizeController(
+                name="frame:multimodal_batch_rows", target_seconds=_MM_SECONDS, min_size=8,
+                initial=64, max_size=8192).register()
+            self._size_metric = beam.metrics.Metrics.distribution(
+                "mmbeam", "multimodal_batch_rows")
 
     def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
         return operators.run_row_ops(table, self._ops, ctx)
+
+    def _slices(self, rows: int):
+        """(start, length) of each sub-batch; lengths come from the controller when "auto"."""
+        start = 0
+        while start < rows:
+            size = self._sub_rows
+            if self._sizer is not None:
+                size = self._sizer.next_size()
+                self._size_metric.update(size)
+            yield start, size
+            start += size
 
     def process(self, element):
         key, batch = element
         table = _table(batch)
         ctx = EvalContext()
-        if self._sub_rows is None or table.num_rows <= self._sub_rows:
+        if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
-            for j, start in enumerate(range(0, table.num_rows, self._sub_rows)):
-                out = self._run(table.slice(start, self._sub_rows), ctx)
+            for j, (start, size) in enumerate(self._slices(table.num_rows)):
+                part = table.slice(start, size)
+                if self._sizer is None:
+                    out = self._run(part, ctx)
+                else:
+                    with self._sizer.measure(part.num_rows) as cost:
+                        out = self._run(part, ctx)
+                        cost.output_bytes = out.nbytes
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
+
+
+_MM_SECONDS = 3.0
 
 
 class _PartitionFn(beam.DoFn):
@@ -413,7 +449,7 @@ def _is_row(plan: P.Plan) -> bool:
 def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
-    sub = c.options.multimodal_batch_rows if multimodal else None
+    sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
     return source | c.label("Stage") >> beam.ParDo(_RowStageFn(ops, sub, plan.schema.to_arrow()))
 
 

@@ -32,7 +32,8 @@ class ExecOptions:
     number of hash partitions for joins, group-bys and distinct."""
 
     batch_rows: int = 131_072
-    multimodal_batch_rows: int = 64
+    #: rows per batch of URL/image work; None: chosen by an autotune controller at run time
+    multimodal_batch_rows: int | None = None
     num_partitions: int = 4
     #: shuffle hash partitions as Arrow files in a staging folder, passing only their paths
     #: through GroupByKey (None: only on the local runner, whose workers share this disk)
@@ -101,6 +102,8 @@ def set_execution_config(**sizes: Any) -> Context:
         if key not in known:
             raise ConfigError(f"unknown execution option {key!r}; known: "
                               f"{', '.join(sorted(known))}")
+        if key == "multimodal_batch_rows" and value is None:
+            continue
         if key in ("shuffle_files", "in_process"):
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"{key} must be True, False or None, not {value!r}")

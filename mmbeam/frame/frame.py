@@ -533,8 +533,13 @@ def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
         mm = any(has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
                  and n in _chain_nodes(plan))
         size = options.multimodal_batch_rows if mm else options.batch_rows
-        head = f"{pad}* RowStage (one DoFn, batches of {size} rows): " + " -> ".join(
-            reversed(ops))
+        what = f"batches of {size} rows" if size else "autotuned batches, fused per-row kernel"
+        head = f"{pad}* RowStage (one DoFn, {what}): " + " -> ".join(reversed(ops))
+        if mm and not size:
+            from mmbeam.autotune import chosen_sizes
+
+            chosen = [v for k, v in chosen_sizes().items() if k.startswith("frame:")]
+            head += "".join(f"\n{pad}    autotune (last run) {line}" for line in chosen)
         return head + "\n" + _stages(node, options, depth + 1)
     if isinstance(plan, P.Join) and broadcast_right(plan, options):
         head = f"{pad}* {plan.describe()} [broadcast: the small right side is a side input]"

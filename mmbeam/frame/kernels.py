@@ -1,56 +1,45 @@
-"""Run URL and image expressions over a batch, fusing per-row chains into one kernel.
+"""Run URL and image expressions over a batch as one fused, streaming per-row kernel.
 
-``col("url").url.download().image.decode().image.resize(256, 256).image.encode("JPEG")`` runs
-as: one concurrent download of the batch's URLs (bounded by ``max_connections``), then per row,
-on a thread pool, decode (at a reduced JPEG scale no smaller than the resize target) → resize →
-encode. Only the chain's final value is kept, so full-size pixels exist for one row at a time per
-thread and never as a column nobody asked for. The kernels are :mod:`mmbeam.ops`.
+``col("url").url.download().image.decode().image.resize(256, 256).image.encode("JPEG")
+.url.upload(dir)`` runs as one :class:`~mmbeam.ops.rowchain.RowChain` per row: the download and
+upload on the I/O loop (at most ``max_connections`` at once), decode (at a reduced JPEG scale no
+smaller than the resize target) → resize → encode on the shared CPU pool, rows overlapping, with
+an autotuned window of rows in flight. Only the chain's final value is kept, so full-size pixels
+exist for one row at a time per thread and never as a column nobody asked for. The kernels are
+:mod:`mmbeam.ops`.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmbeam.errors import StageError
+from mmbeam.autotune import BatchSizeController, Measurement, default_memory_budget
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
+from mmbeam.ops.pool import cpu_workers
+from mmbeam.ops.rowchain import RowChain, RowOutcome, Step
 from mmbeam.types import DataType, Schema, arrow_to_images, images_to_arrow
 
-__all__ = ["ROW_OPS", "evaluate_multimodal"]
+__all__ = ["ROW_OPS", "evaluate_multimodal", "row_window"]
 
 ROW_OPS = ("image.decode", "image.resize", "image.encode", "image.crop", "image.to_mode",
            "image.width", "image.height")
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-_pool_pid = 0
-
-
-def _executor() -> ThreadPoolExecutor:
-    """One thread pool per process (Pillow releases the GIL while decoding and resizing)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
-                                       thread_name_prefix="mmbeam-image")
-            _pool_pid = os.getpid()
-        return _pool
 
 
 def _squeeze(img: np.ndarray) -> np.ndarray:
     return img[:, :, 0] if img.ndim == 3 and img.shape[2] == 1 else img
 
 
-def _row_op(fn: ir.Function, following: ir.Function | None) -> Callable[[Any, Any], Any]:
-    """A function (value, extra) -> value for one step of a fused chain."""
+def _row_op(fn: ir.Function, following: ir.Function | None,
+            extra: list[Any] | None) -> Callable[[Any, int], Any]:
+    """A function (value, row index) -> value for one step of a fused chain."""
     name = fn.name
     if name == "image.decode":
         from mmbeam.ops.decode import decode_image
@@ -74,7 +63,7 @@ def _row_op(fn: ir.Function, following: ir.Function | None) -> Callable[[Any, An
         from mmbeam.ops.image import crop
 
         fixed = fn.option("bbox")
-        return lambda img, box: crop(img, fixed if fixed is not None else box)
+        return lambda img, i: crop(img, fixed if fixed is not None else extra[i])
     if name == "image.to_mode":
         from mmbeam.ops.image import to_mode
 
@@ -87,24 +76,52 @@ def _row_op(fn: ir.Function, following: ir.Function | None) -> Callable[[Any, An
     raise AssertionError(name)  # pragma: no cover
 
 
-def _chain(node: ir.Function) -> tuple[list[ir.Function], ir.Node]:
-    """The per-row functions from innermost to outermost, and the node they start from."""
+async def _fetch(fetcher: Any, url: str, _: int) -> bytes:
+    return await fetcher.fetch(url)
+
+
+async def _put(store: Any, data: Any, _: int) -> str:
+    from mmbeam.ops.store import content_name
+
+    payload = data.encode() if isinstance(data, str) else bytes(data)
+    return await store.write_async(content_name(payload), payload)
+
+
+def _io_step(fn: ir.Function) -> Step:
+    nullable = fn.option("on_error", "raise") == "null"
+    limit = fn.option("max_connections", 32)
+    if fn.name == "url.download":
+        from mmbeam.ops.fetch import Fetcher
+
+        call = functools.partial(_fetch, Fetcher(fn.option("io_config")))
+    else:
+        from mmbeam.ops.store import Store
+
+        call = functools.partial(_put, Store(fn.option("location"), fn.option("io_config")))
+    return Step(fn.name, "io", call, nullable, limit)
+
+
+def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[RowChain, ir.Node]:
+    """The fused chain for ``node`` (upload? ∘ row ops ∘ download?) and the node it reads."""
+    top = node if node.name == "url.upload" else None
+    cur: ir.Node = node.args[0] if top is not None else node
     ops: list[ir.Function] = []
-    cur: ir.Node = node
     while isinstance(cur, ir.Function) and cur.name in ROW_OPS:
         ops.append(cur)
         cur = cur.args[0]
     ops.reverse()
-    return ops, cur
-
-
-def _values(node: ir.Node, table: pa.Table, ctx: Any) -> tuple[list[Any], list[Any]]:
-    """Python values of ``node`` per row, and what to call each row in error messages."""
-    if isinstance(node, ir.Function) and node.name == "url.download":
-        urls = _python(node.args[0], table, ctx)
-        return _download(node, urls, ctx), urls
-    values = _python(node, table, ctx)
-    return values, [f"row {i}" for i in range(len(values))]
+    steps = []
+    if isinstance(cur, ir.Function) and cur.name == "url.download":
+        steps.append(_io_step(cur))
+        cur = cur.args[0]
+    for i, fn in enumerate(ops):
+        extra = _python(fn.args[1], table, ctx) if len(fn.args) > 1 else None
+        following = ops[i + 1] if i + 1 < len(ops) else None
+        steps.append(Step(fn.name, "cpu", _row_op(fn, following, extra),
+                          fn.option("on_error") == "null"))
+    if top is not None:
+        steps.append(_io_step(top))
+    return RowChain(steps), cur
 
 
 def _python(node: ir.Node, table: pa.Table, ctx: Any) -> list[Any]:
@@ -117,73 +134,75 @@ def _python(node: ir.Node, table: pa.Table, ctx: Any) -> list[Any]:
     return arr.to_pylist()
 
 
-def _download(node: ir.Function, urls: list[Any], ctx: Any) -> list[Any]:
-    from mmbeam.ops.fetch import fetch_all
-
-    on_error = node.option("on_error", "raise")
-    out = fetch_all(urls, io_config=node.option("io_config"),
-                    max_connections=node.option("max_connections", 32), on_error=on_error)
-    failed = sum(1 for u, b in zip(urls, out, strict=True) if u is not None and b is None)
-    if failed:
-        ctx.errors["url.download"] += failed
-    return out
+_controllers: dict[str, BatchSizeController] = {}
+_controllers_lock = threading.Lock()
 
 
-def _upload(node: ir.Function, table: pa.Table, ctx: Any) -> list[Any]:
-    from mmbeam.ops.store import Store, content_name
+def _controller(chain: RowChain) -> BatchSizeController:
+    name = "frame:" + ">".join(chain.stages)
+    with _controllers_lock:
+        ctl = _controllers.get(name)
+        if ctl is None:
+            floor = chain.first_window()
+            ctl = _controllers[name] = BatchSizeController(
+                name=name, memory_budget=default_memory_budget(), min_size=1,
+                max_size=max(floor, 512), initial=floor).register()
+        return ctl
 
-    inner = node.args[0]
-    if isinstance(inner, ir.Function) and inner.name in ROW_OPS:
-        data = _run_chain(inner, table, ctx)
-    else:
-        data, _ = _values(inner, table, ctx)
-    store = Store(node.option("location"), node.option("io_config"))
-    window = node.option("max_connections", 32)
-    on_error = node.option("on_error", "raise")
-    out: list[Any] = [None] * len(data)
-    todo = [i for i, d in enumerate(data) if d is not None]
-    for start in range(0, len(todo), window):
-        part = todo[start:start + window]
-        futures = {}
-        for i in part:
-            payload = data[i].encode() if isinstance(data[i], str) else bytes(data[i])
-            futures[i] = store.submit(content_name(payload), payload)
-        for i, fut in futures.items():
-            try:
-                out[i] = fut.result()
-            except StageError as err:
-                if on_error != "null":
-                    raise err.located("url.upload", f"row {i}") from err
-                ctx.errors["url.upload"] += 1
+
+def row_window(chain: RowChain) -> int:
+    """Rows to keep in flight for ``chain``, from what its earlier rows cost (autotuned)."""
+    ctl = _controller(chain)
+    if ctl.seconds_per_element is None:
+        return chain.first_window()
+    return ctl.inflight(cpu_workers(), floor=chain.min_window())
+
+
+def _run_rows(chain: RowChain, values: list[Any], names: list[Any]) -> list[RowOutcome]:
+    """Every row through ``chain``, at most the autotuned window in flight; in row order."""
+    ctl = _controller(chain)
+    out: list[Any] = [None] * len(values)
+    window = row_window(chain)
+    slots = threading.Semaphore(window)
+
+    def done(i: int, future: Any) -> None:
+        outcome = future.result()
+        out[i] = outcome
+        ctl.record(Measurement(1, seconds=outcome.io_seconds + outcome.cpu_seconds,
+                               busy_seconds=outcome.cpu_seconds or outcome.io_seconds,
+                               peak_bytes=outcome.peak_bytes))
+        slots.release()
+
+    for i, value in enumerate(values):
+        slots.acquire()
+        if i and i % 8 == 0:  # retune as costs are learned
+            new = row_window(chain)
+            for _ in range(new - window):
+                slots.release()
+            for _ in range(window - new):
+                slots.acquire()
+            window = new
+        chain.submit(value, i, names[i]).add_done_callback(functools.partial(done, i))
+    for _ in range(window):
+        slots.acquire()
     return out
 
 
 def _run_chain(node: ir.Function, table: pa.Table, ctx: Any) -> list[Any]:
-    ops, base = _chain(node)
-    values, names = _values(base, table, ctx)
-    steps = [_row_op(fn, ops[i + 1] if i + 1 < len(ops) else None) for i, fn in enumerate(ops)]
-    extras = [(_python(fn.args[1], table, ctx) if len(fn.args) > 1 else None) for fn in ops]
-    nullable = [fn.option("on_error") == "null" for fn in ops]
-
-    def run(i: int) -> tuple[Any, str | None]:
-        value = values[i]
-        for k, step in enumerate(steps):
-            if value is None:
-                return None, None
-            try:
-                value = step(value, extras[k][i] if extras[k] is not None else None)
-            except StageError as err:
-                if nullable[k]:
-                    return None, ops[k].name
-                raise err.located(ops[k].name, names[i]) from err
-        return value, None
-
-    n = len(values)
-    results = list(_executor().map(run, range(n))) if n > 1 else [run(i) for i in range(n)]
-    for _, failed in results:
-        if failed is not None:
-            ctx.errors[failed] += 1
-    return [v for v, _ in results]
+    chain, base = _plan_chain(node, table, ctx)
+    values = _python(base, table, ctx)
+    if chain.steps[0].stage == "url.download":
+        names = values
+    else:
+        names = [f"row {i}" for i in range(len(values))]
+    results = []
+    for outcome in _run_rows(chain, values, names):
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.nulled is not None:
+            ctx.errors[outcome.nulled] += 1
+        results.append(outcome.value)
+    return results
 
 
 def _to_arrow(values: list[Any], dtype: DataType) -> pa.Array:
@@ -206,9 +225,4 @@ def evaluate_multimodal(node: ir.Function, table: pa.Table, ctx: Any) -> pa.Arra
             storage = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
             field = storage.field(node.name.split(".")[1]).cast(pa.int64())
             return pc.if_else(storage.is_valid(), field, pa.scalar(None, pa.int64()))
-    if node.name == "url.upload":
-        return _to_arrow(_upload(node, table, ctx), dtype)
-    if node.name == "url.download":
-        values, _ = _values(node, table, ctx)
-        return _to_arrow(values, dtype)
     return _to_arrow(_run_chain(node, table, ctx), dtype)

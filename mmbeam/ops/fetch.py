@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import random
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from fsspec.asyn import get_loop
 from mmbeam.errors import ConfigError, DownloadError, MmbeamError
 from mmbeam.io.config import IOConfig
 from mmbeam.io.filesystems import filesystem_for, is_async, split_protocol
+from mmbeam.ops.http import HTTPStatusError, http_get, io_pool
 
 __all__ = ["Fetcher", "fetch_all", "ON_ERROR_CHOICES", "check_on_error"]
 
@@ -68,11 +70,16 @@ class Fetcher:
     async def fetch(self, url: str) -> bytes:
         """Read one URL, retrying transient failures; raises DownloadError with the cause."""
         protocol, path = split_protocol(url)
-        fs = filesystem_for(protocol, self.io_config)
+        web = protocol in ("http", "https")
+        fs = None if web else filesystem_for(protocol, self.io_config)
+        headers = self.io_config.storage_options("http")["headers"] if web else None
         attempt = 0
         while True:
             try:
-                if is_async(fs):
+                if web:  # blocking kept-alive connections on I/O threads: see ops/http.py
+                    coro = asyncio.get_running_loop().run_in_executor(
+                        io_pool(), http_get, path, headers, self.timeout_s)
+                elif is_async(fs):
                     coro = fs._cat_file(path)
                 else:
                     coro = asyncio.to_thread(fs.cat_file, path)
@@ -90,11 +97,12 @@ class Fetcher:
 
 def _retry_delay(exc: BaseException) -> float | None:
     """Seconds to wait before retrying ``exc`` (0 = backoff only), or None if it is permanent."""
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, (aiohttp.ClientResponseError, HTTPStatusError)):
         if exc.status not in _RETRY_STATUS:
             return None
+        headers = exc.headers or {}
         try:
-            return float((exc.headers or {}).get("Retry-After", 0))
+            return float(headers.get("Retry-After", headers.get("retry-after", 0)))
         except ValueError:
             return 0.0
     status = getattr(exc, "code", None) or getattr(exc, "status", None)  # gcsfs HttpError
@@ -102,7 +110,8 @@ def _retry_delay(exc: BaseException) -> float | None:
         return 0.0 if status in _RETRY_STATUS else None
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return None
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError)):
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError,
+                        http.client.HTTPException)):
         return 0.0
     return None
 
@@ -111,6 +120,12 @@ def _describe(exc: BaseException, attempts: int, timeout_s: float) -> str:
     tries = f" (after {attempts} attempts)" if attempts > 1 else ""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status} {exc.message}{tries}"
+    if isinstance(exc, HTTPStatusError):
+        return f"{exc}{tries}"
+    if isinstance(exc, http.client.IncompleteRead):
+        got = len(exc.partial)
+        return (f"payload truncated: got {got} of {got + (exc.expected or 0)} bytes "
+                f"(Content-Length){tries}")
     if isinstance(exc, FileNotFoundError):
         return "not found (HTTP 404 or no such object/file)"
     if isinstance(exc, PermissionError):

@@ -9,8 +9,10 @@ mmbeam's Beam coders (``mmbeam.transforms.coders``).
 from mmbeam.transforms import coders
 from mmbeam.transforms._base import FailedRecord
 from mmbeam.transforms.download import Download
+from mmbeam.transforms.fuse import Fuse
 from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
 from mmbeam.transforms.join import Join
+from mmbeam.transforms.options import MmbeamOptions
 from mmbeam.transforms.upload import Upload
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "Download",
     "EncodeImage",
     "FailedRecord",
+    "Fuse",
     "Join",
+    "MmbeamOptions",
     "ResizeImage",
     "Upload",
     "coders",

@@ -1,18 +1,23 @@
 """What every per-element mmbeam transform shares: keys, nulls, errors, metrics, concurrency.
 
-:class:`ElementFn` runs a kernel on each element through a bounded window of futures (a thread
-pool for CPU work, fsspec's event loop for I/O). It yields results as they complete, blocks only
-while the window is full (that is the backpressure), and drains in ``finish_bundle``; each result
-keeps its input's timestamp and window. :class:`ElementTransform` is the public side: the
-``on_error`` policy, ``keyed=True`` and ``.with_exception_handling()``.
+:class:`ElementFn` runs a :class:`~mmbeam.ops.rowchain.RowChain` (one step for a plain
+transform, several for a fused one) on each element through a bounded window of rows in flight:
+I/O on fsspec's event loop, CPU work on the shared thread pool. Rows complete on their own
+(callbacks, not the bundle thread), results are yielded as they complete, the bundle thread
+blocks only while the window is full (that is the backpressure), and ``finish_bundle`` drains.
+The window is chosen by an autotune controller from each row's measured seconds (waiting vs.
+working) and bytes, under ``--memory_budget``; it shows as the ``window`` distribution metric
+of the stage and in debug logs. Each result keeps its input's timestamp and window.
+:class:`ElementTransform` is the public side: ``on_error``, ``keyed=True`` and
+``.with_exception_handling()``.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import copy
-import os
+import functools
+import logging
 import threading
 from typing import Any, NamedTuple
 
@@ -21,20 +26,28 @@ from apache_beam.metrics import Metrics
 from apache_beam.typehints import typehints
 from apache_beam.utils.windowed_value import WindowedValue
 
+from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.fetch import check_on_error
+from mmbeam.ops.pool import cpu_pool, cpu_workers
+from mmbeam.ops.rowchain import RowChain, Step, value_bytes
+from mmbeam.progress import get_progress
+from mmbeam.transforms.options import memory_budget_of
 
 __all__ = [
     "FAILED_TAG",
     "ElementFn",
     "ElementTransform",
     "FailedRecord",
-    "KernelFn",
     "check_connections",
     "cpu_pool",
+    "cpu_step",
 ]
 
 FAILED_TAG = "failed"
+MAX_WINDOW = 512
+_RETUNE_EVERY = 8
+_log = logging.getLogger("mmbeam.autotune")
 
 
 class FailedRecord(NamedTuple):
@@ -53,72 +66,71 @@ def check_connections(max_connections: int) -> int:
     return max_connections
 
 
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_pid: int | None = None
-_pool_lock = threading.Lock()
-
-
-def cpu_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The process-wide thread pool for CPU kernels (Pillow and OpenCV release the GIL)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="mmbeam-cpu"
-            )
-            _pool_pid = os.getpid()
-        return _pool
-
-
 class ElementFn(beam.DoFn):
-    """Base DoFn: ``submit(value)`` returns a future; subclasses say what the kernel is."""
+    """Runs ``chain`` on every element with an autotuned window of rows in flight.
 
-    def __init__(self, stage: str, on_error: str, keyed: bool, failures: bool, window: int):
-        self.stage = stage
-        self.on_error = on_error
+    ``failures=True`` sends rows that failed to the ``failed`` output as FailedRecords;
+    otherwise they raise (a step with ``nullable`` set has already turned its failure into a
+    None). ``memory_budget`` caps the bytes the window may hold.
+    """
+
+    def __init__(self, chain: RowChain, *, keyed: bool, failures: bool, memory_budget: int,
+                 max_window: int = MAX_WINDOW):
+        self.chain = chain
         self.keyed = keyed
         self.failures = failures
-        self.window = max(1, window)
-
-    def submit(self, value: Any, key: Any) -> concurrent.futures.Future:
-        """Start the work for one value (``key`` is None unless keyed); the future holds its
-        result or its exception."""
-        raise NotImplementedError
-
-    def size_of(self, result: Any) -> int:
-        """Bytes of a result, for the ``bytes`` counter (0 when not meaningful)."""
-        if isinstance(result, (bytes, bytearray)):
-            return len(result)
-        return int(getattr(result, "nbytes", 0))
+        self.memory_budget = memory_budget
+        self.max_window = max_window
+        self.stage = chain.stages[-1] if len(chain.stages) == 1 else "+".join(chain.stages)
 
     def setup(self):
-        self._ok = Metrics.counter(self.stage, "succeeded")
-        self._failed = Metrics.counter(self.stage, "failed")
-        self._nulls = Metrics.counter(self.stage, "nulls")
-        self._bytes = Metrics.counter(self.stage, "bytes")
+        stages = self.chain.stages
+        self._ok = {s: Metrics.counter(s, "succeeded") for s in stages}
+        self._failed = {s: Metrics.counter(s, "failed") for s in stages}
+        self._nulls = {s: Metrics.counter(s, "nulls") for s in stages}
+        self._bytes = Metrics.counter(stages[-1], "bytes")
+        self._window_metric = Metrics.distribution(self.stage, "window")
+        steps = self.chain.steps
+        io_only = all(s.kind == "io" for s in steps)
+        # what the window must keep busy: the connections of an I/O stage, else the CPU pool
+        self._workers = max(s.limit or 1 for s in steps) if io_only else cpu_workers()
+        self._io_only = io_only
+        first = min(self.max_window, self.chain.first_window())
+        self._floor = min(first, self.chain.min_window())
+        self.controller = BatchSizeController(
+            name=self.stage, memory_budget=self.memory_budget, min_size=1,
+            max_size=max(first, self.max_window), initial=first).register()
+        self.window = first
+        self._progress = get_progress()
 
     def start_bundle(self):
-        self._inflight: collections.deque = collections.deque()
+        self._done: collections.deque = collections.deque()
+        self._ready = threading.Semaphore(0)
+        self._held = 0
+        self._completed = 0
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         try:
             key, value = self._split(element)
         except StageError as err:
-            yield from self._failure(element, None, err, timestamp, window)
+            yield from self._failure(element, self.chain.stages[0], err, timestamp, window)
             return
         if value is None:  # a null stays null (for example after a download with on_error="null")
             yield WindowedValue(element, timestamp, (window,))
             return
         yield from self._drain(self.window - 1)  # make room first: never more than `window`
-        try:
-            future = self.submit(value, key)
-        except Exception as exc:  # noqa: BLE001 - a bad argument for this element, not a crash
-            future = concurrent.futures.Future()
-            future.set_exception(exc)
-        self._inflight.append((future, element, key, timestamp, window))
+        entry = (element, key, timestamp, window)
+        future = self.chain.submit(value, key, element)
+        self._held += 1
+        future.add_done_callback(lambda f, e=entry: self._completes(f, e))
+
+    def _completes(self, future, entry):
+        self._done.append((future, entry))
+        self._ready.release()
 
     def finish_bundle(self):
         yield from self._drain(0)
+        self._progress.finish()
 
     def _split(self, element):
         if not self.keyed:
@@ -128,42 +140,64 @@ class ElementFn(beam.DoFn):
         return element
 
     def _drain(self, limit: int):
-        """Yield finished results; block on the oldest while more than ``limit`` are in flight."""
-        inflight = self._inflight
-        while inflight:
-            if len(inflight) > limit:
-                concurrent.futures.wait([f for f, *_ in inflight], return_when="FIRST_COMPLETED")
-            done = [entry for entry in inflight if entry[0].done()]
-            if not done:
+        """Yield finished rows; block for the next one while more than ``limit`` are held."""
+        while self._held:
+            if not self._ready.acquire(blocking=self._held > limit):
                 return
-            for entry in done:
-                inflight.remove(entry)
-                yield from self._emit(*entry)
-            if len(inflight) <= limit:
-                return
+            future, entry = self._done.popleft()
+            self._held -= 1
+            yield from self._emit(future.result(), *entry)
 
-    def _emit(self, future, element, key, timestamp, window):
-        try:
-            result = future.result()
-        except Exception as exc:  # noqa: BLE001 - routed by the on_error policy below
-            yield from self._failure(element, key, exc, timestamp, window)
+    def _emit(self, outcome, element, key, timestamp, window):
+        self._learn(outcome)
+        stages = self.chain.stages
+        bad = outcome.error.stage if outcome.error is not None else outcome.nulled
+        for stage in stages[: stages.index(bad) if bad in stages else len(stages)]:
+            self._ok[stage].inc()
+        if outcome.error is not None:
+            self._failed[bad].inc()
+            self._progress.update(stages[-1], failed=1)
+            yield from self._failure(element, bad, outcome.error, timestamp, window)
             return
-        self._ok.inc()
-        self._bytes.inc(self.size_of(result))
+        if outcome.nulled is not None:
+            self._failed[bad].inc()
+            self._nulls[bad].inc()
+        else:
+            self._bytes.inc(value_bytes(outcome.value))
+        self._progress.update(stages[-1], done=1, failed=int(outcome.nulled is not None),
+                              inflight_bytes=self._inflight_bytes())
+        result = outcome.value
         yield WindowedValue((key, result) if self.keyed else result, timestamp, (window,))
 
-    def _failure(self, element, key, exc, timestamp, window):
-        self._failed.inc()
+    def _learn(self, outcome):
+        """Feed the row's cost to the controller; every few rows, pick the window again."""
+        seconds = outcome.io_seconds + outcome.cpu_seconds
+        self.controller.record(Measurement(
+            1, seconds=seconds, busy_seconds=outcome.cpu_seconds or outcome.io_seconds,
+            peak_bytes=outcome.peak_bytes))
+        self._completed += 1
+        if self._completed % _RETUNE_EVERY == 0:
+            window = self.controller.inflight(self._workers, floor=self._floor,
+                                              headroom=1.5 if self._io_only else 2.0)
+            if window != self.window:
+                _log.debug("%s: window %d -> %d (%s)", self.stage, self.window, window,
+                           self.controller.describe())
+                self.window = window
+            self._window_metric.update(window)
+
+    def _inflight_bytes(self) -> int:
+        return int(self._held * (self.controller.peak_bytes_per_element or 0))
+
+    def _failure(self, element, stage, exc, timestamp, window):
         err = exc if isinstance(exc, StageError) else StageError(f"{type(exc).__name__}: {exc}")
-        err = err.located(self.stage, element)
+        if err.stage is None:
+            self._failed[stage].inc()
+            err = err.located(stage, element)
         if self.failures:
-            record = FailedRecord(element, self.stage, str(err))
+            record = FailedRecord(element, err.stage, str(err))
             yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(record, timestamp, (window,)))
-        elif self.on_error == "null":
-            self._nulls.inc()
-            yield WindowedValue((key, None) if self.keyed else None, timestamp, (window,))
         else:
-            raise err from exc
+            raise err
 
 
 class ElementTransform(beam.PTransform):
@@ -172,7 +206,8 @@ class ElementTransform(beam.PTransform):
     ``on_error="raise"`` fails the pipeline with an error naming the element, the stage and the
     cause; ``"null"`` emits None (counted in the stage's ``nulls`` metric).
     ``.with_exception_handling()`` makes the transform return ``(good, failed)`` where ``failed``
-    holds a :class:`FailedRecord` per element that failed.
+    holds a :class:`FailedRecord` per element that failed. Subclasses say what one element's
+    work is with :meth:`step`; :class:`~mmbeam.transforms.fuse.Fuse` chains those steps.
     """
 
     stage = "Element"
@@ -194,7 +229,8 @@ class ElementTransform(beam.PTransform):
         clone._failures = True
         return clone
 
-    def make_fn(self) -> ElementFn:
+    def step(self, nullable: bool) -> Step:
+        """This transform's work on one value as a row step."""
         raise NotImplementedError
 
     def output_type(self, input_type: Any) -> Any:
@@ -206,23 +242,32 @@ class ElementTransform(beam.PTransform):
         key = input_type.tuple_types[0] if pair and len(input_type.tuple_types) == 2 else Any
         return typehints.Tuple[key, value]
 
-    def expand(self, pcoll):
-        fn = self.make_fn()
+    def make_fn(self, memory_budget: int | None = None) -> ElementFn:
+        from mmbeam.autotune import default_memory_budget
+
+        nullable = self.on_error == "null" and not self._failures
+        return ElementFn(RowChain([self.step(nullable)]), keyed=self.keyed,
+                         failures=self._failures,
+                         memory_budget=memory_budget or default_memory_budget())
+
+    def apply_pardo(self, pcoll, pardo: beam.ParDo):
+        """Apply this transform's ParDo with its output types; ``(good, failed)`` with
+        exception handling."""
         out = self.output_type(pcoll.element_type)
         if not self._failures:
-            return pcoll | beam.ParDo(fn).with_output_types(out)
-        tagged = beam.ParDo(fn).with_output_types(out, **{FAILED_TAG: FailedRecord})
+            return pcoll | pardo.with_output_types(out)
+        tagged = pardo.with_output_types(out, **{FAILED_TAG: FailedRecord})
         results = pcoll | tagged.with_outputs(FAILED_TAG, main="good")
         return results.good, results[FAILED_TAG]
 
+    def expand(self, pcoll):
+        return self.apply_pardo(pcoll, beam.ParDo(self.make_fn(memory_budget_of(pcoll.pipeline))))
 
-class KernelFn(ElementFn):
-    """Runs a pure CPU kernel (a picklable callable, e.g. a ``functools.partial`` of an op) on
-    the process thread pool, keeping up to ``window`` elements in flight."""
 
-    def __init__(self, kernel, stage: str, on_error: str, keyed: bool, failures: bool, window=None):
-        super().__init__(stage, on_error, keyed, failures, window or 2 * (os.cpu_count() or 2))
-        self.kernel = kernel
+def cpu_step(stage: str, kernel, nullable: bool) -> Step:
+    """A CPU step running ``kernel(value)`` (a picklable callable) on the shared pool."""
+    return Step(stage, "cpu", functools.partial(_call, kernel), nullable)
 
-    def submit(self, value, key):
-        return cpu_pool().submit(self.kernel, value)
+
+def _call(kernel, value, key):
+    return kernel(value)

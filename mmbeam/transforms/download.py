@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 from mmbeam.io.config import IOConfig
 from mmbeam.ops.fetch import Fetcher
-from mmbeam.transforms._base import ElementFn, ElementTransform, check_connections
+from mmbeam.ops.rowchain import Step
+from mmbeam.transforms._base import ElementTransform, check_connections
 
 __all__ = ["Download"]
 
 
-class _DownloadFn(ElementFn):
-    def __init__(self, fetcher: Fetcher, max_connections: int, **policy):
-        super().__init__("Download", window=max_connections, **policy)
-        self.fetcher = fetcher
-
-    def submit(self, url, key):
-        return self.fetcher.submit(url)
+async def _fetch(fetcher: Fetcher, url, key) -> bytes:
+    return await fetcher.fetch(url)
 
 
 class Download(ElementTransform):
     """Read each URL (``http(s)://``, ``s3://``, ``gs://``, ``file://``, local path) as bytes.
 
     Up to ``max_connections`` requests are in flight per worker; results stream out as they
-    complete. Transient failures (429, 5xx, reset, truncated body, timeout) are retried
+    complete, and finished downloads wait (up to the autotuned window) while later stages are
+    busy. Transient failures (429, 5xx, reset, truncated body, timeout) are retried
     ``retries`` times with exponential backoff; redirects are followed.
     """
 
@@ -44,11 +43,6 @@ class Download(ElementTransform):
         self.max_connections = check_connections(max_connections)
         self.fetcher = Fetcher(io_config, timeout_s=timeout_s, retries=retries)
 
-    def make_fn(self):
-        return _DownloadFn(
-            self.fetcher,
-            self.max_connections,
-            on_error=self.on_error,
-            keyed=self.keyed,
-            failures=self._failures,
-        )
+    def step(self, nullable):
+        return Step(self.stage, "io", functools.partial(_fetch, self.fetcher), nullable,
+                    self.max_connections)

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 from mmbeam.io.config import IOConfig
+from mmbeam.ops.rowchain import Step
 from mmbeam.ops.store import Store, content_name
-from mmbeam.transforms._base import ElementFn, ElementTransform, check_connections
+from mmbeam.transforms._base import ElementTransform, check_connections
 
 __all__ = ["Upload"]
 
 
-class _UploadFn(ElementFn):
-    def __init__(self, store: Store, max_connections: int, **policy):
-        super().__init__("Upload", window=max_connections, **policy)
-        self.store = store
-
-    def submit(self, data, key):
-        return self.store.submit(content_name(data) if key is None else key, data)
-
-    def size_of(self, result):
-        return 0
+async def _store(store: Store, data, key) -> str:
+    return await store.write_async(content_name(data) if key is None else key, data)
 
 
 class Upload(ElementTransform):
@@ -47,11 +42,6 @@ class Upload(ElementTransform):
         self.store = Store(location, io_config)
         self.max_connections = check_connections(max_connections)
 
-    def make_fn(self):
-        return _UploadFn(
-            self.store,
-            self.max_connections,
-            on_error=self.on_error,
-            keyed=self.keyed,
-            failures=self._failures,
-        )
+    def step(self, nullable):
+        return Step(self.stage, "io", functools.partial(_store, self.store), nullable,
+                    self.max_connections)

@@ -1,5 +1,7 @@
 """decode_image: formats, modes, orientation, reduced-size JPEG decode, and every bad input."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,52 @@ def test_check_mode():
     assert check_mode("RGB") == "RGB" and check_mode(None) is None
     with pytest.raises(ConfigError, match="'CMYK'"):
         check_mode("CMYK")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("min_size", [None, (40, 40)])
+def test_opencv_path_matches_pillow_for_every_orientation(orientation, min_size):
+    from PIL import Image, ImageOps
+
+    pixels = make_image(320, 200, seed=orientation)
+    data = encode_sample(pixels, "JPEG", quality=95, exif_orientation=orientation)
+    out = decode_image(data, min_size=min_size)
+    img = Image.open(io.BytesIO(data))
+    if min_size is not None:
+        img.draft("RGB", (img.width // 4, img.height // 4))
+    ref = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert out.shape == ref.shape
+    assert psnr(out, ref) > 30
+
+
+@pytest.mark.parametrize(
+    "size, orientation, target, scale",
+    [((4032, 3024), 1, (256, 256), 8), ((1920, 1080), 1, (256, 256), 4), ((1024, 768), 1, (256, 256), 2),
+     ((300, 300), 1, (256, 256), 1), ((4000, 1000), 6, (100, 400), 8), ((4000, 1000), 1, (100, 400), 2),
+     ((4032, 3024), 1, None, 1)],
+)
+def test_jpeg_scale_is_the_largest_that_stays_at_least_the_target(size, orientation, target, scale):
+    from mmbeam.ops.decode import ImageHeader, jpeg_scale
+
+    assert jpeg_scale(ImageHeader("JPEG", *size, orientation, "RGB"), target) == scale
+    assert jpeg_scale(ImageHeader("PNG", *size, 1, "RGB"), target) == 1
+
+
+def test_probe_checks_the_header_only():
+    from mmbeam.ops.decode import probe_image
+
+    header = probe_image(encode_sample(make_image(64, 32), "JPEG", exif_orientation=6))
+    assert (header.format, header.width, header.height, header.orientation) == ("JPEG", 64, 32, 6)
+    with pytest.raises(ImageTooLargeError):
+        probe_image(decompression_bomb(20000, 20000))
+    with pytest.raises(DecodeError, match="not an image"):
+        probe_image(b"<html>")
+
+
+def test_grey_jpeg_and_truncated_jpeg_through_the_fast_path():
+    gray = encode_sample(make_image(64, 48, mode="L"), "JPEG")
+    assert decode_image(gray, mode="L").shape == (48, 64)
+    assert decode_image(gray).shape == (48, 64, 3)
+    big = encode_sample(make_image(640, 480, seed=3), "JPEG")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_image(truncated(big), min_size=(64, 64))

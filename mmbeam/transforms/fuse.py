@@ -1,0 +1,61 @@
+"""``Fuse``: run a chain of per-element transforms as one fused per-row kernel.
+
+``Fuse(Download(32), DecodeImage(), ResizeImage(256, 256), EncodeImage("JPEG"), Upload(out))``
+is one DoFn: each element downloads, decodes (at the reduced JPEG scale the resize allows),
+resizes, encodes and uploads as one unit of work, so at most one row's full-size data lives per
+worker thread, and rows overlap (downloads and uploads on the I/O loop while the CPU pool
+works). Each part keeps its own ``on_error`` ("null" turns that step's failure into a None that
+later steps pass through); a failure that is not nulled raises, or with
+``.with_exception_handling()`` becomes a FailedRecord naming the part's stage.
+"""
+
+from __future__ import annotations
+
+from mmbeam.errors import ConfigError
+from mmbeam.ops.rowchain import RowChain
+from mmbeam.transforms._base import ElementFn, ElementTransform
+from mmbeam.transforms.image import DecodeImage, ResizeImage
+
+__all__ = ["Fuse"]
+
+
+class Fuse(ElementTransform):
+    """The given per-element transforms, fused into one per-row kernel (see module doc)."""
+
+    stage = "Fuse"
+
+    def __init__(self, *parts: ElementTransform, label: str | None = None):
+        if not parts:
+            raise ConfigError("Fuse needs at least one transform, e.g. Fuse(Download(), ...)")
+        for part in parts:
+            if not isinstance(part, ElementTransform) or isinstance(part, Fuse):
+                raise ConfigError(
+                    f"Fuse takes per-element transforms (Download, DecodeImage, ResizeImage, "
+                    f"EncodeImage, Upload), got {type(part).__name__}")
+            if part._failures:
+                raise ConfigError("call .with_exception_handling() on the Fuse, not on its parts")
+        keyed = {p.keyed for p in parts}
+        if len(keyed) != 1:
+            raise ConfigError("all parts of a Fuse must agree on keyed=True or keyed=False")
+        super().__init__(keyed=keyed.pop(), label=label)
+        self.parts = parts
+        self.stage = "+".join(p.stage for p in parts)
+        self.value_type = parts[-1].value_type
+
+    def steps(self) -> list:
+        """One step per part; a decode followed by a resize decodes at the resize's box."""
+        steps = []
+        for i, part in enumerate(self.parts):
+            nullable = part.on_error == "null"
+            after = self.parts[i + 1] if i + 1 < len(self.parts) else None
+            if isinstance(part, DecodeImage) and isinstance(after, ResizeImage):
+                steps.append(part.step(nullable, (after.width, after.height)))
+            else:
+                steps.append(part.step(nullable))
+        return steps
+
+    def make_fn(self, memory_budget: int | None = None) -> ElementFn:
+        from mmbeam.autotune import default_memory_budget
+
+        return ElementFn(RowChain(self.steps()), keyed=self.keyed, failures=self._failures,
+                         memory_budget=memory_budget or default_memory_budget())

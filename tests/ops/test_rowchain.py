@@ -1,0 +1,116 @@
+"""RowChain: per-row fused steps on the I/O loop and the CPU pool, with errors located per step."""
+
+import functools
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from mmbeam.errors import DecodeError, DownloadError, StageError
+from mmbeam.ops.decode import decode_image
+from mmbeam.ops.encode import encode_image
+from mmbeam.ops.fetch import Fetcher
+from mmbeam.ops.resize import resize_image
+from mmbeam.ops.rowchain import RowChain, Step, value_bytes
+from mmbeam.testing.http_server import FaultServer
+from mmbeam.testing.images import encode_sample, make_image
+
+
+async def _fetch(fetcher, url, key):
+    return await fetcher.fetch(url)
+
+
+def _cpu(kernel, value, key):
+    return kernel(value)
+
+
+def thumbnail_chain(limit=4, null_decode=False):
+    return RowChain([
+        Step("download", "io", functools.partial(_fetch, Fetcher(retries=0)), limit=limit),
+        Step("decode", "cpu", functools.partial(_cpu, functools.partial(
+            decode_image, min_size=(32, 32))), nullable=null_decode),
+        Step("resize", "cpu", functools.partial(_cpu, functools.partial(
+            resize_image, width=32, height=32))),
+        Step("encode", "cpu", functools.partial(_cpu, functools.partial(
+            encode_image, format="PNG"))),
+    ])
+
+
+@pytest.fixture(scope="module")
+def served(mmbeam_http):
+    pixels = {i: make_image(200 + 8 * i, 150, seed=i) for i in range(6)}
+    urls = {i: mmbeam_http.add(f"rc/{i}.jpg", encode_sample(p, "JPEG")) for i, p in pixels.items()}
+    return mmbeam_http, urls
+
+
+def test_chain_matches_the_ops_called_one_by_one(served):
+    server, urls = served
+    chain = thumbnail_chain()
+    outcomes = [chain.submit(u).result(timeout=30) for u in urls.values()]
+    for url, out in zip(urls.values(), outcomes):
+        data = Fetcher().submit(url).result()
+        expected = encode_image(resize_image(decode_image(data, min_size=(32, 32)), 32, 32), "PNG")
+        assert out.error is None and out.nulled is None and out.value == expected
+        assert out.io_seconds > 0 and out.cpu_seconds > 0
+        assert out.peak_bytes >= len(data)  # at least the downloaded bytes were held
+
+
+def test_failure_is_located_at_its_stage_and_names_the_row(served):
+    server, urls = served
+    server.add("rc/junk.jpg", b"<html>junk</html>")
+    chain = thumbnail_chain()
+    missing = server.url("files/rc/missing.jpg")
+    out = chain.submit(missing).result(timeout=30)
+    assert isinstance(out.error, DownloadError) and out.error.stage == "download"
+    assert "missing.jpg" in str(out.error) and out.value is None
+    junk = server.url("files/rc/junk.jpg")
+    out = chain.submit(junk, name="row 7").result(timeout=30)
+    assert isinstance(out.error, DecodeError) and out.error.stage == "decode"
+    assert "decode failed for 'row 7': not an image" in str(out.error)
+
+
+def test_nullable_step_nulls_the_row_and_later_steps_skip_it(served):
+    server, _ = served
+    server.add("rc/junk2.jpg", b"junk")
+    out = thumbnail_chain(null_decode=True).submit(server.url("files/rc/junk2.jpg")).result(30)
+    assert out.value is None and out.error is None and out.nulled == "decode"
+    assert thumbnail_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0)
+
+
+def test_a_plain_exception_becomes_a_located_stage_error():
+    def boom(value, key):
+        raise RuntimeError(f"bad {value}")
+
+    out = RowChain([Step("explode", "cpu", boom)]).submit(3, name="row 3").result(30)
+    assert type(out.error) is StageError and str(out.error) == "explode failed for 'row 3': RuntimeError: bad 3"
+
+
+def test_io_limit_bounds_rows_in_the_io_step_while_cpu_overlaps():
+    with FaultServer(latency_s=0.05) as slow:
+        urls = [slow.add(f"p{i}.bin", bytes([i]) * 100) for i in range(24)]
+        def work(value, key):  # CPU step that runs while other rows still download
+            time.sleep(0.01)
+            return len(value)
+
+        chain = RowChain([Step("download", "io", functools.partial(_fetch, Fetcher()), limit=3),
+                          Step("work", "cpu", work)])
+        futures = [chain.submit(u) for u in urls]
+        assert [f.result(30).value for f in futures] == [100] * 24
+        assert 1 < slow.peak_concurrency <= 3
+
+
+def test_pickles_and_runs_after(served):
+    _, urls = served
+    clone = pickle.loads(pickle.dumps(thumbnail_chain()))
+    assert clone.stages == ("download", "decode", "resize", "encode")
+    assert clone.submit(urls[0]).result(30).value.startswith(b"\x89PNG")
+
+
+def test_value_bytes_and_bad_steps():
+    assert value_bytes(b"abc") == 3 and value_bytes(np.zeros((2, 3), np.uint8)) == 6
+    assert value_bytes("text") == 0
+    with pytest.raises(ValueError, match="kind must be"):
+        RowChain([Step("x", "gpu", _cpu)])
+    with pytest.raises(ValueError, match="at least one step"):
+        RowChain([])
