@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from mmbeam.errors import MmbeamError, UnsupportedError
 from mmbeam.expr import ir
-from mmbeam.frame import physical
+from mmbeam.frame import physical, udf_stage
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext, filter_table, project
@@ -342,6 +342,7 @@ class Compiler:
         self.staging = staging
         self._shuffle_files = shuffle_files and staging is not None
         self._count = 0
+        self._prepared = False
 
     def shuffle_dir(self) -> str | None:
         """Where partition files go when shuffling by reference (None: shuffle values)."""
@@ -365,6 +366,9 @@ class Compiler:
         return f"{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
+        if not self._prepared:  # once, at the root: UDF calls become their own stages
+            self._prepared = True
+            plan = udf_stage.split_udfs(plan)
         return _expand(plan, self)
 
 
@@ -449,6 +453,7 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
                                                         c.options.batch_rows)))
 
 
+_expand.register(udf_stage.UdfApply, udf_stage.expand_udf_apply)
 _expand.register(P.Limit, _gather)
 _expand.register(P.Sort, _gather)
 

@@ -1,4 +1,5 @@
-"""Beam PTransforms for multimodal data: download, decode, resize, encode, upload, join.
+"""Beam PTransforms for multimodal data: download, decode, resize, encode, upload, join, and
+RunModel (a model loaded once per worker process, run on autotuned batches).
 
 Each is a verb usable in any Beam pipeline; each per-element transform takes ``on_error``
 (``"raise"`` or ``"null"``), ``keyed=True`` for ``(key, value)`` pairs, and
@@ -9,6 +10,7 @@ from mmbeam.transforms._base import FailedRecord
 from mmbeam.transforms.download import Download
 from mmbeam.transforms.image import DecodeImage, EncodeImage, ResizeImage
 from mmbeam.transforms.join import Join
+from mmbeam.transforms.model import RunModel
 from mmbeam.transforms.upload import Upload
 
 __all__ = [
@@ -18,5 +20,6 @@ __all__ = [
     "FailedRecord",
     "Join",
     "ResizeImage",
+    "RunModel",
     "Upload",
 ]
