@@ -141,6 +141,11 @@ def _python(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     return column.to_pylist()
 
 
+def _row(values: list[list[Any]], i: int) -> Any:
+    """Row ``i``'s UDF input as errors name it: the value, or a list of values."""
+    return values[0][i] if len(values) == 1 else [v[i] for v in values]
+
+
 class _Call:
     """One UDF call in a worker: its shared instance, invoker and current batch size."""
 
@@ -166,8 +171,7 @@ class _Call:
             part = [sm.Batch(v[start:start + size], c.slice(start, size))
                     for v, c in zip(values, columns, strict=True)]
             self.sizes.update(len(part[0]))
-            got, failures = self.invoker.run(part, lambda i, s=start: sm.describe_row(
-                [v[s + i] for v in values]))
+            got, failures = self.invoker.run(part, lambda i, s=start: _row(values, s + i))
             for _, err in failures:
                 if self.udf.on_error != "null":
                     raise err

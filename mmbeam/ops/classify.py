@@ -21,7 +21,7 @@ _SHORT_SIDE = 256
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
-    """A ``3 x 224 x 224`` float32 network input from an ``H x W``, ``H x W x 1|3|4`` uint8 image."""
+    """A ``3 x 224 x 224`` float32 network input from an ``H x W`` or ``H x W x C`` uint8 image."""
     import cv2
 
     img = np.asarray(image)

@@ -125,8 +125,9 @@ class RunModel(ElementTransform):
                  target_seconds: float = 0.5, max_batch_size: int = 1024,
                  memory_budget: int | None = None, on_error: str = "raise",
                  keyed: bool = False, label: str | None = None):
-        super().__init__(on_error=on_error, keyed=keyed, label=label)
         sm.model_protocol(model, init_args, init_kwargs)  # fails now on a bad model
+        stage = label or f"RunModel[{sm.name_of(model)}]"
+        super().__init__(on_error=on_error, keyed=keyed, label=stage)
         if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
             raise ConfigError(f"concurrency must be a positive int or None, got {concurrency!r}")
         self.model = model
@@ -138,7 +139,7 @@ class RunModel(ElementTransform):
         self.concurrency = concurrency
         self.tuning = {"target_seconds": target_seconds, "max_batch_size": max_batch_size,
                        "memory_budget": memory_budget}
-        self.stage = label or f"RunModel[{sm.name_of(model)}]"
+        self.stage = stage
         self.token = getattr(model, "token", None) or sm.new_token(model)
 
     def make_fn(self) -> _RunModelFn:

@@ -7,8 +7,8 @@
   ``run_inference(batch, model)``) or a plain function.
 - :func:`acquire` returns this process's :class:`SharedModel` for a token fixed when the pipeline
   was built (as Beam's ``apache_beam.utils.shared.Shared``): every DoFn copy, bundle and thread
-  in a process shares it, the first user loads the model, and it is dropped when the last DoFn
-  releases it (in ``teardown``) or after a fork.
+  in a process shares it, the first user loads the model; when the last DoFn releases it (in
+  ``teardown``) it stays loaded until another model is released, and a fork starts afresh.
 - :class:`BatchInvoker` runs one batch, checks one output per row, and when a batch raises,
   reruns its rows one by one so that only the bad rows fail.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmbeam.autotune import BatchSizeController
-from mmbeam.errors import ConfigError, UdfError, describe_element
+from mmbeam.errors import ConfigError, UdfError
 
 __all__ = [
     "Batch",
@@ -34,7 +34,6 @@ __all__ = [
     "SharedModel",
     "acquire",
     "check_batch_size",
-    "describe_row",
     "loads_in_process",
     "model_protocol",
     "name_of",
@@ -180,13 +179,17 @@ def acquire(token: str, load: Callable[[], Any], concurrency: int | None = None)
 
 
 def release(token: str) -> None:
-    """Drop one reference; the model is freed when the last DoFn of this process lets go."""
+    """Drop one reference. A model nobody holds stays loaded until another model is released
+    (so ``show()`` then ``collect()`` loads once); older unheld models are freed."""
     with _registry_lock:
         shared = _registry.get(token)
-        if shared is not None:
-            shared.refs -= 1
-            if shared.refs <= 0:
-                del _registry[token]
+        if shared is None:
+            return
+        shared.refs -= 1
+        if shared.refs <= 0:
+            for other, entry in list(_registry.items()):
+                if other != token and entry.refs <= 0:
+                    del _registry[other]
 
 
 def loads_in_process(token: str) -> int:
@@ -300,8 +303,3 @@ class BatchInvoker:
         err = UdfError(cause).located(self.stage, element)
         err.__cause__ = exc
         return err
-
-
-def describe_row(values: Sequence[Any]) -> str:
-    """A row's inputs as they appear in error messages."""
-    return ", ".join(describe_element(v) for v in values)
