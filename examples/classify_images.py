@@ -34,7 +34,7 @@ OWNERS = {
 }
 #: pet name -> scikit-image sample photo
 PETS = {"Ernie": "chelsea", "Jackie": "coffee", "Wolfie": "astronaut", "Shaggie": "rocket",
-        "Zadie": "cat"}
+        "Zadie": "camera"}
 
 
 def write_owners(folder: str) -> str:
