@@ -34,6 +34,7 @@ __all__ = [
     "SharedModel",
     "acquire",
     "check_batch_size",
+    "instances",
     "loads_in_process",
     "model_protocol",
     "name_of",
@@ -190,6 +191,13 @@ def release(token: str) -> None:
             for other, entry in list(_registry.items()):
                 if other != token and entry.refs <= 0:
                     del _registry[other]
+
+
+def instances(token: str) -> list[Any]:
+    """The idle instances this process holds for ``token`` (for benchmarks and debugging)."""
+    with _registry_lock:
+        shared = _registry.get(token)
+        return [] if shared is None else list(shared._idle)
 
 
 def loads_in_process(token: str) -> int:
