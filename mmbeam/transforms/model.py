@@ -9,8 +9,8 @@
 DoFn copy, bundle and thread in a process uses one model. Elements are buffered into batches of
 ``batch_size``, or of a size learned from time and memory per element when it is None. A batch
 that raises is rerun element by element: the bad elements fail (to the failed output, to null or
-as an error, by ``on_error``) and the others succeed. Each output keeps its element's timestamp
-and window.
+as an error, by ``on_error``) and the others succeed. A None element stays None without reaching
+the model. Each output keeps its element's timestamp and window.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class _RunModelFn(beam.DoFn):
             yield from self._fail(element, None, err, timestamp, window)
             return
         key, value = element if self.keyed else (None, element)
+        if value is None:  # a null stays null (after a download with on_error="null", say)
+            yield WindowedValue(element, timestamp, (window,))
+            return
         self._pending.append((element, key, value, timestamp, window))
         if len(self._pending) >= self._size:
             yield from self._flush()

@@ -7,8 +7,9 @@
   ``run_inference(batch, model)``) or a plain function.
 - :func:`acquire` returns this process's :class:`SharedModel` for a token fixed when the pipeline
   was built (as Beam's ``apache_beam.utils.shared.Shared``): every DoFn copy, bundle and thread
-  in a process shares it, the first user loads the model; when the last DoFn releases it (in
-  ``teardown``) it stays loaded until another model is released, and a fork starts afresh.
+  in a process shares it, the first user loads the model; after the last DoFn releases it (in
+  ``teardown``) it stays loaded among the ``MAX_IDLE`` most recently released, and a fork starts
+  afresh.
 - :class:`BatchInvoker` runs one batch, checks one output per row, and when a batch raises,
   reruns its rows one by one so that only the bad rows fail.
 """
@@ -117,6 +118,8 @@ _registry: dict[str, SharedModel] = {}
 _registry_lock = threading.Lock()
 _registry_pid = os.getpid()
 _loads: dict[str, int] = {}
+_idle_order: list[str] = []  # tokens of unheld models, least recently released first
+MAX_IDLE = 4
 
 
 class SharedModel:
@@ -171,6 +174,7 @@ def acquire(token: str, load: Callable[[], Any], concurrency: int | None = None)
         if _registry_pid != os.getpid():  # a forked child starts with no models
             _registry.clear()
             _loads.clear()
+            _idle_order.clear()
             _registry_pid = os.getpid()
         shared = _registry.get(token)
         if shared is None:
@@ -180,17 +184,19 @@ def acquire(token: str, load: Callable[[], Any], concurrency: int | None = None)
 
 
 def release(token: str) -> None:
-    """Drop one reference. A model nobody holds stays loaded until another model is released
-    (so ``show()`` then ``collect()`` loads once); older unheld models are freed."""
+    """Drop one reference. Up to ``MAX_IDLE`` models nobody holds stay loaded (so ``show()``
+    then ``collect()`` loads once); beyond that the least recently released is freed."""
     with _registry_lock:
         shared = _registry.get(token)
         if shared is None:
             return
         shared.refs -= 1
         if shared.refs <= 0:
-            for other, entry in list(_registry.items()):
-                if other != token and entry.refs <= 0:
-                    del _registry[other]
+            _idle_order[:] = [t for t in _idle_order if t != token] + [token]
+            while len(_idle_order) > MAX_IDLE:
+                oldest = _idle_order.pop(0)
+                if oldest in _registry and _registry[oldest].refs <= 0:
+                    del _registry[oldest]
 
 
 def instances(token: str) -> list[Any]:

@@ -55,7 +55,8 @@ def test_class_udf_runs_once_per_process_in_batches_of_batch_size(partitions):
     tags = [d[1].split(":") for d in out["d"]]
     assert len({t[0] for t in tags}) == 1 and {t[1] for t in tags} == {str(os.getpid())}
     assert max(int(t[2]) for t in tags) == 4
-    assert sm.loads_in_process(udf.token) == 1
+    assert df.count_rows() == 40 and df.limit(3).to_pydict()["d"][0][1].split(":")[0] == tags[0][0]
+    assert sm.loads_in_process(udf.token) == 1  # the next runs reused the loaded instance
 
 
 def test_show_prints_fixed_size_list_dtype_and_cells(capsys):

@@ -185,9 +185,9 @@ def test_failing_rows_go_to_failed_output_and_the_rest_complete():
 
 
 def test_on_error_null_and_raise():
-    out = _collect(lambda p: {"out": p | beam.Create([1, 7, 8])
-                                 | RunModel(Picky, batch_size=3, on_error="null")})["out"]
-    assert sorted(out, key=str) == [1.5, 8.5, None]
+    out = _collect(lambda p: {"out": p | beam.Create([1, 7, None, 8])
+                              | RunModel(Picky, batch_size=3, on_error="null")})["out"]
+    assert sorted(out, key=str) == [1.5, 8.5, None, None]  # 7 failed; None never reached Picky
     with pytest.raises(UdfError, match=r"RunModel\[Picky\] failed for 14: .*cannot score 14"):
         _collect(lambda p: {"out": p | beam.Create([1, 14]) | RunModel(Picky)})
 
