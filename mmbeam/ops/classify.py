@@ -77,9 +77,12 @@ class ImageClassifier:
             logits = self.model(torch.from_numpy(np.ascontiguousarray(inputs)))
             return torch.softmax(logits, dim=1).numpy()
 
-    def classify(self, images: Sequence[Any]) -> list[list[str]]:
-        """``[label, "52.3%"]`` per image (decoded uint8 arrays)."""
-        if len(images) == 0:
-            return []
-        inputs = np.stack([preprocess(img) for img in images])
-        return [top_label(row) for row in self.probabilities(inputs)]
+    def classify(self, images: Sequence[Any]) -> list[list[str] | None]:
+        """``[label, "52.3%"]`` per image (decoded uint8 arrays); None stays None."""
+        present = [i for i, img in enumerate(images) if img is not None]
+        out: list[list[str] | None] = [None] * len(images)
+        if present:
+            inputs = np.stack([preprocess(images[i]) for i in present])
+            for i, row in zip(present, self.probabilities(inputs), strict=True):
+                out[i] = top_label(row)
+        return out
