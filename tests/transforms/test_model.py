@@ -261,3 +261,19 @@ def test_transform_and_dofn_survive_pickling():
     fn = pickle.loads(pickle.dumps(RunModel(Tagger).make_fn()))
     assert fn.model is Tagger
     assert pickle.loads(pickle.dumps(sm.Batch([1, 2]))) == [1, 2]
+
+
+def test_released_models_stay_loaded_up_to_max_idle():
+    tokens = [uuid.uuid4().hex for _ in range(sm.MAX_IDLE + 2)]
+    for token in tokens:
+        shared = sm.acquire(token, lambda: object())
+        with shared.borrow():
+            pass
+        sm.release(token)
+    kept = [t for t in tokens if sm.instances(t)]
+    assert kept == tokens[-sm.MAX_IDLE:]  # the least recently released were freed
+    again = sm.acquire(tokens[-1], lambda: object())
+    with again.borrow():
+        pass
+    assert sm.loads_in_process(tokens[-1]) == 1  # reused, not reloaded
+    sm.release(tokens[-1])
