@@ -4,7 +4,8 @@ The Daft-like frame facade is at the top level (``mmbeam.read_parquet(...).with_
 col("url").url.download().image.decode()).show()``). ``mmbeam.transforms`` holds the Beam
 PTransforms (Download, DecodeImage, ResizeImage, EncodeImage, Upload, Join); ``mmbeam.io`` the
 storage options; ``mmbeam.runners`` the runners; ``mmbeam.errors`` the one exception tree;
-``mmbeam.testing`` loopback servers and fixtures. Names load on first use, so ``import mmbeam``
+``mmbeam.testing`` loopback servers and fixtures; ``mmbeam.udf`` makes a function or class a batched
+UDF, loaded once per worker process. Names load on first use, so ``import mmbeam``
 stays cheap.
 """
 
@@ -50,12 +51,17 @@ __all__ = [
     "runners",
     "testing",
     "transforms",
+    "udf",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_MODULES:
         return importlib.import_module(f"mmbeam.{name}")
+    if name == "udf":
+        from mmbeam.expr.udf import udf
+
+        return udf
     if name in _FRAME_NAMES:
         frame = importlib.import_module("mmbeam.frame")
         value = frame.Frame if name == "DataFrame" else getattr(frame, name)

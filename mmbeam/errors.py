@@ -14,8 +14,9 @@
         │   │   └── ImageTooLargeError
         │   ├── ResizeError
         │   └── EncodeError
-        └── UploadError
-            └── UnsafePathError
+        ├── UploadError
+        │   └── UnsafePathError
+        └── UdfError           a UDF or model raised, or returned the wrong number of values
 
 Kernels in ``mmbeam.ops`` raise a ``StageError`` subclass with the cause only; the transform that
 ran the kernel adds the stage name and the element (URL, key or a short description of the value)
@@ -41,6 +42,7 @@ __all__ = [
     "UnsafePathError",
     "UnsupportedError",
     "UnsupportedSchemeError",
+    "UdfError",
     "UploadError",
     "describe_element",
 ]
@@ -141,6 +143,10 @@ class UploadError(StageError):
 
 class UnsafePathError(UploadError):
     """An upload name would escape the destination folder (``..``, an absolute path)."""
+
+
+class UdfError(StageError):
+    """A UDF or model failed on a row, or returned a number of values other than its rows."""
 
 
 def describe_element(element: Any, limit: int = 120) -> str:

@@ -7,5 +7,7 @@ This package builds declarative IR (:mod:`mmbeam.expr.ir`) and infers types
 from mmbeam.expr.expr import Expr, col, lit
 from mmbeam.expr.infer import infer
 from mmbeam.expr.namespaces import ImageNamespace, StrNamespace, UrlNamespace
+from mmbeam.expr.udf import UDF, udf
 
-__all__ = ["Expr", "ImageNamespace", "StrNamespace", "UrlNamespace", "col", "infer", "lit"]
+__all__ = ["UDF", "Expr", "ImageNamespace", "StrNamespace", "UrlNamespace", "col", "infer", "lit",
+           "udf"]

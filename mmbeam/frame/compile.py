@@ -26,7 +26,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import MmbeamError, UnsupportedError
-from mmbeam.frame import operators, physical
+from mmbeam.frame import operators, physical, udf_stage
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
@@ -381,6 +381,7 @@ class Compiler:
         frames = getattr(pipeline, "_mmbeam_frames", 0) + 1
         pipeline._mmbeam_frames = frames
         self.prefix = "" if frames == 1 else f"Frame{frames}/"
+        self._prepared = False
 
     def shuffle_dir(self) -> str | None:
         """Where partition files go when shuffling by reference (None: shuffle values)."""
@@ -404,6 +405,9 @@ class Compiler:
         return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
+        if not self._prepared:  # once, at the root: UDF calls become their own stages
+            self._prepared = True
+            plan = udf_stage.split_udfs(plan)
         out = _expand(plan, self)
         out.element_type = KeyedBatch  # what every stage emits; Beam codes it with Arrow IPC
         return out
@@ -470,6 +474,7 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
                                                         c.options.batch_rows)))
 
 
+_expand.register(udf_stage.UdfApply, udf_stage.expand_udf_apply)
 _expand.register(P.Limit, _gather)
 _expand.register(P.Sort, _gather)
 

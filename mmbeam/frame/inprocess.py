@@ -2,7 +2,7 @@
 
 On the local runner a Beam pipeline costs a fixed ~0.2 s or more (FnApiRunner start-up, stage
 fusion, encoding every batch between stages) however small the work. When the plan is purely
-tabular (no URL or image work, no PCollection input) and the runner is the local default, this
+tabular (no URL or image work, no UDF, no PCollection input) and the runner is the local default, this
 module drives the very same operators the Beam DoFns call (:mod:`mmbeam.frame.operators`,
 :mod:`mmbeam.frame.physical`) over whole Arrow tables: the same kernels, only no pipeline around
 them. Everything else, and every non-local runner, compiles to Beam. ``explain()`` says which
@@ -16,6 +16,8 @@ from functools import singledispatch
 import pyarrow as pa
 
 from mmbeam.errors import UnsupportedError
+from mmbeam.expr import ir
+from mmbeam.expr.udf import UdfCall
 from mmbeam.frame import operators, physical
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
@@ -42,6 +44,8 @@ def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tupl
             exprs = (node.predicate,)
         if operators.has_multimodal(exprs):
             return False, "the plan has URL/image work, which runs as fused Beam stages"
+        if any(isinstance(n, UdfCall) for e in exprs for n in ir.walk(e)):
+            return False, "the plan calls a UDF, which runs as a batched Beam stage"
     return True, "a purely tabular plan on the local runner"
 
 

@@ -1,7 +1,11 @@
 """The reference documents' examples, with ``daft`` replaced by ``mmbeam`` and data served locally.
 
 000 "Working with Images": hive-partitioned Parquet of dog owners, string concatenation, join with
-a dict of dogs, exclude, show(), url.download(on_error="null"), image.decode().
+a dict of dogs, exclude, show(), url.download(on_error="null"), image.decode(), and the
+``ClassifyImages`` class UDF exactly as written. Its ``torch.hub.load("NVIDIA/...:torchhub", ...)``
+calls are served offline from a torch hub cache folder (``TORCH_HOME``) whose ``hubconf.py`` keeps
+the NVIDIA entry points but builds EfficientNet-Lite0 with its pretrained ImageNet weights (the
+ResNet50 weights cannot be downloaded here); torch.hub itself loads it.
 004 "Processing 300K Images": download -> decode -> resize -> encode -> upload, then show().
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import textwrap
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +61,58 @@ def dog_urls(mmbeam_http):
     return urls
 
 
+HUBCONF = textwrap.dedent('''
+    """Offline stand-in for NVIDIA/DeepLearningExamples:torchhub: the same entry points, backed by
+    EfficientNet-Lite0 and its pretrained ImageNet weights (mmbeam.ops.classify)."""
+
+    dependencies = ["torch", "numpy"]
+
+
+    def nvidia_resnet50(pretrained=True, **kwargs):
+        from mmbeam.ops.classify import ImageClassifier
+
+        return ImageClassifier().model
+
+
+    class _Utils:
+        def prepare_input_from_uri(self, uri, cuda=False):
+            import io
+            import urllib.request
+
+            import numpy as np
+            import torch
+            from PIL import Image
+
+            from mmbeam.ops.classify import preprocess
+
+            with urllib.request.urlopen(uri, timeout=30) as response:
+                image = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+            return torch.from_numpy(preprocess(image))[None]
+
+        def pick_n_best(self, predictions, n=5):
+            from mmbeam.ops.classify import imagenet_label
+
+            results = []
+            for row in predictions.numpy():
+                best = row.argsort()[::-1][:n]
+                results.append([[imagenet_label(i), f"{100 * row[i]:.1f}%"] for i in best])
+            return results
+
+
+    def nvidia_convnets_processing_utils():
+        return _Utils()
+''')
+
+
+@pytest.fixture
+def offline_torch_hub(tmp_path, monkeypatch):
+    repo = tmp_path / "torch-home" / "hub" / "NVIDIA_DeepLearningExamples_torchhub"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(HUBCONF)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return repo
+
+
 def _body_rows(text: str) -> list[list[str]]:
     rows = []
     for line in text.splitlines():
@@ -64,7 +121,8 @@ def _body_rows(text: str) -> list[list[str]]:
     return rows[3:]  # names, ---, dtypes
 
 
-def test_working_with_images_example(owners_dataset, dog_urls, capsys):
+@pytest.mark.slow
+def test_working_with_images_example(owners_dataset, dog_urls, offline_torch_hub, capsys):
     # Read parquet file containing sample dog owners
     df = mmbeam.read_parquet(owners_dataset + "/**")
 
@@ -115,6 +173,42 @@ def test_working_with_images_example(owners_dataset, dog_urls, capsys):
     assert "┆ Image[MIXED] │" in text and text.count("<Image>") == 5
     images = dict(zip(*df_family.select("dog_name", "image").to_pydict().values(), strict=True))
     assert images["Ernie"].shape == (30, 40, 3) and images["Zadie"].shape == (46, 72, 3)
+
+    # import additional libraries, these are necessary for PyTorch
+    import torch
+
+    @mmbeam.udf(return_dtype=mmbeam.DataType.fixed_size_list(dtype=mmbeam.DataType.string(),
+                                                             size=2))
+    class ClassifyImages:
+        def __init__(self):
+            # Perform expensive initializations - create and load the pre-trained model
+            self.model = torch.hub.load("NVIDIA/DeepLearningExamples:torchhub", "nvidia_resnet50",
+                                        pretrained=True)
+            self.utils = torch.hub.load("NVIDIA/DeepLearningExamples:torchhub",
+                                        "nvidia_convnets_processing_utils")
+            self.model.eval().to(torch.device("cpu"))
+
+        def __call__(self, images_urls):
+            batch = torch.cat([self.utils.prepare_input_from_uri(uri)
+                               for uri in images_urls]).to(torch.device("cpu"))
+
+            with torch.no_grad():
+                output = torch.nn.functional.softmax(self.model(batch), dim=1)
+
+            results = self.utils.pick_n_best(predictions=output, n=1)
+            return [result[0] for result in results]
+
+    classified_images_df = df_family.with_column("classify_breed",
+                                                 ClassifyImages(mmbeam.col("urls")))
+    classified_images_df.select("dog_name", "image", "classify_breed").show()
+    text = capsys.readouterr().out
+    assert "│ dog_name ┆ image        ┆ classify_breed" in text
+    assert "│ Utf8     ┆ Image[MIXED] ┆ FixedSizeList[Utf8; 2]" in text
+    rows = _body_rows(text)
+    assert sorted(r[0] for r in rows) == sorted(DOG_NAMES) and all(r[1] == "<Image>" for r in rows)
+    # [label, 52.3%] per row, cut with … when wider than the column (as in the reference)
+    assert all(re.fullmatch(r"\[[^,\]]+(, \d{1,3}\.\d%\]|.*…)", r[2]) for r in rows), rows
+    assert text.rstrip().endswith("(Showing first 5 of 5 rows)")
 
 
 def test_processing_300k_images_example(tmp_path, mmbeam_http, monkeypatch):
