@@ -145,7 +145,11 @@ class RunModel(ElementTransform):
         self.stage = stage
         self.token = getattr(model, "token", None) or sm.new_token(model)
 
-    def make_fn(self) -> _RunModelFn:
+    def make_fn(self, memory_budget: int | None = None) -> _RunModelFn:
+        """The DoFn; ``memory_budget`` (the pipeline's ``--memory_budget``) applies unless the
+        transform was given its own."""
+        tuning = dict(self.tuning)
+        tuning["memory_budget"] = tuning["memory_budget"] or memory_budget
         return _RunModelFn(self.model, self.init_args, self.init_kwargs, self.token, self.stage,
                            self.batch_size, self.concurrency, self.on_error, self.keyed,
-                           self._failures, self.tuning)
+                           self._failures, tuning)
