@@ -5,8 +5,9 @@ fusion, encoding every batch between stages) however small the work. When the pl
 tabular (no URL or image work, no UDF, no PCollection input) and the runner is the local
 default, this module drives the very same operators the Beam DoFns call
 (:mod:`mmbeam.frame.operators`, :mod:`mmbeam.frame.physical`) over whole Arrow tables: the same
-kernels, only no pipeline around them. Everything else, and every non-local runner, compiles to Beam. ``explain()`` says which
-path a plan takes; ``set_execution_config(in_process=False)`` forces Beam.
+kernels, only no pipeline around them. Everything else, and every non-local runner, compiles to
+Beam. ``explain()`` says which path a plan takes; ``set_execution_config(in_process=False)``
+forces Beam.
 """
 
 from __future__ import annotations
