@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -185,8 +186,11 @@ class _Execution:
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
         side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
         units, stream = self._inputs(manager, plan.input_transforms)
-        scheduler = _StageScheduler(self, stage.name, self.backend.put(plan), side, plan)
+        scheduler = _StageScheduler(self, stage.name, plan, side, plan)
+        started = time.perf_counter()
         scheduler.run(units, stream)
+        _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
+                   time.perf_counter() - started)
         return scheduler.monitoring_infos()
 
     # ------------------------------------------------------------------ stage inputs
@@ -197,7 +201,7 @@ class _Execution:
         for transform_id in input_transforms:
             buffer_id = self.context.input_transform_to_buffer_id[transform_id]
             if buffer_id == translations.IMPULSE_BUFFER:
-                stream.append((transform_id, _Part(self.backend.put([ENCODED_IMPULSE_VALUE]), 1)))
+                stream.append((transform_id, _Part([ENCODED_IMPULSE_VALUE], 1)))
                 continue
             kind, _ = translations.split_buffer_id(buffer_id)
             producers = self.buffers.get(buffer_id, [])
@@ -213,7 +217,7 @@ class _Execution:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
         if not units and not stream and input_transforms:
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            stream.append((input_transforms[0], _Part(self.backend.put([]), 0)))
+            stream.append((input_transforms[0], _Part([], 0)))
         return units, stream
 
     def _group(self, manager, transform_id, buffer_id, producers) -> list[_Part]:

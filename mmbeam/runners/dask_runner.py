@@ -68,7 +68,7 @@ class DaskBackend(Backend):
         self.memory_budget = int(memory * memory_fraction) or default_memory_budget()
 
     def put(self, value: Any) -> Any:
-        return self.client.scatter(value, hash=False)
+        return self.client.scatter([value], hash=False)[0]
 
     def submit(self, fn, *args, worker=None, num_returns=1):
         where = {}

@@ -30,8 +30,12 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. ray-project/ray#65983 on a loaded host
+            ray.shutdown()
+            pytest.skip(f"a local Ray could not start on this machine: {exc}")
     yield ray
     if started:
         ray.shutdown()
