@@ -101,7 +101,7 @@ def test_killed_worker_process_every_output_exactly_once(image_server, dask_clus
     killer.join()
     assert killed and killed["done_before"] < N_IMAGES, killed
     names = [name for name, _ in image_server.urls]
-    assert sorted(os.path.basename(p) for p in got.outputs) == sorted(names)
+    assert sorted(key for key, _ in got.outputs) == sorted(names)
     assert sorted(os.listdir(out)) == sorted(names)
     assert got.counter("Upload", "succeeded") == N_IMAGES
     for name in names:
