@@ -186,7 +186,7 @@ class _Execution:
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
         side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
         units, stream = self._inputs(manager, plan.input_transforms)
-        scheduler = _StageScheduler(self, stage.name, plan, side, plan)
+        scheduler = _StageScheduler(self, plan, side)
         started = time.perf_counter()
         scheduler.run(units, stream)
         _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
@@ -308,18 +308,16 @@ class _Execution:
 class _StageScheduler:
     """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
 
-    def __init__(self, execution_run: _Execution, stage_name: str, plan_ref: Any, side: list,
-                 plan: worker.StagePlan):
+    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list):
         self.execution = execution_run
         self.backend = execution_run.backend
-        self.stage_name = stage_name
-        self.plan_ref = plan_ref
+        stage_name = plan.stage_name
         self.plan = plan
         self.side = side
         self.controller = execution_run.controller(stage_name)
         self.sizes = execution_run.bundle_sizes.setdefault(stage_name, [])
         self.infos: list[metrics_pb2.MonitoringInfo] = []
-        self.in_flight: dict[Any, tuple[list, int]] = {}
+        self.in_flight: dict[Any, tuple[list, int, int]] = {}
         self.load: collections.Counter = collections.Counter()
 
     def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
@@ -373,7 +371,7 @@ class _StageScheduler:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
         self.load[target] += 1
         outs = self.backend.submit(
-            worker.run_task, self.plan_ref, transform_id, slices, len(self.side),
+            worker.run_task, self.plan, transform_id, slices, len(self.side),
             *self.side, *refs, worker=target,
             num_returns=1 + sum(o.shards if o.key_coder is not None else 1
                                 for o in self.plan.outputs))
