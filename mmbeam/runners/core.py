@@ -44,6 +44,9 @@ __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
 
 _log = logging.getLogger(__name__)
 
+#: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
+_PROBE_SIZE = 4
+
 
 class DistributedRunnerOptions(pipeline_options.PipelineOptions):
     """Options shared by mmbeam's Dask and Ray runners."""
@@ -335,6 +338,8 @@ class _StageScheduler:
                     slices = [(i, 0, None) for i in range(len(parts))]
                     self._submit(transform_id, [p.ref for p in parts], slices,
                                  sum(p.count for p in parts))
+                elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
+                    break  # one small probe task per slot until the first one reports its cost
                 else:
                     self._submit(*self._take(self._next_size()))
             self._collect_one()
@@ -356,6 +361,8 @@ class _StageScheduler:
         return transform_id, refs, slices, taken
 
     def _next_size(self) -> int:
+        if not self.controller.batches:
+            return min(_PROBE_SIZE, self.cap)
         return max(1, min(self.controller.next_size(), self.cap))
 
     def _may_submit(self, max_in_flight: int) -> bool:
