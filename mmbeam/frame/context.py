@@ -22,7 +22,9 @@ __all__ = [
     "pipeline_options",
     "set_execution_config",
     "set_runner",
+    "set_runner_dask",
     "set_runner_local",
+    "set_runner_ray",
 ]
 
 
@@ -92,6 +94,26 @@ def set_runner(factory: Callable[[], Any], name: str, **pipeline_flags: Any) -> 
 def set_runner_local() -> Context:
     """Run frames in this process on Beam's FnApiRunner (the default)."""
     return set_runner(_local_runner, "local")
+
+
+def set_runner_dask(address: str | None = None, **pipeline_flags: Any) -> Context:
+    """Run frames on mmbeam's DaskRunner: the scheduler at ``address`` (``tcp://host:8786``),
+    or a LocalCluster started (and closed) for each run when ``address`` is None."""
+    from functools import partial
+
+    from mmbeam.runners.dask_runner import DaskRunner
+
+    return set_runner(partial(DaskRunner, address), "dask", **pipeline_flags)
+
+
+def set_runner_ray(address: str | None = None, **pipeline_flags: Any) -> Context:
+    """Run frames on mmbeam's RayRunner: the cluster at ``address`` (``ray://host:10001``), or a
+    local ``ray.init()`` when ``address`` is None (reused if Ray is already initialised)."""
+    from functools import partial
+
+    from mmbeam.runners.ray_runner import RayRunner
+
+    return set_runner(partial(RayRunner, address), "ray", **pipeline_flags)
 
 
 def set_execution_config(**sizes: Any) -> Context:

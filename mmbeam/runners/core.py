@@ -1,0 +1,411 @@
+"""The engine-neutral core of mmbeam's distributed runners (Dask, Ray).
+
+The driver fuses the pipeline with Beam's own FnApiRunner translations (plus
+``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage), then runs the
+stages in topological order. Each stage runs as tasks on the engine's worker processes with Beam's
+SDK harness (:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
+references to lists of encoded elements; only element counts, metrics and timings come back to
+the driver. The outputs feeding a GroupByKey or a stateful DoFn are hash-partitioned by key on the
+workers; a shard is grouped there with Beam's ``GroupingBuffer``. Side inputs are turned into
+state entries once per run and committed once per worker process.
+
+Tasks get their size from one :class:`~mmbeam.autotune.BatchSizeController` per stage: it starts
+small, learns seconds and bytes per element from finished tasks, and aims at a target task
+duration, with in-flight bytes under the workers' memory budget and enough tasks to keep every
+worker slot busy. The sizes chosen are kept in ``result.bundle_sizes``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from apache_beam.metrics.monitoring_infos import consolidate as consolidate_monitoring_infos
+from apache_beam.options import pipeline_options
+from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2, metrics_pb2
+from apache_beam.runners.common import ENCODED_IMPULSE_VALUE
+from apache_beam.runners.portability.fn_api_runner import execution, translations
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner, RunnerResult
+from apache_beam.runners.portability.fn_api_runner.worker_handlers import WorkerHandlerManager
+from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.worker import bundle_processor
+from apache_beam.utils import proto_utils
+
+from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.runners import worker
+from mmbeam.runners.backend import Backend
+
+__all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
+
+_log = logging.getLogger(__name__)
+
+#: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
+_PROBE_SIZE = 4
+
+
+class DistributedRunnerOptions(pipeline_options.PipelineOptions):
+    """Options shared by mmbeam's Dask and Ray runners."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--bundle_target_seconds", type=float, default=1.0,
+                            help="Aim for tasks of about this many seconds (autotuned sizes).")
+        parser.add_argument("--max_bundle_size", type=int, default=4096,
+                            help="Never put more elements than this in one task.")
+        parser.add_argument("--shuffle_partitions", type=int, default=0,
+                            help="Hash partitions per GroupByKey (0: twice the worker slots).")
+
+
+@dataclass
+class _Part:
+    """A list of encoded elements living on the workers, and its length."""
+
+    ref: Any
+    count: int
+
+
+class DistributedResult(RunnerResult):
+    """FnApiRunner's result (metrics from every task) plus the task sizes the runner chose."""
+
+    def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]]):
+        super().__init__(state, monitoring_infos_by_stage)
+        self.bundle_sizes = bundle_sizes
+
+
+class DistributedRunner(FnApiRunner):
+    """A Beam runner that runs FnApiRunner's fused stages as tasks on a :class:`Backend`.
+
+    Subclasses implement :meth:`make_backend`; everything else (fusion, SDF expansion, combiner
+    lifting, metrics) is Beam's own.
+    """
+
+    def make_backend(self, options: pipeline_options.PipelineOptions) -> Backend:
+        raise NotImplementedError
+
+    def run_pipeline(self, pipeline, options):
+        self._options = options
+        return super().run_pipeline(pipeline, options)
+
+    def create_stages(self, pipeline_proto):
+        # FnApiRunner's phases, plus: a stateful DoFn always starts a stage, so its input can be
+        # hash-partitioned by key between stages.
+        return translations.create_and_optimize_stages(
+            pipeline_proto.__deepcopy__(),
+            phases=[
+                translations.annotate_downstream_side_inputs,
+                translations.annotate_stateful_dofns_as_roots,
+                translations.fix_side_input_pcoll_coders,
+                translations.pack_combiners,
+                translations.lift_combiners,
+                translations.expand_sdf,
+                translations.expand_gbk,
+                translations.sink_flattens,
+                translations.greedily_fuse,
+                translations.read_to_impulse,
+                translations.impulse_to_input,
+                translations.sort_stages,
+                translations.add_impulse_to_dangling_transforms,
+                translations.setup_timer_mapping,
+                translations.populate_data_channel_coders,
+            ],
+            known_runner_urns=frozenset([
+                translations.common_urns.primitives.FLATTEN.urn,
+                translations.common_urns.primitives.GROUP_BY_KEY.urn,
+            ]),
+            use_state_iterables=self._use_state_iterables,
+            is_drain=self._is_drain)
+
+    def run_stages(self, stage_context, stages):
+        options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()
+        backend = self.make_backend(options)
+        handlers = WorkerHandlerManager(stage_context.components.environments,
+                                        self._provision_info)
+        try:
+            context = execution.FnApiRunnerExecutionContext(
+                stages, handlers, stage_context.components, stage_context.safe_coders,
+                stage_context.data_channel_coders, 1)
+            context.setup()  # points data inputs/outputs at the (in-memory) data plane
+            execution_run = _Execution(context, stages, backend,
+                                       options.view_as(DistributedRunnerOptions))
+            try:
+                infos = execution_run.run()
+            finally:
+                execution_run.close()
+            return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes)
+        finally:
+            handlers.close_all()
+            backend.close()
+
+
+class _Execution:
+    """One run: stages in order, their buffers as worker-side parts, and the task scheduler."""
+
+    def __init__(self, context, stages, backend: Backend, options: DistributedRunnerOptions):
+        self.context = context
+        self.stages = stages
+        self.backend = backend
+        self.options = options
+        self.run_id = uuid.uuid4().hex
+        self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
+        #: buffer id -> one list of shard parts per producing task
+        self.buffers: dict[bytes, list[list[_Part]]] = collections.defaultdict(list)
+        self.side_states: dict[tuple[str, str], Any] = {}
+        self.bundle_sizes: dict[str, list[int]] = {}
+        self.controllers: dict[str, BatchSizeController] = {}
+        self._stateful_buffers = self._buffers_read_by_stateful_stages()
+        self._next_worker = 0
+
+    # ------------------------------------------------------------------ driver loop
+    def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
+        infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
+        for stage in self.stages:
+            infos[stage.name] = self._run_stage(stage)
+        return infos
+
+    def close(self) -> None:
+        """Tear down DoFns in every worker process and release the run's data."""
+        self.buffers.clear()
+        self.side_states.clear()
+        try:
+            self.backend.broadcast(worker.end_run, self.run_id)
+        except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
+            _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
+
+    def _run_stage(self, stage) -> list[metrics_pb2.MonitoringInfo]:
+        manager = self.context.bundle_manager_for(stage)
+        descriptor = manager.process_bundle_descriptor
+        plan = worker.StagePlan(
+            run_id=self.run_id, stage_name=stage.name,
+            descriptor=descriptor.SerializeToString(),
+            outputs=[self._output_spec(manager, t, b)
+                     for t, b in manager.stage_data_outputs.items()],
+            input_for=self._input_for(manager, descriptor),
+            input_transforms=[t.unique_name for t in stage.transforms
+                              if t.spec.urn == bundle_processor.DATA_INPUT_URN])
+        side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
+        units, stream = self._inputs(manager, plan.input_transforms)
+        scheduler = _StageScheduler(self, plan, side)
+        started = time.perf_counter()
+        scheduler.run(units, stream)
+        _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
+                   time.perf_counter() - started)
+        return scheduler.monitoring_infos()
+
+    # ------------------------------------------------------------------ stage inputs
+    def _inputs(self, manager, input_transforms):
+        """Fixed units (whole key shards) and splittable element streams, per input transform."""
+        units: list[tuple[str, list[_Part]]] = []
+        stream: list[tuple[str, _Part]] = []
+        for transform_id in input_transforms:
+            buffer_id = self.context.input_transform_to_buffer_id[transform_id]
+            if buffer_id == translations.IMPULSE_BUFFER:
+                stream.append((transform_id, _Part([ENCODED_IMPULSE_VALUE], 1)))
+                continue
+            kind, _ = translations.split_buffer_id(buffer_id)
+            producers = self.buffers.get(buffer_id, [])
+            if kind == "group":
+                for part in self._group(manager, transform_id, buffer_id, producers):
+                    stream.append((transform_id, part))
+            elif buffer_id in self._stateful_buffers:
+                for shard in range(self.shards):
+                    parts = [p[shard] for p in producers if p[shard].count]
+                    if parts:
+                        units.append((transform_id, parts))
+            else:
+                stream.extend((transform_id, p[0]) for p in producers if p[0].count)
+        if not units and not stream and input_transforms:
+            # No input at all: still run one (empty) bundle, as the FnApiRunner does.
+            stream.append((input_transforms[0], _Part([], 0)))
+        return units, stream
+
+    def _group(self, manager, transform_id, buffer_id, producers) -> list[_Part]:
+        """Group each hash shard on a worker; parts of one encoded chunk per key."""
+        grouping = manager.get_buffer(buffer_id, transform_id)
+        self.context.pcoll_buffers.pop(buffer_id, None)
+        args = (grouping._pre_grouped_coder, grouping._post_grouped_coder, grouping._windowing)
+        grouped = []
+        for shard in range(self.shards):
+            parts = [p[shard].ref for p in producers if p[shard].count]
+            if parts:
+                grouped.append(self.backend.submit(worker.group_shards, args, *parts,
+                                                   worker=self._place(), num_returns=2))
+        counts = self.backend.get([count for count, _ in grouped])
+        return [_Part(ref, n) for (_, ref), n in zip(grouped, counts, strict=True) if n]
+
+    def _place(self) -> int:
+        self._next_worker += 1
+        return self._next_worker % self.backend.slots
+
+    # ------------------------------------------------------------------ stage outputs
+    def _output_spec(self, manager, transform_id: str, buffer_id: bytes) -> worker.OutputSpec:
+        coder = self._coder(beam_fn_api_pb2.RemoteGrpcPort.FromString(
+            manager.process_bundle_descriptor.transforms[transform_id].spec.payload).coder_id)
+        kind, _ = translations.split_buffer_id(buffer_id)
+        if kind == "group" or buffer_id in self._stateful_buffers:
+            return worker.OutputSpec(transform_id, buffer_id, coder, coder.key_coder(), self.shards)
+        return worker.OutputSpec(transform_id, buffer_id, coder)
+
+    def _coder(self, coder_id: str):
+        context = self.context
+        return context.pipeline_context.coders[context.safe_coders.get(coder_id, coder_id)]
+
+    def _buffers_read_by_stateful_stages(self) -> set[bytes]:
+        stateful = {s.name for s in self.stages if s.is_stateful()}
+        return {buffer_id for buffer_id, consumers in
+                self.context.buffer_id_to_consumer_pairs.items()
+                if any(stage in stateful for stage, _ in consumers)}
+
+    @staticmethod
+    def _input_for(manager, descriptor) -> dict[tuple[str, str], str]:
+        found = {}
+        for transform_id, proto in descriptor.transforms.items():
+            for input_id in proto.inputs:
+                try:
+                    found[(transform_id, input_id)] = manager.input_for(transform_id, input_id)
+                except RuntimeError:
+                    pass
+        return found
+
+    # ------------------------------------------------------------------ side inputs
+    @staticmethod
+    def _side_inputs(stage) -> list[tuple[Any, str]]:
+        found = []
+        for transform in stage.transforms:
+            if transform.spec.urn in translations.PAR_DO_URNS:
+                payload = proto_utils.parse_Bytes(transform.spec.payload,
+                                                  beam_runner_api_pb2.ParDoPayload)
+                found.extend((transform, tag) for tag in payload.side_inputs)
+        return found
+
+    def _side_state(self, transform, tag: str) -> Any:
+        """State entries of one side input, computed once per run on a worker."""
+        transform_id = transform.unique_name
+        if (transform_id, tag) not in self.side_states:
+            payload = proto_utils.parse_Bytes(transform.spec.payload,
+                                              beam_runner_api_pb2.ParDoPayload)
+            pcoll = transform.inputs[tag]
+            coder = self.context.pipeline_context.coders[
+                self.context.safe_coders[self.context.data_channel_coders[pcoll]]]
+            parts = [p[0].ref for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
+                     if p[0].count]
+            access = payload.side_inputs[tag].access_pattern.SerializeToString()
+            self.side_states[(transform_id, tag)] = self.backend.submit(
+                worker.side_input_state, transform_id, tag, access, coder, *parts,
+                worker=None)[0]
+        return self.side_states[(transform_id, tag)]
+
+    def controller(self, stage_name: str) -> BatchSizeController:
+        if stage_name not in self.controllers:
+            self.controllers[stage_name] = BatchSizeController(
+                name=stage_name, target_seconds=self.options.bundle_target_seconds,
+                memory_budget=self.backend.memory_budget, min_size=1, initial=1, growth=8.0,
+                max_size=max(1, self.options.max_bundle_size))
+        return self.controllers[stage_name]
+
+
+class _StageScheduler:
+    """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
+
+    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list):
+        self.execution = execution_run
+        self.backend = execution_run.backend
+        stage_name = plan.stage_name
+        self.plan = plan
+        self.side = side
+        self.controller = execution_run.controller(stage_name)
+        self.sizes = execution_run.bundle_sizes.setdefault(stage_name, [])
+        self.infos: list[metrics_pb2.MonitoringInfo] = []
+        self.in_flight: dict[Any, tuple[list, int, int]] = {}
+        self.load: collections.Counter = collections.Counter()
+
+    def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
+        pending = collections.deque(units)
+        self.stream = collections.deque(stream)
+        self.offset = 0
+        total = sum(p.count for _, p in stream)
+        #: at least one task per worker slot, however cheap the elements are
+        self.cap = max(1, math.ceil(total / max(1, self.backend.slots)))
+        max_in_flight = 2 * self.backend.slots
+        while pending or self.stream or self.in_flight:
+            while (pending or self.stream) and self._may_submit(max_in_flight):
+                if pending:  # a whole key shard: never split
+                    transform_id, parts = pending.popleft()
+                    slices = [(i, 0, None) for i in range(len(parts))]
+                    self._submit(transform_id, [p.ref for p in parts], slices,
+                                 sum(p.count for p in parts))
+                elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
+                    break  # one small probe task per slot until the first one reports its cost
+                else:
+                    self._submit(*self._take(self._next_size()))
+            self._collect_one()
+
+    def _take(self, size: int) -> tuple[str, list, list, int]:
+        """The next ``size`` elements of one input transform's stream, as slices of parts."""
+        transform_id = self.stream[0][0]
+        refs, slices, taken = [], [], 0
+        while self.stream and taken < size and self.stream[0][0] == transform_id:
+            part = self.stream[0][1]
+            n = min(part.count - self.offset, size - taken)
+            slices.append((len(refs), self.offset, self.offset + n))
+            refs.append(part.ref)
+            taken += n
+            self.offset += n
+            if self.offset >= part.count:
+                self.stream.popleft()
+                self.offset = 0
+        return transform_id, refs, slices, taken
+
+    def _next_size(self) -> int:
+        if not self.controller.batches:
+            return min(_PROBE_SIZE, self.cap)
+        return max(1, min(self.controller.next_size(), self.cap))
+
+    def _may_submit(self, max_in_flight: int) -> bool:
+        if len(self.in_flight) >= max_in_flight:
+            return False
+        per_element = self.controller.peak_bytes_per_element
+        if not per_element or not self.in_flight:
+            return True
+        elements = sum(v[1] for v in self.in_flight.values())
+        return elements * per_element < self.backend.memory_budget
+
+    def _submit(self, transform_id, refs, slices, elements) -> None:
+        target = min(range(self.backend.slots), key=lambda w: self.load[w])
+        self.load[target] += 1
+        outs = self.backend.submit(
+            worker.run_task, self.plan, transform_id, slices, len(self.side),
+            *self.side, *refs, worker=target,
+            num_returns=1 + sum(o.shards if o.key_coder is not None else 1
+                                for o in self.plan.outputs))
+        self.sizes.append(elements)
+        self.in_flight[outs[0]] = (outs[1:], elements, target)
+
+    def _collect_one(self) -> None:
+        if not self.in_flight:
+            return
+        done = self.backend.wait_any(list(self.in_flight))
+        for ref in done:
+            outs, elements, target = self.in_flight.pop(ref)
+            self.load[target] -= 1
+            result: worker.TaskResult = self.backend.get([ref])[0]
+            self.controller.record(Measurement(
+                elements=max(1, result.elements), seconds=result.seconds,
+                input_bytes=result.input_bytes, output_bytes=result.output_bytes))
+            self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
+                              for b in result.monitoring_infos)
+            self._store(outs, result.counts)
+
+    def _store(self, outs: list, counts: list[list[int]]) -> None:
+        position = 0
+        for spec, shard_counts in zip(self.plan.outputs, counts, strict=True):
+            shards = [_Part(outs[position + i], n) for i, n in enumerate(shard_counts)]
+            position += len(shard_counts)
+            self.execution.buffers[spec.buffer_id].append(shards)
+
+    def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
+        return list(consolidate_monitoring_infos(self.infos))

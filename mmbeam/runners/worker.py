@@ -1,0 +1,290 @@
+"""The worker side of mmbeam's distributed runners: Beam's own SDK harness, fed from task arguments.
+
+A task runs one fused stage (see :mod:`mmbeam.runners.core`) over a list of encoded elements with
+Beam's ``EmbeddedWorkerHandler`` (an in-memory SDK worker around ``bundle_processor``), so ParDo
+outputs, ``finish_bundle`` output, windowing, side inputs, state and SDF reads behave exactly as
+on the FnApiRunner. Handlers are cached per process, per run and per stage, so ``DoFn.setup``
+runs once per worker process and ``teardown`` runs when the run ends (:func:`end_run`).
+
+Elements travel as lists of individually encoded (nested) elements, so the driver can slice them
+into tasks of any size without decoding them. Nothing here imports Dask or Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.portability.fn_api_runner.execution import (
+    GroupingBuffer,
+    WindowGroupingBuffer,
+)
+from apache_beam.utils import proto_utils
+
+from mmbeam.errors import UnsupportedError
+
+__all__ = [
+    "OutputSpec",
+    "SideInputSpec",
+    "StagePlan",
+    "TaskResult",
+    "end_run",
+    "group_shards",
+    "run_task",
+    "side_input_state",
+]
+
+
+@dataclass
+class OutputSpec:
+    """One data output of a stage: where it goes and how the runner partitions it.
+
+    ``key_coder`` set means hash-partition by the element's key into ``shards`` lists (the input
+    of a GroupByKey, or of a stateful DoFn); otherwise the output is one list.
+    """
+
+    transform_id: str
+    buffer_id: bytes
+    coder: Any
+    key_coder: Any = None
+    shards: int = 1
+
+
+@dataclass
+class SideInputSpec:
+    """A side input of one ParDo in a stage: its tag, access pattern and element coder."""
+
+    transform_id: str
+    tag: str
+    access_pattern: bytes
+    coder: Any
+
+
+@dataclass
+class StagePlan:
+    """Everything a worker needs to run bundles of one stage; shipped once per stage."""
+
+    run_id: str
+    stage_name: str
+    descriptor: bytes
+    outputs: list[OutputSpec]
+    #: (transform_id, input_id) -> the data-input transform feeding it (for SDF residuals)
+    input_for: dict[tuple[str, str], str] = field(default_factory=dict)
+    input_transforms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskResult:
+    """What a task tells the driver: per-output element counts and its cost (data stays put)."""
+
+    counts: list[list[int]]
+    monitoring_infos: list[bytes]
+    elements: int
+    seconds: float
+    input_bytes: int
+    output_bytes: int
+    worker: str
+
+
+class _StageHandlers:
+    """Per process, run and stage: one state servicer and a pool of SDK workers."""
+
+    def __init__(self, plan: StagePlan):
+        self.descriptor = beam_fn_api_pb2.ProcessBundleDescriptor.FromString(plan.descriptor)
+        self.state = worker_handlers.StateServicer()
+        self.committed_side_inputs = False
+        self._free: list[Any] = []
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Any:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        manager = SimpleNamespace(_process_bundle_descriptors={self.descriptor.id: self.descriptor})
+        handler = worker_handlers.EmbeddedWorkerHandler(None, self.state, None, manager)
+        with self._lock:
+            self._all.append(handler)
+        return handler
+
+    def release(self, handler: Any) -> None:
+        with self._lock:
+            self._free.append(handler)
+
+    def shutdown(self) -> None:
+        for handler in self._all:
+            handler.stop_worker()  # DoFn.teardown
+        self._all.clear()
+        self._free.clear()
+
+
+_runs: dict[str, dict[str, _StageHandlers]] = {}
+_runs_lock = threading.Lock()
+
+
+def _handlers(plan: StagePlan) -> _StageHandlers:
+    with _runs_lock:
+        stages = _runs.setdefault(plan.run_id, {})
+        if plan.stage_name not in stages:
+            stages[plan.stage_name] = _StageHandlers(plan)
+        return stages[plan.stage_name]
+
+
+def end_run(run_id: str) -> int:
+    """Tear down every DoFn of a run in this process and drop its state; returns stages closed."""
+    with _runs_lock:
+        stages = _runs.pop(run_id, {})
+    for handlers in stages.values():
+        handlers.shutdown()
+    return len(stages)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int, int | None]],
+             n_side: int, *args: Any) -> Any:
+    """Run one bundle of ``plan``'s stage; returns ``(TaskResult, *output lists)`` (or the
+    result alone when the stage has no outputs).
+
+    ``args`` holds ``n_side`` side-input state lists, then element lists; ``slices`` picks
+    ``(arg index, start, stop)`` ranges of those lists as the bundle's input.
+    """
+    start = time.perf_counter()
+    handlers = _handlers(plan)
+    side, lists = args[:n_side], args[n_side:]
+    if n_side and not handlers.committed_side_inputs:
+        with handlers._lock:
+            if not handlers.committed_side_inputs:
+                for entries in side:
+                    for key, data in entries:
+                        handlers.state.append_raw(beam_fn_api_pb2.StateKey.FromString(key), data)
+                handlers.committed_side_inputs = True
+    elements = [e for i, a, b in slices for e in itertools.islice(lists[i], a, b)]
+    in_bytes = sum(map(len, elements))
+    produced: dict[str, list[bytes]] = {o.transform_id: [] for o in plan.outputs}
+    infos: list[bytes] = []
+    handler = handlers.acquire()
+    try:
+        pending = {input_transform: [b"".join(elements)]}
+        while pending:
+            pending = _one_bundle(handler, handlers.descriptor.id, plan, pending, produced, infos)
+    finally:
+        handlers.release(handler)
+    outputs: list[list[bytes]] = []
+    counts: list[list[int]] = []
+    out_bytes = 0
+    for spec in plan.outputs:
+        parts = _split(spec, produced[spec.transform_id])
+        outputs.extend(parts)
+        counts.append([len(p) for p in parts])
+        out_bytes += sum(len(e) for p in parts for e in p)
+    result = TaskResult(counts, infos, len(elements), time.perf_counter() - start, in_bytes,
+                        out_bytes, worker_name())
+    return (result, *outputs) if outputs else result
+
+
+def _one_bundle(handler: Any, descriptor_id: str, plan: StagePlan, inputs: dict[str, list[bytes]],
+                produced: dict[str, list[bytes]], infos: list[bytes]) -> dict[str, list[bytes]]:
+    """One ProcessBundle instruction; returns deferred inputs (SDF residuals) to run next."""
+    instruction = f"bundle-{uuid.uuid4().hex}"
+    for transform_id in plan.input_transforms:
+        stream = handler.data_conn.output_stream(instruction, transform_id)
+        for chunk in inputs.get(transform_id, ()):
+            stream.write(chunk)
+        stream.close()
+    request = beam_fn_api_pb2.InstructionRequest(
+        instruction_id=instruction,
+        process_bundle=beam_fn_api_pb2.ProcessBundleRequest(process_bundle_descriptor_id=descriptor_id))
+    response = handler.push(request).get()
+    for out in handler.data_conn.input_elements(instruction, []):
+        if isinstance(out, beam_fn_api_pb2.Elements.Timers):
+            raise UnsupportedError(f"stage {plan.stage_name!r} sets timers, which mmbeam's "
+                                   "distributed runners do not support yet; use the local runner")
+        if out.data:
+            produced[out.transform_id].append(out.data)
+    if response.error:
+        raise RuntimeError(response.error)
+    infos.extend(m.SerializeToString() for m in response.process_bundle.monitoring_infos)
+    if response.process_bundle.requires_finalization:
+        done = handler.push(beam_fn_api_pb2.InstructionRequest(
+            finalize_bundle=beam_fn_api_pb2.FinalizeBundleRequest(instruction_id=instruction))).get()
+        if done.error:
+            raise RuntimeError(done.error)
+    deferred: dict[str, list[bytes]] = {}
+    for root in response.process_bundle.residual_roots:
+        app = root.application
+        read = plan.input_for[(app.transform_id, app.input_id)]
+        deferred.setdefault(read, []).append(app.element)
+    return deferred
+
+
+def _split(spec: OutputSpec, chunks: list[bytes]) -> list[list[bytes]]:
+    """Chunks from the data channel as individually encoded elements, hash-sharded if keyed."""
+    impl = spec.coder.get_impl()
+    values = [v for chunk in chunks for v in impl.decode_all(chunk)] if chunks else []
+    if spec.key_coder is None:
+        return [[impl.encode_nested(v) for v in values]]
+    key_impl = spec.key_coder.get_impl()
+    shards: list[list[bytes]] = [[] for _ in range(spec.shards)]
+    for v in values:
+        key = key_impl.encode(v.value[0])
+        shards[zlib.crc32(key) % spec.shards].append(impl.encode_nested(v))
+    return shards
+
+
+def group_shards(coders_and_windowing: tuple, *shards: list[bytes]) -> tuple[int, list[bytes]]:
+    """GroupByKey of one hash shard with Beam's ``GroupingBuffer`` (windows and triggers
+    included); one encoded chunk per key, so a key never spans two tasks downstream."""
+    buffer = GroupingBuffer(*coders_and_windowing)
+    for shard in shards:
+        if shard:
+            buffer.append(b"".join(shard))
+    keys = len(buffer._table)  # one output stream per key
+    grouped = [part[0] for part in buffer.partition(keys) if part[0]] if keys else []
+    return len(grouped), grouped
+
+
+def side_input_state(transform_id: str, tag: str, access_pattern: bytes, coder: Any,
+                     *lists: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """A side input's state entries (as the FnApiRunner commits them), computed once per run."""
+    spec = proto_utils.parse_Bytes(access_pattern, beam_runner_api_pb2.FunctionSpec)
+    grouped = WindowGroupingBuffer(spec, coder)
+    for chunk in lists:
+        if chunk:
+            grouped.append(b"".join(chunk))
+    entries: list[tuple[bytes, bytes]] = []
+    state_key = beam_fn_api_pb2.StateKey
+    if spec.urn == common_urns.side_inputs.ITERABLE.urn:
+        for _, window, data, _ in grouped.encoded_items():
+            key = state_key(iterable_side_input=state_key.IterableSideInput(
+                transform_id=transform_id, side_input_id=tag, window=window))
+            entries.append((key.SerializeToString(), data))
+    elif spec.urn == common_urns.side_inputs.MULTIMAP.urn:
+        for key_bytes, window, data, count in grouped.encoded_items():
+            entries.append((state_key(multimap_side_input=state_key.MultimapSideInput(
+                transform_id=transform_id, side_input_id=tag, window=window,
+                key=key_bytes)).SerializeToString(), data))
+            entries.append((state_key(multimap_keys_side_input=state_key.MultimapKeysSideInput(
+                transform_id=transform_id, side_input_id=tag,
+                window=window)).SerializeToString(), key_bytes))
+            entries.append((state_key(
+                multimap_keys_values_side_input=state_key.MultimapKeysValuesSideInput(
+                    transform_id=transform_id, side_input_id=tag, window=window)
+            ).SerializeToString(), key_bytes + struct.pack(">i", count) + data))
+    else:
+        raise UnsupportedError(f"side input access pattern {spec.urn!r} is not supported")
+    return entries

@@ -1,0 +1,164 @@
+"""The image pipeline and the frame facade on the Dask and Ray runners, a worker killed mid-run,
+and the engine lifecycle (clients and clusters closed, typed errors for what is unsupported)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms import userstate
+from PIL import Image
+
+import mmbeam
+from mmbeam import transforms as mt
+from mmbeam.errors import UnsupportedError
+from mmbeam.runners import DaskRunner, local_runner
+from mmbeam.testing import FaultServer, run_collect, sample_images
+
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    """A FaultServer with some latency, so the image pipeline runs long enough to be hurt."""
+    with FaultServer(latency_s=0.2) as server:
+        names = sorted(sample_images(N_IMAGES, min_size=40, max_size=160, seed=7).items())
+        server.urls = [(name, server.add(name, data)) for name, data in names]
+        yield server
+
+
+def _thumbnails(out: str):
+    return (mt.Download(max_connections=2, keyed=True) | mt.DecodeImage(keyed=True)
+            | mt.ResizeImage(24, 24, keyed=True) | mt.EncodeImage("PNG", keyed=True)
+            | mt.Upload(out, keyed=True))
+
+
+def _run_images(runner, urls, out):
+    return run_collect(lambda p: p | beam.Create(urls) | _thumbnails(out), runner=runner)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+
+def test_image_pipeline_same_files_as_in_process(image_server, make_runner, tmp_path):
+    local_out, out = tmp_path / "local", tmp_path / "runner"
+    _run_images(local_runner(), image_server.urls, str(local_out))
+    got = _run_images(make_runner(), image_server.urls, str(out))
+    assert len(got.outputs) == N_IMAGES
+    assert got.counter("Upload", "succeeded") == N_IMAGES
+    assert _files(out) == _files(local_out)
+
+
+def test_frame_facade_same_rows_as_in_process(make_runner, runner_name):
+    frame = (mmbeam.from_pydict({"id": list(range(50)), "name": [f"n{i}" for i in range(50)]})
+             .with_column("label", mmbeam.col("name") + "-" + mmbeam.col("name"))
+             .where(mmbeam.col("id") % 3 != 0))
+    expected = frame.collect().to_pydict()
+    address = None
+    try:
+        if runner_name == "dask":
+            address = make_runner().address
+            mmbeam.context.set_runner_dask(address)
+        elif runner_name == "ray":
+            make_runner()
+            mmbeam.context.set_runner_ray()
+        got = frame.collect().to_pydict()
+    finally:
+        mmbeam.context.set_runner_local()
+    order = np.argsort(got["id"])
+    assert {k: [v[i] for i in order] for k, v in got.items()} == expected
+    assert len(expected["id"]) == 33
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known defect: when a killed worker held finished outputs of an earlier stage, Dask "
+    "recomputes them; a non-deterministic producer (Reshuffle's random keys) then yields shards "
+    "that no longer match the counts the driver already sliced, so elements can be lost or "
+    "doubled. Needs stage-level recovery (re-run the producing stage and its consumers)."))
+def test_killed_worker_process_every_output_exactly_once(image_server, dask_cluster, tmp_path):
+    """SIGKILL one worker process mid-run: the run completes, every thumbnail is written once,
+    the committed outputs (WriteToText's transactional files) and counters hold each key once.
+    (A DoFn's own side effects may run again for a retried bundle, as on any Beam runner.)"""
+    from distributed import Client
+
+    out, listing = tmp_path / "thumbs", tmp_path / "listing"
+    out.mkdir()
+    with Client(dask_cluster.scheduler_address, set_as_default=False) as client:
+        pids = list(client.run(os.getpid).values())
+    killed: dict = {}
+
+    def kill_when_started():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "pid" not in killed:
+            done = len(os.listdir(out))
+            if done >= 2:
+                killed.update(pid=pids[0], done_before=done)
+                os.kill(pids[0], signal.SIGKILL)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    pipeline = beam.Pipeline(runner=DaskRunner(dask_cluster.scheduler_address))
+    _ = (pipeline | beam.Create(image_server.urls) | _thumbnails(str(out))
+         | beam.MapTuple(lambda key, path: key) | beam.io.WriteToText(str(listing)))
+    result = pipeline.run()
+    killer.join()
+    assert killed and killed["done_before"] < N_IMAGES, killed
+    names = sorted(name for name, _ in image_server.urls)
+    assert sorted(n for n in os.listdir(out) if not n.endswith(".tmp")) == names
+    for name in names:
+        assert Image.open(out / name).size == (24, 24)
+    keys = [line for f in tmp_path.glob("listing*") for line in f.read_text().splitlines()]
+    assert sorted(keys) == names
+    (ok,) = result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace("Upload").with_name("succeeded"))["counters"]
+    assert ok.committed == N_IMAGES
+
+
+class _TimerFn(beam.DoFn):
+    STATE = userstate.ReadModifyWriteStateSpec("n", VarIntCoder())
+    TIMER = userstate.TimerSpec("flush", userstate.TimeDomain.WATERMARK)
+
+    def process(self, kv, state=beam.DoFn.StateParam(STATE),
+                timer=beam.DoFn.TimerParam(TIMER)):
+        state.write((state.read() or 0) + 1)
+        timer.set(100)
+        return []
+
+    @userstate.on_timer(TIMER)
+    def flush(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE)):
+        yield key, state.read()
+
+
+def test_timers_are_refused_with_a_typed_error_not_wrong_output(make_runner, runner_name):
+    def build(p):
+        return p | beam.Create([("a", 1), ("a", 2), ("b", 3)]) | beam.ParDo(_TimerFn())
+
+    if runner_name == "local":
+        assert sorted(run_collect(build, runner=make_runner()).outputs) == [("a", 2), ("b", 1)]
+        return
+    with pytest.raises(UnsupportedError, match="timers"):
+        run_collect(build, runner=make_runner())
+
+
+def test_dask_client_is_closed_after_the_run(dask_cluster):
+    from distributed import Client
+
+    with Client(dask_cluster.scheduler_address, set_as_default=False) as watcher:
+        def clients():
+            return watcher.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.clients))
+
+        before = clients()
+        runner = DaskRunner(dask_cluster.scheduler_address)
+        run_collect(lambda p: p | beam.Create([1, 2, 3]) | beam.Map(abs), runner=runner)
+        deadline = time.monotonic() + 30
+        while clients() != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert clients() == before
