@@ -19,11 +19,13 @@ its length and digest, and every task checks the lists it reads against them (se
 :mod:`mmbeam.runners.worker`). An engine may recompute a lost output on its own; when that gives
 the same list (a deterministic producer) the run goes on, otherwise the reading task fails with
 :class:`~mmbeam.errors.LostDataError`, as does a task the engine reports lost. The driver then
-drops every buffer and re-runs all stages under a new run id (``--max_recoveries`` times at most):
-the run's outputs, counts and metrics are those of one consistent attempt, never a mix, and a
-retried element replaces rather than adds to the earlier attempt's committed output. A DoFn's own
-side effects may run again (as on any Beam runner); sinks are idempotent (Upload writes by key,
-WriteToText finalizes one attempt's temporary files).
+goes back to the earliest stage that wrote the failed stage's inputs, restores the buffers as they
+were before that stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
+if that stage's own inputs turn out lost as well, it goes back further, up to the first stage
+(``--max_recoveries`` re-runs at most). Each stage's outputs, counts and metrics come from one
+attempt, never a mix: a re-run stage's outputs replace, never add to, the earlier attempt's. A
+DoFn's own side effects may run again (as on any Beam runner); sinks are idempotent (Upload writes
+by key, WriteToText finalizes one attempt's temporary files).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Never put more elements than this in one task.")
         parser.add_argument("--shuffle_partitions", type=int, default=0,
                             help="Hash partitions per GroupByKey (0: twice the worker slots).")
-        parser.add_argument("--max_recoveries", type=int, default=3,
+        parser.add_argument("--max_recoveries", type=int, default=10,
                             help="Re-run the stages at most this often after a worker is lost.")
 
 
@@ -171,6 +173,9 @@ class _Execution:
         self.options = options
         self.run_id = uuid.uuid4().hex
         self.recoveries = 0
+        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
+        self.writers: dict[bytes, set[int]] = collections.defaultdict(set)
+        self.reads: dict[int, set[bytes]] = {}
         self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
         #: buffer id -> one list of shard parts per producing task
         self.buffers: dict[bytes, list[list[_Part]]] = collections.defaultdict(list)
@@ -182,25 +187,34 @@ class _Execution:
 
     # ------------------------------------------------------------------ driver loop
     def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
-        """All stages in order; after lost data, all of them again, from fresh buffers."""
+        """Stages in order; after lost data, again from the stage that wrote the lost inputs."""
         lost = (LostDataError, *self.backend.lost_errors)
-        while True:
-            infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
+        infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
+        before: dict[int, tuple[dict, dict]] = {}  # stage index -> buffers, side states
+        index = 0
+        while index < len(self.stages):
+            before[index] = ({b: list(p) for b, p in self.buffers.items()}, dict(self.side_states))
             try:
-                for stage in self.stages:
-                    infos[stage.name] = self._run_stage(stage)
-                return infos
+                infos[self.stages[index].name] = self._run_stage(index)
+                index += 1
             except lost as exc:
+                restart = min((w for b in self.reads.get(index, ()) for w in self.writers[b]
+                               if w < index), default=index)
                 if self.recoveries >= self.options.max_recoveries:
                     raise LostDataError(f"lost data {self.recoveries + 1} times, giving up "
                                         f"(--max_recoveries={self.options.max_recoveries}): "
                                         f"{exc}") from exc
                 self.recoveries += 1
-                _log.warning("lost data (%s: %s); re-running every stage (recovery %d)",
-                             type(exc).__name__, exc, self.recoveries)
-                self.close()
-                self.run_id = uuid.uuid4().hex
-                self.bundle_sizes.clear()
+                _log.warning("stage %d of %d lost data (%s: %s); re-running from stage %d "
+                             "(recovery %d)", index, len(self.stages), type(exc).__name__, exc,
+                             restart, self.recoveries)
+                for stage in self.stages[restart:index + 1]:
+                    infos.pop(stage.name, None)
+                    self.bundle_sizes.pop(stage.name, None)
+                buffers, self.side_states = before[restart]
+                self.buffers = collections.defaultdict(list, buffers)
+                index = restart
+        return infos
 
     def close(self) -> None:
         """Tear down DoFns in every worker process and release the run's data."""
@@ -211,18 +225,25 @@ class _Execution:
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
             _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
 
-    def _run_stage(self, stage) -> list[metrics_pb2.MonitoringInfo]:
+    def _run_stage(self, index: int) -> list[metrics_pb2.MonitoringInfo]:
+        stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
         plan = worker.StagePlan(
-            run_id=self.run_id, stage_name=stage.name,
+            run_id=self.run_id, stage_name=stage.name, attempt=self.recoveries,
             descriptor=descriptor.SerializeToString(),
             outputs=[self._output_spec(manager, t, b)
                      for t, b in manager.stage_data_outputs.items()],
             input_for=self._input_for(manager, descriptor),
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
-        side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
+        side_inputs = self._side_inputs(stage)
+        self.reads[index] = {
+            *(self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms),
+            *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
+        for spec in plan.outputs:
+            self.writers[spec.buffer_id].add(index)
+        side = [self._side_state(t, tag) for t, tag in side_inputs]
         units, stream = self._inputs(manager, plan.input_transforms)
         scheduler = _StageScheduler(self, plan, side)
         started = time.perf_counter()

@@ -89,6 +89,8 @@ class StagePlan:
     #: (transform_id, input_id) -> the data-input transform feeding it (for SDF residuals)
     input_for: dict[tuple[str, str], str] = field(default_factory=dict)
     input_transforms: list[str] = field(default_factory=list)
+    #: a stage re-run after lost data gets fresh DoFn instances and state in every process
+    attempt: int = 0
 
 
 @dataclass
@@ -145,9 +147,10 @@ _runs_lock = threading.Lock()
 def _handlers(plan: StagePlan) -> _StageHandlers:
     with _runs_lock:
         stages = _runs.setdefault(plan.run_id, {})
-        if plan.stage_name not in stages:
-            stages[plan.stage_name] = _StageHandlers(plan)
-        return stages[plan.stage_name]
+        key = f"{plan.stage_name}#{plan.attempt}"
+        if key not in stages:
+            stages[key] = _StageHandlers(plan)
+        return stages[key]
 
 
 def end_run(run_id: str) -> int:
