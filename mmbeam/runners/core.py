@@ -212,6 +212,8 @@ class _Execution:
                     infos.pop(stage.name, None)
                     self.bundle_sizes.pop(stage.name, None)
                 buffers, self.side_states = before[restart]
+                for later in range(restart + 1, index + 1):
+                    before.pop(later, None)  # let the failed attempt's data go
                 self.buffers = collections.defaultdict(list, buffers)
                 index = restart
         return infos
