@@ -6,6 +6,7 @@
     ├── ConfigError            a bad argument or option, raised when the pipeline is built
     ├── SchemaError            an unknown column or a type mismatch, raised before anything runs
     ├── UnsupportedError       a runner or backend lacks a feature (never a wrong result instead)
+    ├── LostDataError          a worker died with data a stage needed; the runner re-runs
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
         ├── DownloadError
         │   └── UnsupportedSchemeError
@@ -35,6 +36,7 @@ __all__ = [
     "EncodeError",
     "ImageError",
     "ImageTooLargeError",
+    "LostDataError",
     "MmbeamError",
     "ResizeError",
     "SchemaError",
@@ -65,6 +67,12 @@ class SchemaError(MmbeamError, KeyError):
 
 class UnsupportedError(MmbeamError, NotImplementedError):
     """A runner or backend does not support a feature the pipeline uses."""
+
+
+class LostDataError(MmbeamError):
+    """A distributed run lost data it had committed: a worker process died holding a task's
+    output, or the engine recomputed that output and it no longer matches what downstream tasks
+    were planned on. The distributed runners catch it and re-run the pipeline's stages."""
 
 
 class StageError(MmbeamError):

@@ -19,6 +19,9 @@ class Backend:
 
     slots: int = 1
     memory_budget: int = 256 << 20
+    #: the engine's errors for a task or its data lost with a worker process; the core
+    #: recovers from them (and from :class:`~mmbeam.errors.LostDataError`) by re-running stages
+    lost_errors: tuple[type[BaseException], ...] = ()
 
     def put(self, value: Any) -> Any:
         raise NotImplementedError

@@ -13,6 +13,19 @@ Tasks get their size from one :class:`~mmbeam.autotune.BatchSizeController` per 
 small, learns seconds and bytes per element from finished tasks, and aims at a target task
 duration, with in-flight bytes under the workers' memory budget and enough tasks to keep every
 worker slot busy. The sizes chosen are kept in ``result.bundle_sizes``.
+
+Recovery from a lost worker process: every list a task produces is committed to the driver with
+its length and digest, and every task checks the lists it reads against them (see
+:mod:`mmbeam.runners.worker`). An engine may recompute a lost output on its own; when that gives
+the same list (a deterministic producer) the run goes on, otherwise the reading task fails with
+:class:`~mmbeam.errors.LostDataError`, as does a task the engine reports lost. The driver then
+goes back to the earliest stage that wrote the failed stage's inputs, restores the buffers as they
+were before that stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
+if that stage's own inputs turn out lost as well, it goes back further, up to the first stage
+(``--max_recoveries`` re-runs at most). Each stage's outputs, counts and metrics come from one
+attempt, never a mix: a re-run stage's outputs replace, never add to, the earlier attempt's. A
+DoFn's own side effects may run again (as on any Beam runner); sinks are idempotent (Upload writes
+by key, WriteToText finalizes one attempt's temporary files).
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 
@@ -59,22 +73,28 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Never put more elements than this in one task.")
         parser.add_argument("--shuffle_partitions", type=int, default=0,
                             help="Hash partitions per GroupByKey (0: twice the worker slots).")
+        parser.add_argument("--max_recoveries", type=int, default=10,
+                            help="Re-run the stages at most this often after a worker is lost.")
 
 
 @dataclass
 class _Part:
-    """A list of encoded elements living on the workers, and its length."""
+    """A list of encoded elements living on the workers, its length and its digest."""
 
     ref: Any
     count: int
+    digest: int
 
 
 class DistributedResult(RunnerResult):
-    """FnApiRunner's result (metrics from every task) plus the task sizes the runner chose."""
+    """FnApiRunner's result (metrics from every task of the committed attempt) plus the task
+    sizes the runner chose and how often it re-ran the stages after losing data."""
 
-    def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]]):
+    def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]],
+                 recoveries: int = 0):
         super().__init__(state, monitoring_infos_by_stage)
         self.bundle_sizes = bundle_sizes
+        self.recoveries = recoveries
 
 
 class DistributedRunner(FnApiRunner):
@@ -136,7 +156,8 @@ class DistributedRunner(FnApiRunner):
                 infos = execution_run.run()
             finally:
                 execution_run.close()
-            return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes)
+            return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
+                                     execution_run.recoveries)
         finally:
             handlers.close_all()
             backend.close()
@@ -151,6 +172,10 @@ class _Execution:
         self.backend = backend
         self.options = options
         self.run_id = uuid.uuid4().hex
+        self.recoveries = 0
+        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
+        self.writers: dict[bytes, set[int]] = collections.defaultdict(set)
+        self.reads: dict[int, set[bytes]] = {}
         self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
         #: buffer id -> one list of shard parts per producing task
         self.buffers: dict[bytes, list[list[_Part]]] = collections.defaultdict(list)
@@ -162,9 +187,35 @@ class _Execution:
 
     # ------------------------------------------------------------------ driver loop
     def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
+        """Stages in order; after lost data, again from the stage that wrote the lost inputs."""
+        lost = (LostDataError, *self.backend.lost_errors)
         infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
-        for stage in self.stages:
-            infos[stage.name] = self._run_stage(stage)
+        before: dict[int, tuple[dict, dict]] = {}  # stage index -> buffers, side states
+        index = 0
+        while index < len(self.stages):
+            before[index] = ({b: list(p) for b, p in self.buffers.items()}, dict(self.side_states))
+            try:
+                infos[self.stages[index].name] = self._run_stage(index)
+                index += 1
+            except lost as exc:
+                restart = min((w for b in self.reads.get(index, ()) for w in self.writers[b]
+                               if w < index), default=index)
+                if self.recoveries >= self.options.max_recoveries:
+                    raise LostDataError(f"lost data {self.recoveries + 1} times, giving up "
+                                        f"(--max_recoveries={self.options.max_recoveries}): "
+                                        f"{exc}") from exc
+                self.recoveries += 1
+                _log.warning("stage %d of %d lost data (%s: %s); re-running from stage %d "
+                             "(recovery %d)", index, len(self.stages), type(exc).__name__, exc,
+                             restart, self.recoveries)
+                for stage in self.stages[restart:index + 1]:
+                    infos.pop(stage.name, None)
+                    self.bundle_sizes.pop(stage.name, None)
+                buffers, self.side_states = before[restart]
+                for later in range(restart + 1, index + 1):
+                    before.pop(later, None)  # let the failed attempt's data go
+                self.buffers = collections.defaultdict(list, buffers)
+                index = restart
         return infos
 
     def close(self) -> None:
@@ -176,18 +227,25 @@ class _Execution:
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
             _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
 
-    def _run_stage(self, stage) -> list[metrics_pb2.MonitoringInfo]:
+    def _run_stage(self, index: int) -> list[metrics_pb2.MonitoringInfo]:
+        stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
         plan = worker.StagePlan(
-            run_id=self.run_id, stage_name=stage.name,
+            run_id=self.run_id, stage_name=stage.name, attempt=self.recoveries,
             descriptor=descriptor.SerializeToString(),
             outputs=[self._output_spec(manager, t, b)
                      for t, b in manager.stage_data_outputs.items()],
             input_for=self._input_for(manager, descriptor),
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
-        side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
+        side_inputs = self._side_inputs(stage)
+        self.reads[index] = {
+            *(self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms),
+            *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
+        for spec in plan.outputs:
+            self.writers[spec.buffer_id].add(index)
+        side = [self._side_state(t, tag) for t, tag in side_inputs]
         units, stream = self._inputs(manager, plan.input_transforms)
         scheduler = _StageScheduler(self, plan, side)
         started = time.perf_counter()
@@ -204,7 +262,7 @@ class _Execution:
         for transform_id in input_transforms:
             buffer_id = self.context.input_transform_to_buffer_id[transform_id]
             if buffer_id == translations.IMPULSE_BUFFER:
-                stream.append((transform_id, _Part([ENCODED_IMPULSE_VALUE], 1)))
+                stream.append((transform_id, _literal_part([ENCODED_IMPULSE_VALUE])))
                 continue
             kind, _ = translations.split_buffer_id(buffer_id)
             producers = self.buffers.get(buffer_id, [])
@@ -220,7 +278,7 @@ class _Execution:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
         if not units and not stream and input_transforms:
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            stream.append((input_transforms[0], _Part([], 0)))
+            stream.append((input_transforms[0], _literal_part([])))
         return units, stream
 
     def _group(self, manager, transform_id, buffer_id, producers) -> list[_Part]:
@@ -230,12 +288,14 @@ class _Execution:
         args = (grouping._pre_grouped_coder, grouping._post_grouped_coder, grouping._windowing)
         grouped = []
         for shard in range(self.shards):
-            parts = [p[shard].ref for p in producers if p[shard].count]
+            parts = [p[shard] for p in producers if p[shard].count]
             if parts:
-                grouped.append(self.backend.submit(worker.group_shards, args, *parts,
-                                                   worker=self._place(), num_returns=2))
-        counts = self.backend.get([count for count, _ in grouped])
-        return [_Part(ref, n) for (_, ref), n in zip(grouped, counts, strict=True) if n]
+                grouped.append(self.backend.submit(
+                    worker.group_shards, args, _committed(parts), *(p.ref for p in parts),
+                    worker=self._place(), num_returns=2))
+        committed = self.backend.get([meta for meta, _ in grouped])
+        return [_Part(ref, n, crc) for (_, ref), (n, crc) in zip(grouped, committed, strict=True)
+                if n]
 
     def _place(self) -> int:
         self._next_worker += 1
@@ -291,12 +351,12 @@ class _Execution:
             pcoll = transform.inputs[tag]
             coder = self.context.pipeline_context.coders[
                 self.context.safe_coders[self.context.data_channel_coders[pcoll]]]
-            parts = [p[0].ref for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
+            parts = [p[0] for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
                      if p[0].count]
             access = payload.side_inputs[tag].access_pattern.SerializeToString()
             self.side_states[(transform_id, tag)] = self.backend.submit(
-                worker.side_input_state, transform_id, tag, access, coder, *parts,
-                worker=None)[0]
+                worker.side_input_state, transform_id, tag, access, coder, _committed(parts),
+                *(p.ref for p in parts), worker=None)[0]
         return self.side_states[(transform_id, tag)]
 
     def controller(self, stage_name: str) -> BatchSizeController:
@@ -336,8 +396,7 @@ class _StageScheduler:
                 if pending:  # a whole key shard: never split
                     transform_id, parts = pending.popleft()
                     slices = [(i, 0, None) for i in range(len(parts))]
-                    self._submit(transform_id, [p.ref for p in parts], slices,
-                                 sum(p.count for p in parts))
+                    self._submit(transform_id, parts, slices, sum(p.count for p in parts))
                 elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
                     break  # one small probe task per slot until the first one reports its cost
                 else:
@@ -347,18 +406,18 @@ class _StageScheduler:
     def _take(self, size: int) -> tuple[str, list, list, int]:
         """The next ``size`` elements of one input transform's stream, as slices of parts."""
         transform_id = self.stream[0][0]
-        refs, slices, taken = [], [], 0
+        parts, slices, taken = [], [], 0
         while self.stream and taken < size and self.stream[0][0] == transform_id:
             part = self.stream[0][1]
             n = min(part.count - self.offset, size - taken)
-            slices.append((len(refs), self.offset, self.offset + n))
-            refs.append(part.ref)
+            slices.append((len(parts), self.offset, self.offset + n))
+            parts.append(part)
             taken += n
             self.offset += n
             if self.offset >= part.count:
                 self.stream.popleft()
                 self.offset = 0
-        return transform_id, refs, slices, taken
+        return transform_id, parts, slices, taken
 
     def _next_size(self) -> int:
         if not self.controller.batches:
@@ -374,12 +433,12 @@ class _StageScheduler:
         elements = sum(v[1] for v in self.in_flight.values())
         return elements * per_element < self.backend.memory_budget
 
-    def _submit(self, transform_id, refs, slices, elements) -> None:
+    def _submit(self, transform_id, parts: list[_Part], slices, elements) -> None:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
         self.load[target] += 1
         outs = self.backend.submit(
-            worker.run_task, self.plan, transform_id, slices, len(self.side),
-            *self.side, *refs, worker=target,
+            worker.run_task, self.plan, transform_id, slices, _committed(parts), len(self.side),
+            *self.side, *(p.ref for p in parts), worker=target,
             num_returns=1 + sum(o.shards if o.key_coder is not None else 1
                                 for o in self.plan.outputs))
         self.sizes.append(elements)
@@ -398,14 +457,26 @@ class _StageScheduler:
                 input_bytes=result.input_bytes, output_bytes=result.output_bytes))
             self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
                               for b in result.monitoring_infos)
-            self._store(outs, result.counts)
+            self._store(outs, result)
 
-    def _store(self, outs: list, counts: list[list[int]]) -> None:
+    def _store(self, outs: list, result: worker.TaskResult) -> None:
         position = 0
-        for spec, shard_counts in zip(self.plan.outputs, counts, strict=True):
-            shards = [_Part(outs[position + i], n) for i, n in enumerate(shard_counts)]
-            position += len(shard_counts)
+        for spec, counts, digests in zip(self.plan.outputs, result.counts, result.digests,
+                                         strict=True):
+            shards = [_Part(outs[position + i], n, crc)
+                      for i, (n, crc) in enumerate(zip(counts, digests, strict=True))]
+            position += len(counts)
             self.execution.buffers[spec.buffer_id].append(shards)
 
     def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
         return list(consolidate_monitoring_infos(self.infos))
+
+
+def _literal_part(elements: list[bytes]) -> _Part:
+    """A part the driver holds itself (the impulse, an empty input)."""
+    return _Part(elements, len(elements), worker.digest(elements))
+
+
+def _committed(parts: list[_Part]) -> list[tuple[int, int]]:
+    """What the reading task checks its input lists against."""
+    return [(p.count, p.digest) for p in parts]

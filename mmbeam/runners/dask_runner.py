@@ -4,7 +4,10 @@ A ``LocalCluster`` of worker processes by default (closed at the end of the run)
 scheduler (``--dask_address`` / ``DaskRunner(address=...)`` /
 ``mmbeam.context.set_runner_dask(address)``). The client is always closed at the end of the run.
 Execution is :mod:`mmbeam.runners.core`; this module only adapts ``distributed`` to its
-:class:`~mmbeam.runners.backend.Backend` interface.
+:class:`~mmbeam.runners.backend.Backend` interface. When a worker process dies, ``distributed``
+reruns the tasks it was running and recomputes lost results from their lineage; the core accepts a
+recomputed list only if it equals the committed one, and re-runs the stages otherwise, or when
+``distributed`` gives a task up (``KilledWorker``) or cancels a future.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ class DaskBackend(Backend):
                  threads_per_worker: int = 1, memory_fraction: float = 0.25):
         try:
             from distributed import Client, LocalCluster
+            from distributed.client import FutureCancelledError
+            from distributed.scheduler import KilledWorker
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
+        self.lost_errors = (KilledWorker, FutureCancelledError)
         self._cluster = None
         if address is None:
             import os

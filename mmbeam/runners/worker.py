@@ -7,7 +7,11 @@ on the FnApiRunner. Handlers are cached per process, per run and per stage, so `
 runs once per worker process and ``teardown`` runs when the run ends (:func:`end_run`).
 
 Elements travel as lists of individually encoded (nested) elements, so the driver can slice them
-into tasks of any size without decoding them. Nothing here imports Dask or Ray.
+into tasks of any size without decoding them. Every list a task produces is committed with its
+length and a CRC (:func:`digest`); every task checks the lists it reads against what the driver
+committed, and raises :class:`~mmbeam.errors.LostDataError` if an engine recomputed one
+differently after a worker was lost (a non-deterministic DoFn, e.g. Reshuffle's random keys).
+Nothing here imports Dask or Ray.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ from apache_beam.runners.portability.fn_api_runner.execution import (
 )
 from apache_beam.utils import proto_utils
 
-from mmbeam.errors import UnsupportedError
+from mmbeam.errors import LostDataError, UnsupportedError
 
 __all__ = [
     "OutputSpec",
     "SideInputSpec",
     "StagePlan",
     "TaskResult",
+    "check_inputs",
+    "digest",
     "end_run",
     "group_shards",
     "run_task",
@@ -83,13 +89,17 @@ class StagePlan:
     #: (transform_id, input_id) -> the data-input transform feeding it (for SDF residuals)
     input_for: dict[tuple[str, str], str] = field(default_factory=dict)
     input_transforms: list[str] = field(default_factory=list)
+    #: a stage re-run after lost data gets fresh DoFn instances and state in every process
+    attempt: int = 0
 
 
 @dataclass
 class TaskResult:
-    """What a task tells the driver: per-output element counts and its cost (data stays put)."""
+    """What a task tells the driver: per-output element counts and digests, and its cost (data
+    stays put)."""
 
     counts: list[list[int]]
+    digests: list[list[int]]
     monitoring_infos: list[bytes]
     elements: int
     seconds: float
@@ -137,9 +147,10 @@ _runs_lock = threading.Lock()
 def _handlers(plan: StagePlan) -> _StageHandlers:
     with _runs_lock:
         stages = _runs.setdefault(plan.run_id, {})
-        if plan.stage_name not in stages:
-            stages[plan.stage_name] = _StageHandlers(plan)
-        return stages[plan.stage_name]
+        key = f"{plan.stage_name}#{plan.attempt}"
+        if key not in stages:
+            stages[key] = _StageHandlers(plan)
+        return stages[key]
 
 
 def end_run(run_id: str) -> int:
@@ -155,17 +166,38 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def digest(elements: list[bytes]) -> int:
+    """CRC32 of a list of (self-delimiting) encoded elements: with the length, its identity."""
+    crc = 0
+    for element in elements:
+        crc = zlib.crc32(element, crc)
+    return crc
+
+
+def check_inputs(where: str, lists: tuple[list[bytes], ...],
+                 committed: list[tuple[int, int]]) -> None:
+    """Refuse input lists that differ from what their producers committed to the driver."""
+    for i, (elements, (count, crc)) in enumerate(zip(lists, committed, strict=True)):
+        if len(elements) != count or digest(elements) != crc:
+            raise LostDataError(
+                f"{where}: input list {i} has {len(elements)} elements, digest "
+                f"{digest(elements):08x}, but its producer committed {count} elements, digest "
+                f"{crc:08x}: the engine recomputed it after a worker was lost")
+
+
 def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int, int | None]],
-             n_side: int, *args: Any) -> Any:
+             committed: list[tuple[int, int]], n_side: int, *args: Any) -> Any:
     """Run one bundle of ``plan``'s stage; returns ``(TaskResult, *output lists)`` (or the
     result alone when the stage has no outputs).
 
-    ``args`` holds ``n_side`` side-input state lists, then element lists; ``slices`` picks
-    ``(arg index, start, stop)`` ranges of those lists as the bundle's input.
+    ``args`` holds ``n_side`` side-input state lists, then element lists, each checked against
+    its ``committed`` (length, digest); ``slices`` picks ``(arg index, start, stop)`` ranges of
+    those lists as the bundle's input.
     """
     start = time.perf_counter()
-    handlers = _handlers(plan)
     side, lists = args[:n_side], args[n_side:]
+    check_inputs(f"stage {plan.stage_name!r}", lists, committed)
+    handlers = _handlers(plan)
     if n_side and not handlers.committed_side_inputs:
         with handlers._lock:
             if not handlers.committed_side_inputs:
@@ -186,14 +218,16 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
         handlers.release(handler)
     outputs: list[list[bytes]] = []
     counts: list[list[int]] = []
+    digests: list[list[int]] = []
     out_bytes = 0
     for spec in plan.outputs:
         parts = _split(spec, produced[spec.transform_id])
         outputs.extend(parts)
         counts.append([len(p) for p in parts])
+        digests.append([digest(p) for p in parts])
         out_bytes += sum(len(e) for p in parts for e in p)
-    result = TaskResult(counts, infos, len(elements), time.perf_counter() - start, in_bytes,
-                        out_bytes, worker_name())
+    result = TaskResult(counts, digests, infos, len(elements), time.perf_counter() - start,
+                        in_bytes, out_bytes, worker_name())
     return (result, *outputs) if outputs else result
 
 
@@ -246,21 +280,26 @@ def _split(spec: OutputSpec, chunks: list[bytes]) -> list[list[bytes]]:
     return shards
 
 
-def group_shards(coders_and_windowing: tuple, *shards: list[bytes]) -> tuple[int, list[bytes]]:
+def group_shards(coders_and_windowing: tuple, committed: list[tuple[int, int]],
+                 *shards: list[bytes]) -> tuple[tuple[int, int], list[bytes]]:
     """GroupByKey of one hash shard with Beam's ``GroupingBuffer`` (windows and triggers
-    included); one encoded chunk per key, so a key never spans two tasks downstream."""
+    included); one encoded chunk per key, so a key never spans two tasks downstream. Returns
+    the output's (length, digest) and the output."""
+    check_inputs("GroupByKey", shards, committed)
     buffer = GroupingBuffer(*coders_and_windowing)
     for shard in shards:
         if shard:
             buffer.append(b"".join(shard))
     keys = len(buffer._table)  # one output stream per key
     grouped = [part[0] for part in buffer.partition(keys) if part[0]] if keys else []
-    return len(grouped), grouped
+    return (len(grouped), digest(grouped)), grouped
 
 
 def side_input_state(transform_id: str, tag: str, access_pattern: bytes, coder: Any,
+                     committed: list[tuple[int, int]],
                      *lists: list[bytes]) -> list[tuple[bytes, bytes]]:
     """A side input's state entries (as the FnApiRunner commits them), computed once per run."""
+    check_inputs(f"side input {tag!r} of {transform_id!r}", lists, committed)
     spec = proto_utils.parse_Bytes(access_pattern, beam_runner_api_pb2.FunctionSpec)
     grouped = WindowGroupingBuffer(spec, coder)
     for chunk in lists:

@@ -77,11 +77,6 @@ def test_frame_facade_same_rows_as_in_process(make_runner, runner_name):
     assert len(expected["id"]) == 33
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect: when a killed worker held finished outputs of an earlier stage, Dask "
-    "recomputes them; a non-deterministic producer (Reshuffle's random keys) then yields shards "
-    "that no longer match the counts the driver already sliced, so elements can be lost or "
-    "doubled. Needs stage-level recovery (re-run the producing stage and its consumers)."))
 def test_killed_worker_process_every_output_exactly_once(image_server, dask_cluster, tmp_path):
     """SIGKILL one worker process mid-run: the run completes, every thumbnail is written once,
     the committed outputs (WriteToText's transactional files) and counters hold each key once.
@@ -162,3 +157,17 @@ def test_dask_client_is_closed_after_the_run(dask_cluster):
         while clients() != before and time.monotonic() < deadline:
             time.sleep(0.1)
         assert clients() == before
+
+
+def test_a_recomputed_input_unlike_the_committed_one_is_refused_not_used():
+    """What lets the runner recover: a list the engine recomputed after a worker died is used
+    only if it equals what its producer committed (same length and digest), else LostDataError."""
+    from mmbeam.errors import LostDataError
+    from mmbeam.runners import worker
+
+    committed = [b"\x01a", b"\x01b", b"\x01c"]
+    promise = [(len(committed), worker.digest(committed))]
+    worker.check_inputs("stage 'S'", (list(committed),), promise)  # the same list: accepted
+    for recomputed in ([b"\x01c", b"\x01a", b"\x01b"], committed[:2], [*committed, b"\x01d"]):
+        with pytest.raises(LostDataError, match=r"stage 'S': input list 0 has \d elements"):
+            worker.check_inputs("stage 'S'", (recomputed,), promise)
