@@ -6,6 +6,7 @@
     ├── ConfigError            a bad argument or option, raised when the pipeline is built
     ├── SchemaError            an unknown column or a type mismatch, raised before anything runs
     ├── UnsupportedError       a runner or backend lacks a feature (never a wrong result instead)
+    ├── ResourceUnavailableError  the cluster cannot give a step the CPUs/GPUs it asks for
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
         ├── DownloadError
         │   └── UnsupportedSchemeError
@@ -37,6 +38,7 @@ __all__ = [
     "ImageTooLargeError",
     "MmbeamError",
     "ResizeError",
+    "ResourceUnavailableError",
     "SchemaError",
     "StageError",
     "UnsafePathError",
@@ -65,6 +67,11 @@ class SchemaError(MmbeamError, KeyError):
 
 class UnsupportedError(MmbeamError, NotImplementedError):
     """A runner or backend does not support a feature the pipeline uses."""
+
+
+class ResourceUnavailableError(MmbeamError, RuntimeError):
+    """A step asked for resources (``num_gpus``, ``num_cpus``, ``concurrency`` workers) that the
+    cluster did not provide within the runner's wait; raised instead of waiting forever."""
 
 
 class StageError(MmbeamError):

@@ -39,6 +39,7 @@ from apache_beam.utils import proto_utils
 from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
+from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
 
@@ -189,7 +190,8 @@ class _Execution:
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
         side = [self._side_state(t, tag) for t, tag in self._side_inputs(stage)]
         units, stream = self._inputs(manager, plan.input_transforms)
-        scheduler = _StageScheduler(self, plan, side)
+        pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
+        scheduler = _StageScheduler(self, plan, side, pool)
         started = time.perf_counter()
         scheduler.run(units, stream)
         _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
@@ -311,9 +313,10 @@ class _Execution:
 class _StageScheduler:
     """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
 
-    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list):
+    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list,
+                 backend: Backend):
         self.execution = execution_run
-        self.backend = execution_run.backend
+        self.backend = backend  # the run's backend, or the stage's own worker pool
         stage_name = plan.stage_name
         self.plan = plan
         self.side = side
