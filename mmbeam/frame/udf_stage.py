@@ -240,6 +240,7 @@ def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
     resources = StepResources()
     for _, call in plan.calls:
         udf = call.udf
-        resources = resources.merge(StepResources(udf.concurrency, udf.num_cpus, udf.num_gpus))
+        resources = resources.merge(StepResources(udf.concurrency, udf.num_cpus, udf.num_gpus,
+                                                  (f"udf {udf.name}",)))
     with requesting(child.pipeline, resources):  # a pool of actors on the RayRunner
         return child | c.label(f"Udf[{names}]") >> beam.ParDo(fn)

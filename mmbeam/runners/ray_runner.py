@@ -120,8 +120,9 @@ class RayBackend(Backend):
         if len(ready) < size:
             for a in actors:
                 ray.kill(a)
+            steps = ", ".join(repr(s) for s in resources.steps) or repr(stage_name)
             raise ResourceUnavailableError(
-                f"stage {stage_name!r} asks for {size} Ray actors with num_cpus={cpus}, "
+                f"step {steps} asks for {size} Ray actors with num_cpus={cpus}, "
                 f"num_gpus={gpus}, but only {len(ready)} started within "
                 f"{self.actor_start_timeout:g} s (cluster resources: "
                 f"{ray.cluster_resources()}); lower the step's concurrency/num_cpus/num_gpus, "

@@ -134,7 +134,7 @@ class RunModel(ElementTransform):
         sm.model_protocol(model, init_args, init_kwargs)  # fails now on a bad model
         stage = label or f"RunModel[{sm.name_of(model)}]"
         super().__init__(on_error=on_error, keyed=keyed, label=stage)
-        self.resources = StepResources(concurrency, num_cpus, num_gpus)  # checks them
+        self.resources = StepResources(concurrency, num_cpus, num_gpus, (stage,))  # checked
         self.model = model
         self.batch_size = sm.check_batch_size(batch_size)
         if batch_size is None:

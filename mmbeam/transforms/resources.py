@@ -25,11 +25,13 @@ ANNOTATION = "mmbeam_resources"
 
 @dataclass(frozen=True)
 class StepResources:
-    """``concurrency`` workers (None: the runner decides), each with ``num_cpus``/``num_gpus``."""
+    """``concurrency`` workers (None: the runner decides), each with ``num_cpus``/``num_gpus``;
+    ``steps`` names the steps that asked (for error messages)."""
 
     concurrency: int | None = None
     num_cpus: float | None = None
     num_gpus: float | None = None
+    steps: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(
@@ -43,14 +45,15 @@ class StepResources:
                 raise ConfigError(f"{name} must be a non-negative number or None, got {value!r}")
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in asdict(self).values())
+        return any(v is not None for v in (self.concurrency, self.num_cpus, self.num_gpus))
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> StepResources:
-        return cls(**json.loads(data))
+        fields = json.loads(data)
+        return cls(**{**fields, "steps": tuple(fields.get("steps", ()))})
 
     def merge(self, other: StepResources) -> StepResources:
         """One request covering both steps (fused in one stage): the larger CPU/GPU needs and
@@ -61,7 +64,8 @@ class StepResources:
 
         return StepResources(pick(self.concurrency, other.concurrency, min),
                              pick(self.num_cpus, other.num_cpus, max),
-                             pick(self.num_gpus, other.num_gpus, max))
+                             pick(self.num_gpus, other.num_gpus, max),
+                             self.steps + other.steps)
 
 
 @contextlib.contextmanager
