@@ -74,8 +74,7 @@ class RayBackend(Backend):
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            self._connect(address)
         resources = ray.cluster_resources()
         n = num_workers or max(1, int(resources.get("CPU", 1)))
         key = (ray.get_runtime_context().get_job_id(), n)
@@ -91,6 +90,19 @@ class RayBackend(Backend):
         self._next = 0
         self.actor_start_timeout = actor_start_timeout
         self._stage_pools: dict[str, RayBackend] = {}
+
+    def _connect(self, address: str | None, attempts: int = 3) -> None:
+        """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head is
+        tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                               configure_logging=False)
+                return
+            except ConnectionError:
+                self._ray.shutdown()
+                if attempt == attempts or not str(address or "").startswith("ray://"):
+                    raise
 
     def for_stage(self, stage_name: str, resources: StepResources) -> RayBackend:
         """A view of this backend whose tasks run on the stage's own actors (started once per

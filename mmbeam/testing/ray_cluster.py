@@ -95,7 +95,9 @@ class RayHead:
              f"--num-cpus={self.num_cpus}", "--include-dashboard=false",
              "--disable-usage-stats", f"--temp-dir={self._temp_dir}"],
             cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **_QUIET})
+            # a loopback test cluster: no token auth (``ray start`` turns it on by default, and
+            # the Ray Client would then need the token in this process's environment)
+            env={**os.environ, **_QUIET, "RAY_AUTH_MODE": "disabled"})
         log.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
