@@ -272,47 +272,62 @@ def _images_parquet(folder, mmbeam_http, names) -> str:
     return str(meta)
 
 
-def _cluster_example(runner_address: str | None, parquet: str) -> dict:
-    """004's "Scaling to Distributed" code as written (``daft`` -> ``mmbeam``; the S3 input
-    moved to a local folder of loopback URLs, as in the example above)."""
-    # Same processing code as above, just point to cluster
-    if runner_address is not None:
-        mmbeam.context.set_runner_ray(runner_address)
+CLUSTER_EXAMPLE = """\
+# Same processing code as above, just point to cluster
+import mmbeam
+mmbeam.context.set_runner_ray({address!r})
 
-    df = mmbeam.read_parquet(parquet)
+df = mmbeam.read_parquet(
+    {parquet!r}
+)
 
-    df = df.with_column("image", df["path"].url.download().image.decode())
-    df = df.with_column("resized", df["image"].image.resize(256, 256))
-    df = df.with_column("encoded", df["resized"].image.encode("JPEG"))
-    df = df.with_column("path", df["path"].url.upload("processed_images"))
+df = df.with_column("image", df["path"].url.download().image.decode())
+df = df.with_column("resized", df["image"].image.resize(256, 256))
+df = df.with_column("encoded", df["resized"].image.encode("JPEG"))
+df = df.with_column("path", df["path"].url.upload("processed_images"))
 
-    # Collect to run on the full dataset
-    return df.collect().to_pydict()
+# Collect to run on the full dataset
+df.collect()
+"""
+
+
+def _run_script(code: str, cwd: str, result: str) -> dict:
+    """Run ``code`` as a user's script (a fresh interpreter in ``cwd``), then return its
+    ``df.to_pydict()`` (pickled to ``result``)."""
+    import pickle
+    import subprocess
+    import sys
+
+    script = os.path.join(cwd, "example.py")
+    with open(script, "w") as f:
+        f.write(code + f"\nimport pickle\npickle.dump(df.to_pydict(), open({result!r}, 'wb'))\n")
+    done = subprocess.run([sys.executable, script], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(result, "rb") as f:
+        return pickle.load(f)
 
 
 @pytest.mark.slow
-def test_processing_300k_images_cluster_example_on_ray(ray_head, tmp_path, mmbeam_http,
-                                                       monkeypatch):
-    import ray
-
+def test_processing_300k_images_cluster_example_on_ray(ray_head, tmp_path, mmbeam_http):
+    """004's "Scaling to Distributed" code as written, run as a script (``daft`` -> ``mmbeam``,
+    ``ray://...`` -> the local head's Ray Client address, the S3 input moved to a local folder
+    of loopback URLs as above); the same rows and files as on the local runner."""
     names = [f"ref004-cluster/{i}.jpg" for i in range(12)]
     for i, name in enumerate(names):
         mmbeam_http.add(name, encode_sample(make_image(280 + 10 * i, 190, seed=40 + i)))
     parquet = _images_parquet(tmp_path / "data", mmbeam_http, names)
     local_dir = tmp_path / "local"
     local_dir.mkdir()
-    monkeypatch.chdir(local_dir)
-    expected = _cluster_example(None, parquet)
-
-    # set_runner_ray("ray://...") -> the local head's Ray Client address; relative paths are
-    # the cluster workers' working folder, shared with the driver here
-    monkeypatch.chdir(ray_head.cwd)
-    assert not ray.is_initialized()  # so the runner must connect to the address it is given
-    try:
-        got = _cluster_example(ray_head.client_address, parquet)
-    finally:
-        mmbeam.context.set_runner_local()
-    assert not ray.is_initialized()  # the run disconnected from the cluster when it ended
+    local_code = CLUSTER_EXAMPLE.format(address="-", parquet=parquet).replace(
+        "mmbeam.context.set_runner_ray('-')", "mmbeam.context.set_runner_local()")
+    expected = _run_script(local_code, str(local_dir), str(tmp_path / "local.pkl"))
+    driver_dir = tmp_path / "driver"
+    driver_dir.mkdir()
+    got = _run_script(CLUSTER_EXAMPLE.format(address=ray_head.client_address, parquet=parquet),
+                      str(driver_dir), str(tmp_path / "ray.pkl"))
+    # "processed_images" is relative to the cluster workers' folder: they did the writing
+    assert not (driver_dir / "processed_images").exists()
 
     def by_file(out: dict) -> dict:
         return {os.path.basename(p): i for i, p in enumerate(out["path"])}
