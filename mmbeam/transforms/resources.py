@@ -65,7 +65,7 @@ class StepResources:
         return StepResources(pick(self.concurrency, other.concurrency, min),
                              pick(self.num_cpus, other.num_cpus, max),
                              pick(self.num_gpus, other.num_gpus, max),
-                             self.steps + other.steps)
+                             tuple(dict.fromkeys(self.steps + other.steps)))
 
 
 @contextlib.contextmanager
