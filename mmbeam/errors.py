@@ -7,6 +7,7 @@
     ├── SchemaError            an unknown column or a type mismatch, raised before anything runs
     ├── UnsupportedError       a runner or backend lacks a feature (never a wrong result instead)
     ├── LostDataError          a worker died with data a stage needed; the runner re-runs
+    ├── ResourceUnavailableError  the cluster cannot give a step the CPUs/GPUs it asks for
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
         ├── DownloadError
         │   └── UnsupportedSchemeError
@@ -39,6 +40,7 @@ __all__ = [
     "LostDataError",
     "MmbeamError",
     "ResizeError",
+    "ResourceUnavailableError",
     "SchemaError",
     "StageError",
     "UnsafePathError",
@@ -73,6 +75,11 @@ class LostDataError(MmbeamError):
     """A distributed run lost data it had committed: a worker process died holding a task's
     output, or the engine recomputed that output and it no longer matches what downstream tasks
     were planned on. The distributed runners catch it and re-run the pipeline's stages."""
+
+
+class ResourceUnavailableError(MmbeamError, RuntimeError):
+    """A step asked for resources (``num_gpus``, ``num_cpus``, ``concurrency`` workers) that the
+    cluster did not provide within the runner's wait; raised instead of waiting forever."""
 
 
 class StageError(MmbeamError):

@@ -25,6 +25,7 @@ from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
 from mmbeam.frame import plan as P
 from mmbeam.transforms import shared_model as sm
+from mmbeam.transforms.resources import StepResources, requesting
 from mmbeam.types import DataType, Schema, arrow_to_images
 
 __all__ = ["UdfApply", "expand_udf_apply", "split_udfs"]
@@ -235,4 +236,11 @@ def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
     """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.frame.compile`)."""
     names = "+".join(call.udf.name for _, call in plan.calls)
     fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow())
-    return c.expand(plan.child) | c.label(f"Udf[{names}]") >> beam.ParDo(fn)
+    child = c.expand(plan.child)
+    resources = StepResources()
+    for _, call in plan.calls:
+        udf = call.udf
+        resources = resources.merge(StepResources(udf.concurrency, udf.num_cpus, udf.num_gpus,
+                                                  (f"udf {udf.name}",)))
+    with requesting(child.pipeline, resources):  # a pool of actors on the RayRunner
+        return child | c.label(f"Udf[{names}]") >> beam.ParDo(fn)

@@ -42,5 +42,11 @@ class Backend:
         """Run ``fn(*args)`` once in every worker process (e.g. to tear down DoFns)."""
         raise NotImplementedError
 
+    def for_stage(self, stage_name: str, resources: Any) -> Backend:
+        """Where the tasks of one stage run: a dedicated worker pool for a stage whose steps
+        ask for resources (a :class:`~mmbeam.transforms.resources.StepResources`), when the
+        engine supports it; by default this backend."""
+        return self
+
     def close(self) -> None:
         """Release the engine: close clients and anything this backend started."""

@@ -53,6 +53,7 @@ from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
+from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
 
@@ -247,7 +248,8 @@ class _Execution:
             self.writers[spec.buffer_id].add(index)
         side = [self._side_state(t, tag) for t, tag in side_inputs]
         units, stream = self._inputs(manager, plan.input_transforms)
-        scheduler = _StageScheduler(self, plan, side)
+        pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
+        scheduler = _StageScheduler(self, plan, side, pool)
         started = time.perf_counter()
         scheduler.run(units, stream)
         _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
@@ -371,9 +373,10 @@ class _Execution:
 class _StageScheduler:
     """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
 
-    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list):
+    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list,
+                 backend: Backend):
         self.execution = execution_run
-        self.backend = execution_run.backend
+        self.backend = backend  # the run's backend, or the stage's own worker pool
         stage_name = plan.stage_name
         self.plan = plan
         self.side = side

@@ -7,19 +7,29 @@ once per actor; data moves between stages through Ray's object store as object r
 through the driver. Execution is :mod:`mmbeam.runners.core`; this module only adapts Ray to its
 :class:`~mmbeam.runners.backend.Backend` interface. When Ray was already initialised by the
 caller, the actor pool is kept for the next run in this process (actors start slowly).
+
+A stage whose steps ask for resources (``RunModel``/UDF ``concurrency``, ``num_cpus``,
+``num_gpus``; see :mod:`mmbeam.transforms.resources`) runs on its own pool of ``concurrency``
+actors, each requesting those CPUs/GPUs from Ray, so the model loads once per actor. The pool
+lives for the run; if Ray cannot start it within ``--ray_actor_start_timeout`` seconds (no GPU
+on the cluster, say) the run fails with :class:`~mmbeam.errors.ResourceUnavailableError`
+instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import threading
 from typing import Any
 
 from apache_beam.options import pipeline_options
 
 from mmbeam.autotune import default_memory_budget
-from mmbeam.errors import ConfigError
+from mmbeam.errors import ConfigError, ResourceUnavailableError
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.core import DistributedRunner
+from mmbeam.transforms.resources import StepResources
 
 __all__ = ["RayBackend", "RayOptions", "RayRunner"]
 
@@ -33,6 +43,9 @@ class RayOptions(pipeline_options.PipelineOptions):
                             help="Ray cluster address (ray://host:10001 or auto); default: local.")
         parser.add_argument("--ray_num_workers", type=int, default=0,
                             help="Worker actors (0: one per CPU of the cluster).")
+        parser.add_argument("--ray_actor_start_timeout", type=float, default=120.0,
+                            help="Seconds to wait for a step's own actor pool (its num_cpus/"
+                                 "num_gpus) before failing with ResourceUnavailableError.")
 
 
 class _Slot:
@@ -40,6 +53,9 @@ class _Slot:
 
     def call(self, fn, *args):
         return fn(*args)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 _pools: dict[tuple[str, int], list[Any]] = {}
@@ -50,7 +66,7 @@ class RayBackend(Backend):
     """Ray as a runner backend: object references hold the data, in the object store."""
 
     def __init__(self, address: str | None = None, num_workers: int = 0,
-                 memory_fraction: float = 0.25):
+                 memory_fraction: float = 0.25, actor_start_timeout: float = 120.0):
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is an optional extra
@@ -58,8 +74,7 @@ class RayBackend(Backend):
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            self._connect(address)
         resources = ray.cluster_resources()
         n = num_workers or max(1, int(resources.get("CPU", 1)))
         key = (ray.get_runtime_context().get_job_id(), n)
@@ -73,6 +88,58 @@ class RayBackend(Backend):
         store = resources.get("object_store_memory", 0)
         self.memory_budget = int(store * memory_fraction) or default_memory_budget()
         self._next = 0
+        self.actor_start_timeout = actor_start_timeout
+        self._stage_pools: dict[str, RayBackend] = {}
+
+    def _connect(self, address: str | None, attempts: int = 3) -> None:
+        """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head is
+        tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                               configure_logging=False)
+                return
+            except ConnectionError:
+                self._ray.shutdown()
+                if attempt == attempts or not str(address or "").startswith("ray://"):
+                    raise
+
+    def for_stage(self, stage_name: str, resources: StepResources) -> RayBackend:
+        """A view of this backend whose tasks run on the stage's own actors (started once per
+        run), each requesting ``resources``' CPUs/GPUs; this backend when nothing is asked."""
+        if not resources:
+            return self
+        if stage_name not in self._stage_pools:
+            pool = copy.copy(self)
+            pool.actors = self._start_pool(stage_name, resources)
+            pool.slots, pool._next, pool._stage_pools = len(pool.actors), 0, {}
+            self._stage_pools[stage_name] = pool
+        return self._stage_pools[stage_name]
+
+    def _start_pool(self, stage_name: str, resources: StepResources) -> list[Any]:
+        ray = self._ray
+        cpus, gpus = resources.num_cpus or 0, resources.num_gpus or 0
+        size = resources.concurrency
+        if size is None:  # as many as the cluster holds (at least one)
+            total = ray.cluster_resources()
+            fits = [int(total.get(k, 0) // v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v]
+            size = max(1, min(fits)) if fits else self.slots
+        actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
+                           max_task_retries=-1)(_Slot)
+        actors = [actor.remote() for _ in range(size)]
+        ready, _ = ray.wait([a.pid.remote() for a in actors], num_returns=size,
+                            timeout=self.actor_start_timeout)
+        if len(ready) < size:
+            for a in actors:
+                ray.kill(a)
+            steps = ", ".join(repr(s) for s in resources.steps) or repr(stage_name)
+            raise ResourceUnavailableError(
+                f"step {steps} asks for {size} Ray actors with num_cpus={cpus}, "
+                f"num_gpus={gpus}, but only {len(ready)} started within "
+                f"{self.actor_start_timeout:g} s (cluster resources: "
+                f"{ray.cluster_resources()}); lower the step's concurrency/num_cpus/num_gpus, "
+                f"add nodes, or raise --ray_actor_start_timeout")
+        return actors
 
     def put(self, value: Any) -> Any:
         return self._ray.put(value)
@@ -93,9 +160,14 @@ class RayBackend(Backend):
         return self._ray.get(refs)
 
     def broadcast(self, fn, *args):
-        self._ray.get([a.call.remote(fn, *args) for a in self.actors])
+        actors = self.actors + [a for p in self._stage_pools.values() for a in p.actors]
+        self._ray.get([a.call.remote(fn, *args) for a in actors])
 
     def close(self):
+        for pool in self._stage_pools.values():  # frees their CPUs/GPUs for the next run
+            for actor in pool.actors:
+                self._ray.kill(actor)
+        self._stage_pools.clear()
         if self._started:
             with _pools_lock:
                 _pools.pop(self._key, None)
@@ -113,4 +185,5 @@ class RayRunner(DistributedRunner):
     def make_backend(self, options: pipeline_options.PipelineOptions) -> RayBackend:
         flags = options.view_as(RayOptions)
         return RayBackend(address=self.address or flags.ray_address,
-                          num_workers=self.num_workers or flags.ray_num_workers)
+                          num_workers=self.num_workers or flags.ray_num_workers,
+                          actor_start_timeout=flags.ray_actor_start_timeout)

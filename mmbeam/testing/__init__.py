@@ -1,8 +1,9 @@
 """Test support for mmbeam pipelines: sample images and real servers on loopback, no mocks.
 
 ``FaultServer`` (HTTP with faults), ``S3Server`` (moto), ``GCSServer`` (gcp-storage-emulator),
-sample and broken images, and pytest fixtures in :mod:`mmbeam.testing.plugin`. Names load on
-first use, so ``import mmbeam.testing`` (done by the pytest plugin in every run) stays cheap.
+``RayHead`` and ``init_local_ray`` (a real local Ray), sample and broken images, and pytest
+fixtures in :mod:`mmbeam.testing.plugin`. Names load on first use, so ``import mmbeam.testing``
+(done by the pytest plugin in every run) stays cheap.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ if TYPE_CHECKING:
         sample_images,
         truncated,
     )
+    from mmbeam.testing.ray_cluster import RayHead, init_local_ray
     from mmbeam.testing.s3 import S3Server
 
 __all__ = [
     "Collected",
     "FaultServer",
     "GCSServer",
+    "RayHead",
     "S3Server",
     "decompression_bomb",
     "encode_sample",
+    "init_local_ray",
     "make_image",
     "run_collect",
     "sample_images",
@@ -40,6 +44,8 @@ _HOME = {
     "FaultServer": "http_server",
     "GCSServer": "gcs",
     "S3Server": "s3",
+    "RayHead": "ray_cluster",
+    "init_local_ray": "ray_cluster",
     "Collected": "collect",
     "run_collect": "collect",
     "decompression_bomb": "images",

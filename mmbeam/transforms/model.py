@@ -21,9 +21,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from mmbeam.errors import ConfigError, StageError
+from mmbeam.errors import StageError
 from mmbeam.transforms import shared_model as sm
 from mmbeam.transforms._base import FAILED_TAG, ElementTransform, FailedRecord
+from mmbeam.transforms.resources import StepResources, requesting
 
 __all__ = ["RunModel"]
 
@@ -117,22 +118,23 @@ class RunModel(ElementTransform):
     list of values with ``to_numpy()``/``to_arrow()``. ``batch_size=None`` autotunes: batches
     take about ``target_seconds`` and stay under ``memory_budget`` bytes, up to
     ``max_batch_size``. ``concurrency`` caps instances per worker process (None: one, shared by
-    all threads). Plus ``on_error``, ``keyed`` and ``.with_exception_handling()`` as every
-    mmbeam transform.
+    all threads); on the RayRunner the step runs on its own pool of ``concurrency`` actors, each
+    requesting ``num_cpus``/``num_gpus`` (one model per actor). Plus ``on_error``, ``keyed``
+    and ``.with_exception_handling()`` as every mmbeam transform.
     """
 
     stage = "RunModel"
 
     def __init__(self, model: Any, batch_size: int | None = None, *, init_args: tuple = (),
                  init_kwargs: dict | None = None, concurrency: int | None = None,
+                 num_cpus: float | None = None, num_gpus: float | None = None,
                  target_seconds: float = 0.5, max_batch_size: int = 1024,
                  memory_budget: int | None = None, on_error: str = "raise",
                  keyed: bool = False, label: str | None = None):
         sm.model_protocol(model, init_args, init_kwargs)  # fails now on a bad model
         stage = label or f"RunModel[{sm.name_of(model)}]"
         super().__init__(on_error=on_error, keyed=keyed, label=stage)
-        if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
-            raise ConfigError(f"concurrency must be a positive int or None, got {concurrency!r}")
+        self.resources = StepResources(concurrency, num_cpus, num_gpus, (stage,))  # checked
         self.model = model
         self.batch_size = sm.check_batch_size(batch_size)
         if batch_size is None:
@@ -144,6 +146,10 @@ class RunModel(ElementTransform):
                        "memory_budget": memory_budget}
         self.stage = stage
         self.token = getattr(model, "token", None) or sm.new_token(model)
+
+    def expand(self, pcoll):
+        with requesting(pcoll.pipeline, self.resources):
+            return super().expand(pcoll)
 
     def make_fn(self, memory_budget: int | None = None) -> _RunModelFn:
         """The DoFn; ``memory_budget`` (the pipeline's ``--memory_budget``) applies unless the

@@ -28,14 +28,11 @@ def dask_cluster():
 def ray_session():
     import ray
 
+    from mmbeam.testing import init_local_ray
+
     started = not ray.is_initialized()
     if started:
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        except Exception as exc:  # noqa: BLE001 - e.g. ray-project/ray#65983 on a loaded host
-            ray.shutdown()
-            pytest.skip(f"a local Ray could not start on this machine: {exc}")
+        init_local_ray(num_cpus=2)  # retried: a loaded host can miss Ray's agent deadline
     yield ray
     if started:
         ray.shutdown()

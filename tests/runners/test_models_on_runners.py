@@ -1,0 +1,157 @@
+"""Models on the cluster runners: one load per worker process (grouped by PID) on Dask and Ray,
+and on Ray a step's ``concurrency``/``num_cpus``/``num_gpus`` as its own actor pool."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import mmbeam
+from mmbeam import DataType, col
+from mmbeam.errors import ResourceUnavailableError
+from mmbeam.runners import DaskRunner, RayRunner
+from mmbeam.testing import run_collect
+from mmbeam.transforms import RunModel
+
+N = 48
+#: instances built in this process, by model name (a module global: one per worker process)
+_LOADS: collections.Counter = collections.Counter()
+
+
+def _assigned() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            got = ray.get_runtime_context().get_assigned_resources()
+            return ",".join(f"{k}={v:g}" for k, v in sorted(got.items()))
+    except ImportError:  # pragma: no cover - ray is an extra
+        pass
+    return ""
+
+
+class Tagger:
+    """Tags each value with (pid, instance, load number in this process, assigned resources)."""
+
+    def __init__(self):
+        _LOADS["Tagger"] += 1
+        self.load = _LOADS["Tagger"]
+        self.resources = _assigned()
+
+    def __call__(self, batch):
+        tag = (os.getpid(), id(self), self.load, self.resources)
+        return [(v, *tag) for v in batch]
+
+
+def _tagged(runner, model: RunModel, options=None) -> list[tuple]:
+    out = run_collect(lambda p: {"out": p | beam.Create(list(range(N))) | beam.Reshuffle()
+                                 | model}, runner=runner, options=options).outputs["out"]
+    assert sorted(r[0] for r in out) == list(range(N))  # every element once
+    return out
+
+
+def _one_instance_per_pid(rows) -> dict[int, set]:
+    by_pid: dict[int, set] = collections.defaultdict(set)
+    for row in rows:
+        by_pid[row[1]].add(row[2:])  # (instance, load number, assigned resources)
+    for pid, instances in by_pid.items():
+        assert instances == {next(iter(instances))} and next(iter(instances))[1] == 1, (
+            f"process {pid} built {len(instances)} instances: {instances}")
+    return by_pid
+
+
+@pytest.fixture(params=["dask", "ray"])
+def cluster_runner(request):
+    if request.param == "dask":
+        cluster = request.getfixturevalue("dask_cluster")
+        return lambda: DaskRunner(cluster.scheduler_address)
+    request.getfixturevalue("ray_session")
+    return RayRunner
+
+
+def test_run_model_loads_once_per_worker_process(cluster_runner):
+    rows = _tagged(cluster_runner(), RunModel(Tagger, batch_size=4))
+    by_pid = _one_instance_per_pid(rows)
+    assert os.getpid() not in by_pid  # ran on the workers, not in the driver
+    assert 1 <= len(by_pid) <= 2  # the two worker processes of the session's engine
+
+
+@pytest.mark.parametrize("concurrency, num_cpus", [(2, 1), (3, None)])
+def test_run_model_on_ray_gets_an_actor_pool_of_concurrency(ray_session, concurrency, num_cpus):
+    model = RunModel(Tagger, batch_size=2, concurrency=concurrency, num_cpus=num_cpus)
+    by_pid = _one_instance_per_pid(_tagged(RayRunner(), model))
+    assert len(by_pid) == concurrency  # one actor per unit of concurrency, each loads once
+    resources = {r for instances in by_pid.values() for _, _, r in instances}
+    assert resources == {f"CPU={num_cpus:g}" if num_cpus else ""}
+    # the pool is the run's own: its actors are gone (their CPUs free) once the run ends
+    deadline = time.monotonic() + 30
+    while ray_session.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_session.available_resources().get("CPU", 0) == 2
+
+
+def test_unsatisfiable_num_gpus_fails_with_a_typed_error_not_a_hang(ray_session):
+    model = RunModel(Tagger, batch_size=2, num_gpus=1, label="Gpu model")
+    started = time.monotonic()
+    with pytest.raises(ResourceUnavailableError, match=r"num_gpus=1.*within 3 s") as info:
+        _tagged(RayRunner(), model, options=PipelineOptions(["--ray_actor_start_timeout=3"]))
+    assert "Gpu model" in str(info.value)
+    assert time.monotonic() - started < 60
+
+
+def test_frame_udf_concurrency_on_ray_is_its_actor_pool(ray_session):
+    @mmbeam.udf(return_dtype=DataType.string(), batch_size=3, concurrency=2, num_cpus=1)
+    class Where:
+        def __init__(self):
+            _LOADS["Where"] += 1
+            self.tag = f"{os.getpid()}:{id(self)}:{_LOADS['Where']}:{_assigned()}"
+
+        def __call__(self, values):
+            return [self.tag] * len(values)
+
+    mmbeam.context.set_execution_config(batch_rows=4)
+    try:
+        mmbeam.context.set_runner_ray()
+        out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
+               .collect().to_pydict())
+    finally:
+        mmbeam.context.set_runner_local()
+        mmbeam.context.set_execution_config(batch_rows=131_072)
+    assert sorted(out["v"]) == list(range(N))
+    tags = collections.defaultdict(set)
+    for tag in out["w"]:
+        pid, instance, load, resources = tag.split(":")
+        tags[pid].add((instance, load, resources))
+    assert len(tags) == 2 and all(len(v) == 1 for v in tags.values()), tags
+    assert {next(iter(v))[1:] for v in tags.values()} == {("1", "CPU=1")}
+
+
+def test_frame_udf_loads_once_per_dask_worker_process(dask_cluster):
+    @mmbeam.udf(return_dtype=DataType.string(), batch_size=3)
+    class Where:
+        def __init__(self):
+            _LOADS["WhereDask"] += 1
+            self.tag = f"{os.getpid()}:{id(self)}:{_LOADS['WhereDask']}"
+
+        def __call__(self, values):
+            return [self.tag] * len(values)
+
+    mmbeam.context.set_execution_config(batch_rows=4)
+    try:
+        mmbeam.context.set_runner_dask(dask_cluster.scheduler_address)
+        out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
+               .collect().to_pydict())
+    finally:
+        mmbeam.context.set_runner_local()
+        mmbeam.context.set_execution_config(batch_rows=131_072)
+    tags = collections.defaultdict(set)
+    for tag in out["w"]:
+        pid, instance, load = tag.split(":")
+        tags[pid].add((instance, load))
+    assert str(os.getpid()) not in tags
+    assert 1 <= len(tags) <= 2 and all(v == {(next(iter(v))[0], "1")} for v in tags.values())
