@@ -81,10 +81,18 @@ async def _fetch(fetcher: Any, url: str, _: int) -> bytes:
 
 
 async def _put(store: Any, data: Any, _: int) -> str:
+    return await store.write_async(*_named(data))
+
+
+def _put_local(store: Any, data: Any, _: int) -> str:
+    return store.write_local(*_named(data))
+
+
+def _named(data: Any) -> tuple[str, bytes]:
     from mmbeam.ops.store import content_name
 
     payload = data.encode() if isinstance(data, str) else bytes(data)
-    return await store.write_async(content_name(payload), payload)
+    return content_name(payload), payload
 
 
 def _io_step(fn: ir.Function) -> Step:
@@ -97,7 +105,10 @@ def _io_step(fn: ir.Function) -> Step:
     else:
         from mmbeam.ops.store import Store
 
-        call = functools.partial(_put, Store(fn.option("location"), fn.option("io_config")))
+        store = Store(fn.option("location"), fn.option("io_config"))
+        if store.is_local:  # a small blocking write: part of the row's CPU task, no hop
+            return Step(fn.name, "cpu", functools.partial(_put_local, store), nullable)
+        call = functools.partial(_put, store)
     return Step(fn.name, "io", call, nullable, limit)
 
 
