@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import http.client
 import random
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -87,12 +88,36 @@ class Fetcher:
             except MmbeamError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
-                retry_after = _retry_delay(exc)
-                if retry_after is None or attempt >= self.retries:
-                    raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
-                delay = min(self.max_backoff_s, max(retry_after, self.backoff_s * 2**attempt))
+                delay = self._backoff(exc, attempt)
                 attempt += 1
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay)
+
+    def fetch_blocking(self, url: str) -> bytes:
+        """:meth:`fetch` on the calling thread: ``http(s)://`` directly on a kept-alive
+        connection (the socket timeout bounds each wait), other schemes through the I/O loop."""
+        protocol, path = split_protocol(url)
+        if protocol not in ("http", "https"):
+            return asyncio.run_coroutine_threadsafe(self.fetch(url), get_loop()).result()
+        headers = self.io_config.storage_options("http")["headers"]
+        attempt = 0
+        while True:
+            try:
+                return http_get(path, headers, self.timeout_s)
+            except MmbeamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+                delay = self._backoff(exc, attempt)
+                attempt += 1
+                time.sleep(delay)
+
+    def _backoff(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before retrying after ``exc``, or DownloadError when it is permanent
+        or the retries are used up."""
+        retry_after = _retry_delay(exc)
+        if retry_after is None or attempt >= self.retries:
+            raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
+        delay = min(self.max_backoff_s, max(retry_after, self.backoff_s * 2**attempt))
+        return delay * (0.5 + random.random() / 2)
 
 
 def _retry_delay(exc: BaseException) -> float | None:
