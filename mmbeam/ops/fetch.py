@@ -13,10 +13,10 @@ import asyncio
 import concurrent.futures
 import http.client
 import random
+import sys
 import time
 from collections.abc import Sequence
 
-import aiohttp
 from fsspec.asyn import get_loop
 
 from mmbeam.errors import ConfigError, DownloadError, MmbeamError
@@ -120,9 +120,19 @@ class Fetcher:
         return delay * (0.5 + random.random() / 2)
 
 
+class _NoAiohttp(Exception):
+    """Stands in for aiohttp's exception classes while aiohttp is not imported (it is only
+    imported by the s3/gs/fsspec-http clients, so no exception can come from it before)."""
+
+
+def _aiohttp(name: str) -> type[BaseException]:
+    module = sys.modules.get("aiohttp")
+    return getattr(module, name) if module is not None else _NoAiohttp
+
+
 def _retry_delay(exc: BaseException) -> float | None:
     """Seconds to wait before retrying ``exc`` (0 = backoff only), or None if it is permanent."""
-    if isinstance(exc, (aiohttp.ClientResponseError, HTTPStatusError)):
+    if isinstance(exc, (_aiohttp("ClientResponseError"), HTTPStatusError)):
         if exc.status not in _RETRY_STATUS:
             return None
         headers = exc.headers or {}
@@ -135,7 +145,7 @@ def _retry_delay(exc: BaseException) -> float | None:
         return 0.0 if status in _RETRY_STATUS else None
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return None
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError,
+    if isinstance(exc, (asyncio.TimeoutError, _aiohttp("ClientError"), ConnectionError,
                         http.client.HTTPException)):
         return 0.0
     return None
@@ -143,7 +153,7 @@ def _retry_delay(exc: BaseException) -> float | None:
 
 def _describe(exc: BaseException, attempts: int, timeout_s: float) -> str:
     tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, _aiohttp("ClientResponseError")):
         return f"HTTP {exc.status} {exc.message}{tries}"
     if isinstance(exc, HTTPStatusError):
         return f"{exc}{tries}"
