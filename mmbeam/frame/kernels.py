@@ -80,11 +80,23 @@ async def _fetch(fetcher: Any, url: str, _: int) -> bytes:
     return await fetcher.fetch(url)
 
 
+def _fetch_blocking(fetcher: Any, url: str, _: int) -> bytes:
+    return fetcher.fetch_blocking(url)
+
+
 async def _put(store: Any, data: Any, _: int) -> str:
+    return await store.write_async(*_named(data))
+
+
+def _put_local(store: Any, data: Any, _: int) -> str:
+    return store.write_local(*_named(data))
+
+
+def _named(data: Any) -> tuple[str, bytes]:
     from mmbeam.ops.store import content_name
 
     payload = data.encode() if isinstance(data, str) else bytes(data)
-    return await store.write_async(content_name(payload), payload)
+    return content_name(payload), payload
 
 
 def _io_step(fn: ir.Function) -> Step:
@@ -93,12 +105,15 @@ def _io_step(fn: ir.Function) -> Step:
     if fn.name == "url.download":
         from mmbeam.ops.fetch import Fetcher
 
-        call = functools.partial(_fetch, Fetcher(fn.option("io_config")))
-    else:
-        from mmbeam.ops.store import Store
+        fetcher = Fetcher(fn.option("io_config"))
+        return Step(fn.name, "io", functools.partial(_fetch, fetcher), nullable, limit,
+                    functools.partial(_fetch_blocking, fetcher))
+    from mmbeam.ops.store import Store
 
-        call = functools.partial(_put, Store(fn.option("location"), fn.option("io_config")))
-    return Step(fn.name, "io", call, nullable, limit)
+    store = Store(fn.option("location"), fn.option("io_config"))
+    if store.is_local:  # a small blocking write: part of the row's CPU task, no hop
+        return Step(fn.name, "cpu", functools.partial(_put_local, store), nullable)
+    return Step(fn.name, "io", functools.partial(_put, store), nullable, limit)
 
 
 def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[RowChain, ir.Node]:

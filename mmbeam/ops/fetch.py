@@ -13,9 +13,10 @@ import asyncio
 import concurrent.futures
 import http.client
 import random
+import sys
+import time
 from collections.abc import Sequence
 
-import aiohttp
 from fsspec.asyn import get_loop
 
 from mmbeam.errors import ConfigError, DownloadError, MmbeamError
@@ -87,17 +88,51 @@ class Fetcher:
             except MmbeamError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
-                retry_after = _retry_delay(exc)
-                if retry_after is None or attempt >= self.retries:
-                    raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
-                delay = min(self.max_backoff_s, max(retry_after, self.backoff_s * 2**attempt))
+                delay = self._backoff(exc, attempt)
                 attempt += 1
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay)
+
+    def fetch_blocking(self, url: str) -> bytes:
+        """:meth:`fetch` on the calling thread: ``http(s)://`` directly on a kept-alive
+        connection (the socket timeout bounds each wait), other schemes through the I/O loop."""
+        protocol, path = split_protocol(url)
+        if protocol not in ("http", "https"):
+            return asyncio.run_coroutine_threadsafe(self.fetch(url), get_loop()).result()
+        headers = self.io_config.storage_options("http")["headers"]
+        attempt = 0
+        while True:
+            try:
+                return http_get(path, headers, self.timeout_s)
+            except MmbeamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+                delay = self._backoff(exc, attempt)
+                attempt += 1
+                time.sleep(delay)
+
+    def _backoff(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before retrying after ``exc``, or DownloadError when it is permanent
+        or the retries are used up."""
+        retry_after = _retry_delay(exc)
+        if retry_after is None or attempt >= self.retries:
+            raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
+        delay = min(self.max_backoff_s, max(retry_after, self.backoff_s * 2**attempt))
+        return delay * (0.5 + random.random() / 2)
+
+
+class _NoAiohttp(Exception):
+    """Stands in for aiohttp's exception classes while aiohttp is not imported (it is only
+    imported by the s3/gs/fsspec-http clients, so no exception can come from it before)."""
+
+
+def _aiohttp(name: str) -> type[BaseException]:
+    module = sys.modules.get("aiohttp")
+    return getattr(module, name) if module is not None else _NoAiohttp
 
 
 def _retry_delay(exc: BaseException) -> float | None:
     """Seconds to wait before retrying ``exc`` (0 = backoff only), or None if it is permanent."""
-    if isinstance(exc, (aiohttp.ClientResponseError, HTTPStatusError)):
+    if isinstance(exc, (_aiohttp("ClientResponseError"), HTTPStatusError)):
         if exc.status not in _RETRY_STATUS:
             return None
         headers = exc.headers or {}
@@ -110,7 +145,7 @@ def _retry_delay(exc: BaseException) -> float | None:
         return 0.0 if status in _RETRY_STATUS else None
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return None
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError,
+    if isinstance(exc, (asyncio.TimeoutError, _aiohttp("ClientError"), ConnectionError,
                         http.client.HTTPException)):
         return 0.0
     return None
@@ -118,7 +153,7 @@ def _retry_delay(exc: BaseException) -> float | None:
 
 def _describe(exc: BaseException, attempts: int, timeout_s: float) -> str:
     tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, _aiohttp("ClientResponseError")):
         return f"HTTP {exc.status} {exc.message}{tries}"
     if isinstance(exc, HTTPStatusError):
         return f"{exc}{tries}"

@@ -1,9 +1,13 @@
 """A fused per-row kernel: several steps (download, decode, resize, encode, upload) run per row as
 one unit of work, so full-size intermediates live only inside one row's work.
 
-Each row is one coroutine on fsspec's I/O loop: an I/O step is awaited there (at most ``limit``
-rows in that step at once, e.g. the connection count), and each run of consecutive CPU steps is
-one task on the shared CPU pool. Rows overlap freely: while the pool decodes row 3, rows 4-40 are
+When every I/O step has a ``blocking`` form (an HTTP download, see ops/http.py), a row runs on
+threads only: each I/O step on the chain's own pool of ``limit`` threads, then each run of
+consecutive CPU steps as one task on the shared CPU pool, each task handing the row on to the next
+pool; no event-loop round trip, which costs a self-pipe wake-up per hop. Otherwise each row is one
+coroutine on fsspec's I/O loop: an I/O step is awaited there (at most ``limit`` rows in that step
+at once, e.g. the connection count), and each run of consecutive CPU steps is one task on the
+shared CPU pool. Rows overlap freely: while the pool decodes row 3, rows 4-40 are
 downloading and row 2 is being written. A failing step either nulls the row (its
 ``on_error="null"``; later steps pass the None through) or ends the row with a StageError located
 at that step's stage and the row's name. :meth:`RowChain.submit` never raises: its future holds a
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +37,8 @@ class Step:
     """One step: ``fn(value, key)`` returns the next value (an ``async def`` for ``io``).
 
     ``stage`` names the step in errors and metrics, ``nullable`` is ``on_error == "null"``,
-    ``limit`` bounds how many rows run an ``io`` step at once (None: unbounded).
+    ``limit`` bounds how many rows run an ``io`` step at once (None: unbounded); ``blocking``
+    is an optional plain-function form of an ``io`` step's ``fn``, run on an I/O thread.
     """
 
     stage: str
@@ -40,6 +46,7 @@ class Step:
     fn: Callable[[Any, Any], Any]
     nullable: bool = False
     limit: int | None = None
+    blocking: Callable[[Any, Any], Any] | None = None
 
 
 class RowOutcome(NamedTuple):
@@ -75,6 +82,9 @@ class RowChain:
         self.steps = tuple(steps)
         self._groups = _group(self.steps)
         self._gates: dict[int, asyncio.Semaphore] | None = None
+        self._threaded = all(s.blocking is not None for s in self.steps if s.kind == "io")
+        self._io_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+        self._io_pools_lock = threading.Lock()
 
     def __getstate__(self):
         return {"steps": self.steps}
@@ -87,24 +97,84 @@ class RowChain:
         return tuple(s.stage for s in self.steps)
 
     def first_window(self) -> int:
-        """Rows in flight before anything is measured: every connection of the widest I/O
-        step, or two rows per CPU thread."""
-        limits = [s.limit for s in self.steps if s.kind == "io" and s.limit]
-        return max(limits + [2 * cpu_workers()])
+        """Rows in flight before anything is measured: the same as :meth:`min_window`."""
+        return self.min_window()
 
     def min_window(self) -> int:
-        """The fewest rows worth keeping in flight: every connection for a chain of I/O steps
-        only, else two rows per CPU thread (measured costs decide how many more)."""
+        """The fewest rows worth keeping in flight: every connection of the widest I/O step
+        busy and, when there are CPU steps, two more rows per CPU thread (waiting for or in
+        the CPU pool) so the connections stay busy while the CPU works; measured costs decide
+        how many more."""
+        limits = [s.limit for s in self.steps if s.kind == "io" and s.limit]
+        io_rows = max(limits, default=0)
         if all(s.kind == "io" for s in self.steps):
-            return self.first_window()
-        return 2 * cpu_workers()
+            return max(io_rows, 2 * cpu_workers())
+        return io_rows + 2 * cpu_workers()
 
     def submit(self, value: Any, key: Any = None, name: Any = None) -> concurrent.futures.Future:
         """Start one row; ``name`` (default: the value) is what errors call the element."""
         name = value if name is None else name
         if len(self._groups) == 1 and self._groups[0][0] == "cpu":  # no I/O: skip the loop
             return cpu_pool().submit(self._run_cpu_only, value, key, name)
+        if self._threaded:
+            row = _Row(value, key, name, concurrent.futures.Future())
+            if value is None:  # a null passes through, as in _run
+                row.result.set_result(RowOutcome(None, None, None, 0.0, 0.0, 0))
+            else:
+                self._hand_on(row, 0)
+            return row.result
         return asyncio.run_coroutine_threadsafe(self._run(value, key, name), get_loop())
+
+    def _hand_on(self, row: _Row, group: int) -> None:
+        """Queue group ``group`` of ``row`` on its pool (threaded rows)."""
+        kind, index, _ = self._groups[group]
+        pool = cpu_pool() if kind == "cpu" else self._io_pool(index)
+        pool.submit(self._run_group, row, group)
+
+    def _io_pool(self, index: int) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads of I/O step ``index``: ``limit`` of them (its connection count)."""
+        pool = self._io_pools.get(index)
+        if pool is None:
+            with self._io_pools_lock:
+                pool = self._io_pools.get(index)
+                if pool is None:
+                    step = self.steps[index]
+                    pool = self._io_pools[index] = concurrent.futures.ThreadPoolExecutor(
+                        step.limit or 32, thread_name_prefix=f"mmbeam-{step.stage}")
+        return pool
+
+    def _run_group(self, row: _Row, group: int) -> None:
+        """One group of a threaded row, then hand the row on (or settle its future)."""
+        kind, _, steps = self._groups[group]
+        try:
+            if kind == "io":
+                step = steps[0]
+                start = time.perf_counter()
+                try:
+                    out = step.blocking(row.value, row.key)
+                except Exception as exc:  # noqa: BLE001 - routed by the step's policy
+                    if not step.nullable:
+                        raise _Failed(step.stage, exc) from exc
+                    out, row.nulled = None, row.nulled or step.stage
+                finally:
+                    row.io_seconds += time.perf_counter() - start
+                peak = value_bytes(row.value) + value_bytes(out)
+            else:
+                out, nulled, busy, peak = _run_cpu(steps, row.value, row.key)
+                row.nulled = row.nulled or nulled
+                row.cpu_seconds += busy
+            row.peak = max(row.peak, peak)
+            row.value = out
+            if out is None or group + 1 == len(self._groups):
+                row.result.set_result(RowOutcome(
+                    out, None, row.nulled, row.io_seconds, row.cpu_seconds, row.peak))
+            else:
+                self._hand_on(row, group + 1)
+        except _Failed as failed:
+            row.result.set_result(RowOutcome(None, _located(failed, row.name), None,
+                                             row.io_seconds, row.cpu_seconds, row.peak))
+        except BaseException as exc:  # a bug or a shut-down pool: never lose the row silently
+            row.result.set_exception(exc)
 
     def _run_cpu_only(self, value: Any, key: Any, name: Any) -> RowOutcome:
         if value is None:
@@ -153,6 +223,18 @@ class RowChain:
                 cost[0] += time.perf_counter() - start
         cost[2] = max(cost[2], value_bytes(value) + value_bytes(out))
         return out, nulled
+
+
+class _Row:
+    """A threaded row's state as it moves from pool to pool."""
+
+    __slots__ = ("value", "key", "name", "result", "nulled", "io_seconds", "cpu_seconds", "peak")
+
+    def __init__(self, value: Any, key: Any, name: Any, result: concurrent.futures.Future):
+        self.value, self.key, self.name, self.result = value, key, name, result
+        self.nulled: str | None = None
+        self.io_seconds = self.cpu_seconds = 0.0
+        self.peak = value_bytes(value)
 
 
 def _located(failed: _Failed, name: Any) -> StageError:

@@ -100,20 +100,37 @@ class Store:
         """Start writing on the I/O loop; the future's result is the written path or URL."""
         return asyncio.run_coroutine_threadsafe(self.write_async(name, data), get_loop())
 
-    async def write_async(self, name: str, data: bytes) -> str:
-        """Write ``data`` as ``name``; raises UploadError (or UnsafePathError) on failure."""
+    @property
+    def is_local(self) -> bool:
+        """True for a local folder: writes are cheap blocking calls (see :meth:`write_local`)."""
+        return self.protocol == "file"
+
+    def write_local(self, name: str, data: bytes) -> str:
+        """Write ``data`` as ``name`` into a local folder on the calling thread (a temporary
+        file renamed into place); raises UploadError (or UnsafePathError) on failure."""
+        if not self.is_local:
+            raise UnsupportedSchemeError(f"write_local needs a local folder, not {self.location!r}")
         target = self.url_for(name)
         data = _as_bytes(data)
         try:
-            if self.protocol == "file":
-                await asyncio.to_thread(_write_local_atomic, target, data)
+            _write_local_atomic(target, data)
+        except Exception as exc:  # noqa: BLE001 - reported with its cause
+            raise UploadError(f"writing {target} failed: {type(exc).__name__}: {exc}") from exc
+        return target
+
+    async def write_async(self, name: str, data: bytes) -> str:
+        """Write ``data`` as ``name``; raises UploadError (or UnsafePathError) on failure."""
+        if self.is_local:
+            return await asyncio.to_thread(self.write_local, name, data)
+        target = self.url_for(name)
+        data = _as_bytes(data)
+        try:
+            fs = filesystem_for(self.protocol, self.io_config)
+            path = target.split("://", 1)[1]
+            if is_async(fs):
+                await fs._pipe_file(path, data)
             else:
-                fs = filesystem_for(self.protocol, self.io_config)
-                path = target.split("://", 1)[1]
-                if is_async(fs):
-                    await fs._pipe_file(path, data)
-                else:
-                    await asyncio.to_thread(fs.pipe_file, path, data)
+                await asyncio.to_thread(fs.pipe_file, path, data)
         except MmbeamError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported with its cause
@@ -122,11 +139,17 @@ class Store:
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
+    """Write a temporary file beside ``path`` and rename it into place (the folder is made
+    only when the first open finds it missing: no mkdir call per file)."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -16,6 +16,10 @@ async def _fetch(fetcher: Fetcher, url, key) -> bytes:
     return await fetcher.fetch(url)
 
 
+def _fetch_blocking(fetcher: Fetcher, url, key) -> bytes:
+    return fetcher.fetch_blocking(url)
+
+
 class Download(ElementTransform):
     """Read each URL (``http(s)://``, ``s3://``, ``gs://``, ``file://``, local path) as bytes.
 
@@ -45,4 +49,4 @@ class Download(ElementTransform):
 
     def step(self, nullable):
         return Step(self.stage, "io", functools.partial(_fetch, self.fetcher), nullable,
-                    self.max_connections)
+                    self.max_connections, functools.partial(_fetch_blocking, self.fetcher))

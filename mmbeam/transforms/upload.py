@@ -16,6 +16,10 @@ async def _store(store: Store, data, key) -> str:
     return await store.write_async(content_name(data) if key is None else key, data)
 
 
+def _store_local(store: Store, data, key) -> str:
+    return store.write_local(content_name(data) if key is None else key, data)
+
+
 class Upload(ElementTransform):
     """Write each element's bytes under ``location`` (a folder, ``s3://…`` or ``gs://…``).
 
@@ -43,5 +47,7 @@ class Upload(ElementTransform):
         self.max_connections = check_connections(max_connections)
 
     def step(self, nullable):
+        if self.store.is_local:  # a small blocking write: part of the row's CPU task, no hop
+            return Step(self.stage, "cpu", functools.partial(_store_local, self.store), nullable)
         return Step(self.stage, "io", functools.partial(_store, self.store), nullable,
                     self.max_connections)

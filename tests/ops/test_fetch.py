@@ -14,8 +14,22 @@ def server(mmbeam_http):
     return mmbeam_http
 
 
+@pytest.fixture(params=["loop", "blocking"], autouse=True)
+def fetch_form(request, monkeypatch, server):
+    """Every test runs against both forms: the coroutine on the I/O loop and fetch_blocking
+    on the calling thread (what threaded row chains use); hit counts start from zero."""
+    server.reset_stats()
+    monkeypatch.setitem(_FORM, "name", request.param)
+
+
+_FORM = {"name": "loop"}
+
+
 def fetch(url, **kwargs):
-    return Fetcher(**kwargs).submit(url).result(timeout=60)
+    fetcher = Fetcher(**kwargs)
+    if _FORM["name"] == "blocking":
+        return fetcher.fetch_blocking(url)
+    return fetcher.submit(url).result(timeout=60)
 
 
 @pytest.mark.parametrize("route, hits", [("redirect/fetch.bin", 1), ("redirect/3/fetch.bin", 1)])

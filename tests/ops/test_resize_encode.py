@@ -85,3 +85,18 @@ def test_crop_and_to_mode():
         crop(img, (60, 0, 5, 5))
     assert image_mode(to_mode(img, "L")) == "L"
     assert to_mode(img, "RGB") is img
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (37, 53), (40, 30, 4), (40, 30, 2)])
+@pytest.mark.parametrize("quality", [None, 10, 95])
+def test_jpeg_bytes_are_what_pillow_writes(shape, quality):
+    """The OpenCV fast path keeps Pillow's defaults: the very same file."""
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    if img.mode in ("RGBA", "LA"):
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **({} if quality is None else {"quality": quality}))
+    assert encode_image(pixels, "JPEG", quality) == buf.getvalue()
+    flipped = pixels[:, ::-1]  # a non-contiguous view encodes too
+    assert Image.open(io.BytesIO(encode_image(flipped))).size == (shape[1], shape[0])

@@ -114,3 +114,56 @@ def test_value_bytes_and_bad_steps():
         RowChain([Step("x", "gpu", _cpu)])
     with pytest.raises(ValueError, match="at least one step"):
         RowChain([])
+
+
+def _fetch_blocking(fetcher, url, key):
+    return fetcher.fetch_blocking(url)
+
+
+def threaded_chain(limit=4, null_download=False):
+    """thumbnail_chain whose download can block: rows run on threads, not on the I/O loop."""
+    fetcher = Fetcher(retries=0)
+    download = Step("download", "io", functools.partial(_fetch, fetcher), null_download, limit,
+                    functools.partial(_fetch_blocking, fetcher))
+    return RowChain([download, *thumbnail_chain().steps[1:]])
+
+
+def test_threaded_rows_give_what_the_loop_gives(served):
+    _, urls = served
+    chain = threaded_chain()
+    assert chain._threaded and not thumbnail_chain()._threaded
+    threaded = [chain.submit(u).result(timeout=30) for u in urls.values()]
+    looped = [thumbnail_chain().submit(u).result(timeout=30) for u in urls.values()]
+    for a, b in zip(threaded, looped):
+        assert a.error is None and a.nulled is None and a.value == b.value
+        assert a.io_seconds > 0 and a.cpu_seconds > 0 and a.peak_bytes >= b.peak_bytes // 2
+    clone = pickle.loads(pickle.dumps(chain))
+    assert clone.submit(urls[0]).result(30).value == threaded[0].value
+
+
+def test_threaded_failures_are_located_and_nulls_pass_through(served):
+    server, urls = served
+    server.add("rc/junk3.jpg", b"<html>junk</html>")
+    missing = server.url("files/rc/missing3.jpg")
+    out = threaded_chain().submit(missing).result(timeout=30)
+    assert isinstance(out.error, DownloadError) and out.error.stage == "download"
+    assert "missing3.jpg" in str(out.error) and out.value is None
+    out = threaded_chain().submit(server.url("files/rc/junk3.jpg"), name="row 9").result(30)
+    assert isinstance(out.error, DecodeError) and out.error.stage == "decode"
+    assert "decode failed for 'row 9'" in str(out.error)
+    out = threaded_chain(null_download=True).submit(missing).result(30)
+    assert out.value is None and out.error is None and out.nulled == "download"
+    assert threaded_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0)
+
+
+def test_threaded_io_limit_bounds_rows_in_the_io_step():
+    with FaultServer(latency_s=0.05) as slow:
+        urls = [slow.add(f"t{i}.bin", bytes([i]) * 100) for i in range(24)]
+        fetcher = Fetcher()
+        chain = RowChain([
+            Step("download", "io", functools.partial(_fetch, fetcher), limit=3,
+                 blocking=functools.partial(_fetch_blocking, fetcher)),
+            Step("size", "cpu", lambda value, key: len(value))])
+        futures = [chain.submit(u) for u in urls]
+        assert [f.result(30).value for f in futures] == [100] * 24
+        assert 1 < slow.peak_concurrency <= 3

@@ -52,3 +52,19 @@ def test_store_refuses_http_and_unknown_schemes():
         Store("http://example.invalid/out")
     with pytest.raises(UnsupportedSchemeError, match="ftp"):
         Store("ftp://host/out")
+
+
+def test_write_local_on_the_calling_thread_makes_folders_and_fails_cleanly(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    assert store.is_local
+    path = store.write_local("deep/er/c.bin", b"three")  # folders made on first use
+    assert open(path, "rb").read() == b"three"
+    store.write_local("deep/er/c.bin", b"four")
+    assert os.listdir(tmp_path / "out" / "deep" / "er") == ["c.bin"]
+    (tmp_path / "out" / "file").write_bytes(b"x")
+    with pytest.raises(UploadError, match="file/x.bin failed"):
+        store.write_local("file/x.bin", b"data")
+    with pytest.raises(UnsafePathError):
+        store.write_local("../x.bin", b"data")
+    with pytest.raises(UnsupportedSchemeError, match="local folder"):
+        Store("s3://bucket/out").write_local("x.bin", b"data")
