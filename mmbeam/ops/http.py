@@ -70,7 +70,7 @@ def _request(url: str, headers: dict[str, str], timeout_s: float):
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = (parts.scheme, parts.hostname, parts.port)
-    for attempt in (0, 1):
+    while True:  # ends: each stale kept-alive connection is dropped, then a fresh one is made
         conn, reused = _checkout(key, timeout_s)
         try:
             conn.request("GET", path, headers=headers)
@@ -78,8 +78,8 @@ def _request(url: str, headers: dict[str, str], timeout_s: float):
             body = response.read()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             conn.close()
-            if reused and attempt == 0:
-                continue  # the server closed a kept-alive connection: once more on a fresh one
+            if reused:
+                continue  # the server closed this kept-alive connection: try the next one
             raise
         except BaseException:
             conn.close()
@@ -90,7 +90,6 @@ def _request(url: str, headers: dict[str, str], timeout_s: float):
             _checkin(key, conn)
         return response.status, response.reason, {k.lower(): v for k, v in
                                                    response.getheaders()}, body
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _checkout(key, timeout_s: float):
