@@ -14,6 +14,11 @@ median of the repeats is reported.
 - ``udf_fixed``: ``batch_size=--batch-size``; the bare loop runs the same batch size.
 - ``udf_auto``: ``batch_size=None`` (autotuned); the bare loop replays the batch sizes the UDF
   actually used in that run.
+- ``udf_noop``: the same pipeline over the same frame with a UDF that returns a constant: the
+  fixed cost of a run (plan, Beam pipeline start, batching, Arrow in and out) without the model.
+  Run a larger ``--count`` to see that it does not grow with the images.
+
+Both sides run in this process's main thread with the same torch threads (printed).
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ def make_udf(batch_size: int | None):
     return Classify
 
 
+@mmbeam.udf(return_dtype=DataType.fixed_size_list(DataType.string(), 2))
+def noop(images):
+    return [["none", "0.0%"]] * len(images)
+
+
+def run_noop(frame) -> float:
+    start = time.perf_counter()
+    frame.with_column("label", noop(col("image"))).select("label").to_pydict()
+    return time.perf_counter() - start
+
+
 def run_udf(udf, frame) -> tuple[float, list, list[int]]:
     for instance in sm.instances(udf.token):
         instance.sizes.clear()
@@ -92,9 +108,10 @@ def main() -> None:
     run_udf(fixed, frame)
     run_udf(auto, frame)
     run_bare(classifier, images[:args.batch_size], [args.batch_size])
+    run_noop(frame)
 
     times: dict[str, list[float]] = {k: [] for k in ("udf_fixed", "bare_fixed", "udf_auto",
-                                                     "bare_auto")}
+                                                     "bare_auto", "udf_noop")}
     auto_sizes: list[int] = []
     for _ in range(args.repeat):
         t, out_fixed, sizes = run_udf(fixed, frame)
@@ -108,20 +125,27 @@ def main() -> None:
         t, bare_out = run_bare(classifier, images, auto_sizes)
         times["bare_auto"].append(t)
         assert bare_out == out_auto
+        times["udf_noop"].append(run_noop(frame))
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    import torch
+
     print(f"{args.count} images, EfficientNet-Lite0 on CPU, median of {args.repeat} "
-          f"(model loaded beforehand by both sides)")
+          f"(model loaded beforehand by both sides); torch threads "
+          f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
     print(f"{'contender':<12} {'median s':>9} {'images/s':>9}  batches")
     rows = [("udf_fixed", fixed_sizes), ("bare_fixed", fixed_sizes), ("udf_auto", auto_sizes),
             ("bare_auto", auto_sizes)]
     for name, sizes in rows:
         shown = ",".join(map(str, sizes[:12])) + (",…" if len(sizes) > 12 else "")
         print(f"{name:<12} {med[name]:9.2f} {args.count / med[name]:9.1f}  {shown}")
+    print(f"{'udf_noop':<12} {med['udf_noop']:9.2f} {'':>9}  (fixed cost of a run, no model)")
     for kind in ("fixed", "auto"):
         ratio = med[f"bare_{kind}"] / med[f"udf_{kind}"]
         verdict = "PASS" if ratio >= 0.9 else "FAIL"
         print(f"udf_{kind} / bare_{kind} throughput: {ratio:.2f}x  (target >= 0.9x: {verdict})")
+        steady = med[f"bare_{kind}"] / max(med[f"udf_{kind}"] - med["udf_noop"], 1e-9)
+        print(f"  without the no-op run's fixed cost: {steady:.2f}x")
 
 
 if __name__ == "__main__":

@@ -454,13 +454,14 @@ def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
     else:
         fn = _SliceTableFn(None, c.stage(plan.table), rows)
     return (c.pipeline | c.label("Create") >> beam.Create(list(range(n)))
-            | c.label("Slice") >> beam.ParDo(fn))
+            | c.label("Slice") >> beam.ParDo(fn).with_output_types(KeyedBatch))
 
 
 @_expand.register
 def _(plan: P.Scan, c: Compiler) -> beam.PCollection:
     return (c.pipeline | c.label("ScanTasks") >> beam.Create(operators.scan_tasks(plan))
-            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows)))
+            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows))
+            .with_output_types(KeyedBatch))
 
 
 @_expand.register
@@ -478,7 +479,8 @@ def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
-    return source | c.label("Stage") >> beam.ParDo(_RowStageFn(ops, sub, plan.schema.to_arrow()))
+    fn = _RowStageFn(ops, sub, plan.schema.to_arrow())
+    return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)
 
 
 _expand.register(P.Project, _row_stage)

@@ -25,6 +25,7 @@ from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
 from mmbeam.frame import plan as P
 from mmbeam.transforms import shared_model as sm
+from mmbeam.transforms.coders import KeyedBatch
 from mmbeam.types import DataType, Schema, arrow_to_images
 
 __all__ = ["UdfApply", "expand_udf_apply", "split_udfs"]
@@ -235,4 +236,5 @@ def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
     """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.frame.compile`)."""
     names = "+".join(call.udf.name for _, call in plan.calls)
     fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow())
-    return c.expand(plan.child) | c.label(f"Udf[{names}]") >> beam.ParDo(fn)
+    return (c.expand(plan.child)
+            | c.label(f"Udf[{names}]") >> beam.ParDo(fn).with_output_types(KeyedBatch))
