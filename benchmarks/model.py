@@ -42,7 +42,9 @@ def photos(count: int) -> list[np.ndarray]:
 
     pool = [np.asarray(getattr(data, name)()) for name in PHOTOS]
     pool = [np.stack([p] * 3, axis=-1) if p.ndim == 2 else p[..., :3] for p in pool]
-    return [pool[i % len(pool)] for i in range(count)]
+    # distinct copies: the UDF reads ``count`` different images from the frame's Arrow buffers,
+    # so the bare loop must not reread eight cache-warm arrays
+    return [pool[i % len(pool)].copy() for i in range(count)]
 
 
 def make_udf(batch_size: int | None):
