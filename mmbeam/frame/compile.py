@@ -63,9 +63,15 @@ def _concat(batches: list, schema: pa.Schema) -> pa.Table:
 
 
 # -- DoFns --------------------------------------------------------------------------------------
+# Tables too big to inline that an in-process runner reads by reference (key -> table); entries
+# live for one run_plan (released in its ``finally``).
+_HELD: dict[str, pa.Table] = {}
+
+
 class _SliceTableFn(beam.DoFn):
-    """Emit slice ``i`` of an in-memory table: held inline when small, else read from a staged
-    Arrow IPC file (memory-mapped), so big tables never go through Beam's pickled graph."""
+    """Emit slice ``i`` of an in-memory table: held inline when small; else, on a runner in this
+    process, looked up by key in this process's ``_HELD`` tables (no copy); else read from a
+    staged Arrow IPC file (memory-mapped), so big tables never go through Beam's pickled graph."""
 
     def __init__(self, table: pa.Table | None, path: str | None, rows: int):
         self._table = table
@@ -73,11 +79,13 @@ class _SliceTableFn(beam.DoFn):
         self._rows = rows
 
     def setup(self):
-        if self._table is None:
+        if self._table is not None:
+            self._loaded = self._table
+        elif self._path in _HELD:
+            self._loaded = _HELD[self._path]
+        else:
             with pa.memory_map(self._path) as src:
                 self._loaded = pa.ipc.open_file(src).read_all()
-        else:
-            self._loaded = self._table
 
     def process(self, i: int):
         yield (i,), to_batch(self._loaded.slice(i * self._rows, self._rows))
@@ -371,10 +379,13 @@ class Compiler:
     """Expands plan nodes into a pipeline; each node is expanded once."""
 
     def __init__(self, pipeline: beam.Pipeline, options: ExecOptions,
-                 staging: str | None = None, shuffle_files: bool = False):
+                 staging: str | None = None, shuffle_files: bool = False,
+                 in_process: bool = False):
         self.pipeline = pipeline
         self.options = options
         self.staging = staging
+        self.in_process = in_process
+        self.held: list[str] = []
         self._shuffle_files = shuffle_files and staging is not None
         self._count = 0
         # several frames may expand into one user pipeline: keep their labels apart
@@ -391,7 +402,14 @@ class Compiler:
         return self.staging
 
     def stage(self, table: pa.Table) -> str:
-        """Write ``table`` as an Arrow IPC file the workers read; returns its path."""
+        """Write ``table`` as an Arrow IPC file the workers read; returns its path. On a runner
+        in this process the table is held by reference instead (writing and re-reading a big
+        table cost more than the rest of a short pipeline's start-up); :meth:`release` drops it."""
+        if self.in_process:
+            key = f"held:{uuid.uuid4().hex}"
+            _HELD[key] = table
+            self.held.append(key)
+            return key
         if self.staging is None:
             self.staging = tempfile.mkdtemp(prefix="mmbeam-stage-")
         os.makedirs(self.staging, exist_ok=True)
@@ -399,6 +417,12 @@ class Compiler:
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         return path
+
+    def release(self) -> None:
+        """Drop the tables :meth:`stage` held by reference."""
+        for key in self.held:
+            _HELD.pop(key, None)
+        self.held.clear()
 
     def label(self, what: str) -> str:
         self._count += 1
@@ -430,13 +454,14 @@ def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
     else:
         fn = _SliceTableFn(None, c.stage(plan.table), rows)
     return (c.pipeline | c.label("Create") >> beam.Create(list(range(n)))
-            | c.label("Slice") >> beam.ParDo(fn))
+            | c.label("Slice") >> beam.ParDo(fn).with_output_types(KeyedBatch))
 
 
 @_expand.register
 def _(plan: P.Scan, c: Compiler) -> beam.PCollection:
     return (c.pipeline | c.label("ScanTasks") >> beam.Create(operators.scan_tasks(plan))
-            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows)))
+            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows))
+            .with_output_types(KeyedBatch))
 
 
 @_expand.register
@@ -454,7 +479,8 @@ def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
-    return source | c.label("Stage") >> beam.ParDo(_RowStageFn(ops, sub, plan.schema.to_arrow()))
+    fn = _RowStageFn(ops, sub, plan.schema.to_arrow())
+    return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)
 
 
 _expand.register(P.Project, _row_stage)
@@ -547,13 +573,17 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
     if tail is None and execution_path(plan, options, context.get_context().runner_name)[0]:
         return run_in_process(plan, options)
     folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
+    compiler = None
     try:
         pipeline = _pipeline_of(plan) or beam.Pipeline(runner=context.get_runner(),
                                                        options=context.pipeline_options())
         ctx = context.get_context()
         files = _pipeline_of(plan) is None and options.use_shuffle_files(ctx.runner_name)
-        out = Compiler(pipeline, options, staging=folder + "-stage",
-                       shuffle_files=files).expand(plan)
+        in_process = (_pipeline_of(plan) is None and ctx.runner_name == "local"
+                      and ctx.pipeline_flags.get("direct_running_mode") != "multi_processing")
+        compiler = Compiler(pipeline, options, staging=folder + "-stage", shuffle_files=files,
+                            in_process=in_process)
+        out = compiler.expand(plan)
         if tail is not None:
             out = tail(out)
         _ = out | "Collect" >> beam.ParDo(_WriteIpcFn(folder))
@@ -577,6 +607,8 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
         table = pa.Table.from_batches([b for b in batches if b.num_rows] or [_empty_batch(schema)])
         return table, counts
     finally:
+        if compiler is not None:
+            compiler.release()
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder + "-stage", ignore_errors=True)
 

@@ -25,6 +25,7 @@ from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
 from mmbeam.frame import plan as P
 from mmbeam.transforms import shared_model as sm
+from mmbeam.transforms.coders import KeyedBatch
 from mmbeam.transforms.resources import StepResources, requesting
 from mmbeam.types import DataType, Schema, arrow_to_images
 
@@ -243,4 +244,4 @@ def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
         resources = resources.merge(StepResources(udf.concurrency, udf.num_cpus, udf.num_gpus,
                                                   (f"udf {udf.name}",)))
     with requesting(child.pipeline, resources):  # a pool of actors on the RayRunner
-        return child | c.label(f"Udf[{names}]") >> beam.ParDo(fn)
+        return child | c.label(f"Udf[{names}]") >> beam.ParDo(fn).with_output_types(KeyedBatch)

@@ -182,3 +182,37 @@ def test_udf_stage_and_expression_survive_pickling():
     apply = next(n for n in _walk(split_udfs(df._plan)) if isinstance(n, UdfApply))
     fn = pickler.loads(pickler.dumps(_UdfStageFn(apply.calls, apply.child.schema.to_arrow())))
     assert fn._spec[0][1].udf.token == apply.calls[0][1].udf.token
+
+
+@mmbeam.udf(return_dtype=DataType.int64(), batch_size=8)
+class HeldTables:
+    """Records how many in-memory tables this process holds for running pipelines, per batch."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def __call__(self, images):
+        from mmbeam.frame import compile as fc
+
+        self.seen.append(len(fc._HELD))
+        return [int(img.sum() % 251) for img in images]
+
+
+def test_big_in_memory_table_is_read_by_reference_on_the_local_runner_and_released():
+    from mmbeam.frame import compile as fc
+
+    images = [np.full((200, 200, 3), i, np.uint8) for i in range(16)]  # ~1.9 MB: not inlined
+    frame = mmbeam.from_pydict({"image": images})
+    got = frame.with_column("s", HeldTables(col("image"))).select("s").to_pydict()["s"]
+    assert got == [int(img.sum() % 251) for img in images]
+    (instance,) = sm.instances(HeldTables.token)
+    assert instance.seen == [1, 1]  # the table was held in memory, not staged
+    assert fc._HELD == {}
+
+    @mmbeam.udf(return_dtype=DataType.int64())
+    def broken(images):
+        raise ValueError("no")
+
+    with pytest.raises(UdfError, match="no"):
+        frame.with_column("s", broken(col("image"))).collect()
+    assert fc._HELD == {}
