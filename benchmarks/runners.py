@@ -15,7 +15,9 @@ chose for the image stage.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import operator
 import os
 import shutil
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from contenders import SIZE, mmbeam_thumbnails  # noqa: E402
+from contenders import SIZE, thumbnail_parts  # noqa: E402
 from corpus import corpus  # noqa: E402
 
 RUNNERS = ("local", "dask1", "dask2", "ray")
@@ -55,7 +57,7 @@ def _run(factory, pairs, out) -> object:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     pipeline = beam.Pipeline(runner=factory(), options=PipelineOptions([]))
-    _ = pipeline | beam.Create(pairs) | mmbeam_thumbnails(out)
+    _ = pipeline | beam.Create(pairs) | functools.reduce(operator.or_, thumbnail_parts(out))
     result = pipeline.run()
     result.wait_until_finish()
     return result
