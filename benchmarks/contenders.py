@@ -215,13 +215,12 @@ def run_mmbeam_fused(names: list[str], urls: list[str], out: str) -> int:
     return _run_mmbeam(mt.Fuse(*thumbnail_parts(out)), names, urls)
 
 
-def run_mmbeam_frame(names: list[str], urls: list[str], out: str) -> int:
-    """The Daft-style frame API; keeps only the url and written path (no full-size column)."""
-    import mmbeam
-    from mmbeam import col  # type: ignore[attr-defined]
-
+def _frame_thumbnails(lib, urls: list[str], out: str) -> int:
+    """The reference document's frame pipeline on ``lib`` (mmbeam or daft); keeps only the url
+    and the written path, so no full-size column is collected."""
+    col = lib.col
     df = (
-        mmbeam.from_pydict({"url": urls})  # type: ignore[attr-defined]
+        lib.from_pydict({"url": urls})
         .with_column("image", col("url").url.download().image.decode())
         .with_column("resized", col("image").image.resize(*SIZE))
         .with_column("encoded", col("resized").image.encode("JPEG"))
@@ -230,24 +229,21 @@ def run_mmbeam_frame(names: list[str], urls: list[str], out: str) -> int:
         .collect()
     )
     return len(df.to_pydict()["path"])
+
+
+def run_mmbeam_frame(names: list[str], urls: list[str], out: str) -> int:
+    """The Daft-style frame API on mmbeam."""
+    import mmbeam
+
+    return _frame_thumbnails(mmbeam, urls, out)
 
 
 # --------------------------------------------------------------------------- daft
 def run_daft(names: list[str], urls: list[str], out: str) -> int:
     """The reference document's Daft pipeline, when Daft is installed."""
     import daft
-    from daft import col
 
-    df = (
-        daft.from_pydict({"url": urls})
-        .with_column("image", col("url").url.download().image.decode())
-        .with_column("resized", col("image").image.resize(*SIZE))
-        .with_column("encoded", col("resized").image.encode("JPEG"))
-        .with_column("path", col("encoded").url.upload(out))
-        .select("url", "path")
-        .collect()
-    )
-    return len(df.to_pydict()["path"])
+    return _frame_thumbnails(daft, urls, out)
 
 
 # --------------------------------------------------------------------------- registry
