@@ -11,7 +11,9 @@ shared CPU pool. Rows overlap freely: while the pool decodes row 3, rows 4-40 ar
 downloading and row 2 is being written. A failing step either nulls the row (its
 ``on_error="null"``; later steps pass the None through) or ends the row with a StageError located
 at that step's stage and the row's name. :meth:`RowChain.submit` never raises: its future holds a
-:class:`RowOutcome` with the value, the error if any, and what the row cost (for autotuning).
+:class:`RowOutcome` with the value, the error if any, what the row cost (for autotuning), the
+bytes each step's output held and, when a step failed, the value it failed on (so a chain of
+several fused transforms can name a failure by that transform's own input).
 """
 
 from __future__ import annotations
@@ -51,7 +53,12 @@ class Step:
 
 class RowOutcome(NamedTuple):
     """One row's result: ``value`` (None when nulled or failed), the failure if the row failed
-    (``error``, located at ``stage``), the stages that nulled it, and what it cost."""
+    (``error``, located at ``stage``), the stages that nulled it, and what it cost.
+
+    ``sizes`` holds the output bytes of each step that succeeded, in order, so
+    ``len(sizes)`` is the index of the step that failed or nulled the row; ``failed_input`` is
+    the value that step was given when it failed.
+    """
 
     value: Any
     error: StageError | None
@@ -59,6 +66,8 @@ class RowOutcome(NamedTuple):
     io_seconds: float
     cpu_seconds: float
     peak_bytes: int
+    sizes: tuple[int, ...] = ()
+    failed_input: Any = None
 
 
 def value_bytes(value: Any) -> int:
@@ -69,8 +78,8 @@ def value_bytes(value: Any) -> int:
 
 
 class _Failed(Exception):
-    def __init__(self, stage: str, error: BaseException):
-        self.stage, self.error = stage, error
+    def __init__(self, stage: str, error: BaseException, value: Any):
+        self.stage, self.error, self.value = stage, error, value
 
 
 class RowChain:
@@ -154,39 +163,46 @@ class RowChain:
                     out = step.blocking(row.value, row.key)
                 except Exception as exc:  # noqa: BLE001 - routed by the step's policy
                     if not step.nullable:
-                        raise _Failed(step.stage, exc) from exc
+                        raise _Failed(step.stage, exc, row.value) from exc
                     out, row.nulled = None, row.nulled or step.stage
                 finally:
                     row.io_seconds += time.perf_counter() - start
+                if out is not None or row.nulled is None:
+                    row.sizes.append(value_bytes(out))
                 peak = value_bytes(row.value) + value_bytes(out)
             else:
-                out, nulled, busy, peak = _run_cpu(steps, row.value, row.key)
+                out, nulled, busy, peak = _run_cpu(steps, row.value, row.key, row.sizes)
                 row.nulled = row.nulled or nulled
                 row.cpu_seconds += busy
             row.peak = max(row.peak, peak)
             row.value = out
             if out is None or group + 1 == len(self._groups):
                 row.result.set_result(RowOutcome(
-                    out, None, row.nulled, row.io_seconds, row.cpu_seconds, row.peak))
+                    out, None, row.nulled, row.io_seconds, row.cpu_seconds, row.peak,
+                    tuple(row.sizes)))
             else:
                 self._hand_on(row, group + 1)
         except _Failed as failed:
             row.result.set_result(RowOutcome(None, _located(failed, row.name), None,
-                                             row.io_seconds, row.cpu_seconds, row.peak))
+                                             row.io_seconds, row.cpu_seconds, row.peak,
+                                             tuple(row.sizes), failed.value))
         except BaseException as exc:  # a bug or a shut-down pool: never lose the row silently
             row.result.set_exception(exc)
 
     def _run_cpu_only(self, value: Any, key: Any, name: Any) -> RowOutcome:
         if value is None:
             return RowOutcome(None, None, None, 0.0, 0.0, 0)
+        sizes: list[int] = []
         try:
-            value, nulled, busy, peak = _run_cpu(self.steps, value, key)
+            value, nulled, busy, peak = _run_cpu(self.steps, value, key, sizes)
         except _Failed as failed:
-            return RowOutcome(None, _located(failed, name), None, 0.0, 0.0, 0)
-        return RowOutcome(value, None, nulled, 0.0, busy, peak)
+            return RowOutcome(None, _located(failed, name), None, 0.0, 0.0, 0, tuple(sizes),
+                              failed.value)
+        return RowOutcome(value, None, nulled, 0.0, busy, peak, tuple(sizes))
 
     async def _run(self, value: Any, key: Any, name: Any) -> RowOutcome:
         cost = [0.0, 0.0, value_bytes(value)]  # io seconds, cpu seconds, peak bytes
+        sizes: list[int] = []
         nulled = None
         try:
             for kind, index, steps in self._groups:
@@ -194,16 +210,19 @@ class RowChain:
                     break
                 if kind == "io":
                     value, nulled = await self._io(index, steps[0], value, key, cost, nulled)
+                    if value is not None or nulled is None:
+                        sizes.append(value_bytes(value))
                 else:
                     loop = asyncio.get_running_loop()
                     value, dn, busy, peak = await loop.run_in_executor(
-                        cpu_pool(), _run_cpu, steps, value, key)
+                        cpu_pool(), _run_cpu, steps, value, key, sizes)
                     nulled = nulled or dn
                     cost[1] += busy
                     cost[2] = max(cost[2], peak)
         except _Failed as failed:
-            return RowOutcome(None, _located(failed, name), None, *cost)
-        return RowOutcome(value, None, nulled, *cost)
+            return RowOutcome(None, _located(failed, name), None, *cost, tuple(sizes),
+                              failed.value)
+        return RowOutcome(value, None, nulled, *cost, tuple(sizes))
 
     async def _io(self, index, step, value, key, cost, nulled):
         if self._gates is None:  # first use, on the loop's own thread: no race
@@ -217,7 +236,7 @@ class RowChain:
                 out = await step.fn(value, key)
             except Exception as exc:  # noqa: BLE001 - routed by the step's policy
                 if not step.nullable:
-                    raise _Failed(step.stage, exc) from exc
+                    raise _Failed(step.stage, exc, value) from exc
                 return None, nulled or step.stage
             finally:
                 cost[0] += time.perf_counter() - start
@@ -228,13 +247,15 @@ class RowChain:
 class _Row:
     """A threaded row's state as it moves from pool to pool."""
 
-    __slots__ = ("value", "key", "name", "result", "nulled", "io_seconds", "cpu_seconds", "peak")
+    __slots__ = ("value", "key", "name", "result", "nulled", "io_seconds", "cpu_seconds", "peak",
+                 "sizes")
 
     def __init__(self, value: Any, key: Any, name: Any, result: concurrent.futures.Future):
         self.value, self.key, self.name, self.result = value, key, name, result
         self.nulled: str | None = None
         self.io_seconds = self.cpu_seconds = 0.0
         self.peak = value_bytes(value)
+        self.sizes: list[int] = []
 
 
 def _located(failed: _Failed, name: Any) -> StageError:
@@ -252,8 +273,9 @@ class _NoGate:
         return False
 
 
-def _run_cpu(steps: Sequence[Step], value: Any, key: Any):
-    """Consecutive CPU steps on one pool thread: (value, nulled stage, seconds, peak bytes)."""
+def _run_cpu(steps: Sequence[Step], value: Any, key: Any, sizes: list[int]):
+    """Consecutive CPU steps on one pool thread: (value, nulled stage, seconds, peak bytes);
+    appends each successful step's output bytes to ``sizes``."""
     start = time.perf_counter()
     peak = 0
     for step in steps:
@@ -263,9 +285,11 @@ def _run_cpu(steps: Sequence[Step], value: Any, key: Any):
             out = step.fn(value, key)
         except Exception as exc:  # noqa: BLE001 - routed by the step's policy
             if not step.nullable:
-                raise _Failed(step.stage, exc) from exc
+                raise _Failed(step.stage, exc, value) from exc
             return None, step.stage, time.perf_counter() - start, peak
-        peak = max(peak, value_bytes(value) + value_bytes(out))
+        out_bytes = value_bytes(out)
+        sizes.append(out_bytes)
+        peak = max(peak, value_bytes(value) + out_bytes)
         value = out
     return value, None, time.perf_counter() - start, peak
 

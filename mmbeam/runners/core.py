@@ -1,7 +1,8 @@
 """The engine-neutral core of mmbeam's distributed runners (Dask, Ray).
 
 The driver fuses the pipeline with Beam's own FnApiRunner translations (plus
-``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage), then runs the
+``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage, and mmbeam's
+:func:`~mmbeam.runners.fusion.fuse_element_fns`), then runs the
 stages in topological order. Each stage runs as tasks on the engine's worker processes with Beam's
 SDK harness (:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
 references to lists of encoded elements; only element counts, metrics and timings come back to
@@ -53,6 +54,7 @@ from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
+from mmbeam.runners.fusion import with_element_fusion
 from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
@@ -113,11 +115,12 @@ class DistributedRunner(FnApiRunner):
         return super().run_pipeline(pipeline, options)
 
     def create_stages(self, pipeline_proto):
-        # FnApiRunner's phases, plus: a stateful DoFn always starts a stage, so its input can be
+        # FnApiRunner's phases, plus: consecutive ElementFns fused into one (unless
+        # --no_fuse_elements), and a stateful DoFn always starts a stage, so its input can be
         # hash-partitioned by key between stages.
         return translations.create_and_optimize_stages(
             pipeline_proto.__deepcopy__(),
-            phases=[
+            phases=with_element_fusion([
                 translations.annotate_downstream_side_inputs,
                 translations.annotate_stateful_dofns_as_roots,
                 translations.fix_side_input_pcoll_coders,
@@ -133,7 +136,7 @@ class DistributedRunner(FnApiRunner):
                 translations.add_impulse_to_dangling_transforms,
                 translations.setup_timer_mapping,
                 translations.populate_data_channel_coders,
-            ],
+            ], getattr(self, "_options", None)),
             known_runner_urns=frozenset([
                 translations.common_urns.primitives.FLATTEN.urn,
                 translations.common_urns.primitives.GROUP_BY_KEY.urn,

@@ -30,7 +30,7 @@ from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.fetch import check_on_error
 from mmbeam.ops.pool import cpu_pool, cpu_workers
-from mmbeam.ops.rowchain import RowChain, Step, value_bytes
+from mmbeam.ops.rowchain import RowChain, Step
 from mmbeam.progress import get_progress
 from mmbeam.transforms.options import memory_budget_of
 
@@ -72,15 +72,22 @@ class ElementFn(beam.DoFn):
     ``failures=True`` sends rows that failed to the ``failed`` output as FailedRecords;
     otherwise they raise (a step with ``nullable`` set has already turned its failure into a
     None). ``memory_budget`` caps the bytes the window may hold.
+
+    ``parts`` (set by :mod:`mmbeam.runners.fusion`) gives the index of the first step of each
+    ElementFn this one was fused from, so it behaves as those did one after another: a failure
+    in part ``i > 0`` names that part's input, only the last part's failures go to the
+    ``failed`` output, and each part's last stage counts ``bytes``. Every part after the first
+    is a single step.
     """
 
     def __init__(self, chain: RowChain, *, keyed: bool, failures: bool, memory_budget: int,
-                 max_window: int = MAX_WINDOW):
+                 max_window: int = MAX_WINDOW, parts: tuple[int, ...] = (0,)):
         self.chain = chain
         self.keyed = keyed
         self.failures = failures
         self.memory_budget = memory_budget
         self.max_window = max_window
+        self.parts = parts
         self.stage = chain.stages[-1] if len(chain.stages) == 1 else "+".join(chain.stages)
 
     def setup(self):
@@ -88,7 +95,9 @@ class ElementFn(beam.DoFn):
         self._ok = {s: Metrics.counter(s, "succeeded") for s in stages}
         self._failed = {s: Metrics.counter(s, "failed") for s in stages}
         self._nulls = {s: Metrics.counter(s, "nulls") for s in stages}
-        self._bytes = Metrics.counter(stages[-1], "bytes")
+        # the last step of each part counts the bytes of its output
+        self._ends = {end - 1: Metrics.counter(stages[end - 1], "bytes")
+                      for end in (*self.parts[1:], len(stages))}
         self._window_metric = Metrics.distribution(self.stage, "window")
         steps = self.chain.steps
         io_only = all(s.kind == "io" for s in steps)
@@ -113,7 +122,7 @@ class ElementFn(beam.DoFn):
         try:
             key, value = self._split(element)
         except StageError as err:
-            yield from self._failure(element, self.chain.stages[0], err, timestamp, window)
+            yield from self._failure(element, 0, err, timestamp, window)
             return
         if value is None:  # a null stays null (for example after a download with on_error="null")
             yield WindowedValue(element, timestamp, (window,))
@@ -151,19 +160,23 @@ class ElementFn(beam.DoFn):
     def _emit(self, outcome, element, key, timestamp, window):
         self._learn(outcome)
         stages = self.chain.stages
-        bad = outcome.error.stage if outcome.error is not None else outcome.nulled
-        for stage in stages[: stages.index(bad) if bad in stages else len(stages)]:
-            self._ok[stage].inc()
+        ran = len(outcome.sizes)  # steps that succeeded; stages[ran] failed or nulled the row
+        for index in range(ran):
+            self._ok[stages[index]].inc()
+            if index in self._ends:
+                self._ends[index].inc(outcome.sizes[index])
         if outcome.error is not None:
-            self._failed[bad].inc()
+            self._failed[stages[ran]].inc()
             self._progress.update(stages[-1], failed=1)
-            yield from self._failure(element, bad, outcome.error, timestamp, window)
+            err = outcome.error
+            if ran > 0 and ran in self.parts:  # a fused part: named by its own input
+                element = (key, outcome.failed_input) if self.keyed else outcome.failed_input
+                err = err.located(err.stage, element)
+            yield from self._failure(element, ran, err, timestamp, window)
             return
         if outcome.nulled is not None:
-            self._failed[bad].inc()
-            self._nulls[bad].inc()
-        else:
-            self._bytes.inc(value_bytes(outcome.value))
+            self._failed[stages[ran]].inc()
+            self._nulls[stages[ran]].inc()
         self._progress.update(stages[-1], done=1, failed=int(outcome.nulled is not None),
                               inflight_bytes=self._inflight_bytes())
         result = outcome.value
@@ -188,12 +201,15 @@ class ElementFn(beam.DoFn):
     def _inflight_bytes(self) -> int:
         return int(self._held * (self.controller.peak_bytes_per_element or 0))
 
-    def _failure(self, element, stage, exc, timestamp, window):
+    def _failure(self, element, step, exc, timestamp, window):
+        """Route a failure of step ``step``: to the failed output if it is in the last part
+        and ``failures`` is set, else raise."""
         err = exc if isinstance(exc, StageError) else StageError(f"{type(exc).__name__}: {exc}")
         if err.stage is None:
+            stage = self.chain.stages[step]
             self._failed[stage].inc()
             err = err.located(stage, element)
-        if self.failures:
+        if self.failures and step >= self.parts[-1]:
             record = FailedRecord(element, err.stage, str(err))
             yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(record, timestamp, (window,)))
         else:

@@ -1,4 +1,5 @@
-"""``MmbeamOptions``: the pipeline options mmbeam's transforms read (``--memory_budget``)."""
+"""``MmbeamOptions``: the pipeline options mmbeam's transforms and runners read
+(``--memory_budget``, ``--no_fuse_elements``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ __all__ = ["MmbeamOptions", "memory_budget_of"]
 
 class MmbeamOptions(PipelineOptions):
     """``--memory_budget 512MB``: bytes all in-flight elements of one operator may hold per
-    worker process (default: a quarter of the machine's memory, at most 8 GiB)."""
+    worker process (default: a quarter of the machine's memory, at most 8 GiB).
+    ``--no_fuse_elements``: mmbeam's runners keep consecutive per-element transforms as separate
+    DoFns (each with its own window and ``window`` metric) instead of fusing them into one."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -20,6 +23,10 @@ class MmbeamOptions(PipelineOptions):
             "--memory_budget", default=None,
             help="bytes in flight per operator and worker (e.g. 512MB, 2GB); "
                  "default: a quarter of physical memory, at most 8 GiB")
+        parser.add_argument(
+            "--no_fuse_elements", dest="fuse_elements", action="store_false", default=True,
+            help="keep consecutive per-element transforms (Download, DecodeImage, ...) as "
+                 "separate DoFns instead of running them as one fused kernel")
 
 
 def memory_budget_of(pipeline) -> int:

@@ -75,7 +75,7 @@ def test_nullable_step_nulls_the_row_and_later_steps_skip_it(served):
     server.add("rc/junk2.jpg", b"junk")
     out = thumbnail_chain(null_decode=True).submit(server.url("files/rc/junk2.jpg")).result(30)
     assert out.value is None and out.error is None and out.nulled == "decode"
-    assert thumbnail_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0)
+    assert thumbnail_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0, (), None)
 
 
 def test_a_plain_exception_becomes_a_located_stage_error():
@@ -153,7 +153,7 @@ def test_threaded_failures_are_located_and_nulls_pass_through(served):
     assert "decode failed for 'row 9'" in str(out.error)
     out = threaded_chain(null_download=True).submit(missing).result(30)
     assert out.value is None and out.error is None and out.nulled == "download"
-    assert threaded_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0)
+    assert threaded_chain().submit(None).result(30) == (None, None, None, 0.0, 0.0, 0, (), None)
 
 
 def test_threaded_io_limit_bounds_rows_in_the_io_step():
@@ -167,3 +167,31 @@ def test_threaded_io_limit_bounds_rows_in_the_io_step():
         futures = [chain.submit(u) for u in urls]
         assert [f.result(30).value for f in futures] == [100] * 24
         assert 1 < slow.peak_concurrency <= 3
+
+
+@pytest.mark.parametrize("make", [thumbnail_chain, threaded_chain], ids=["loop", "threads"])
+def test_outcome_gives_each_steps_output_bytes_and_the_value_a_step_failed_on(served, make):
+    server, urls = served
+    data = Fetcher().submit(urls[1]).result()
+    out = make().submit(urls[1]).result(30)
+    decoded = decode_image(data, min_size=(32, 32))
+    assert out.sizes == (len(data), decoded.nbytes, 32 * 32 * 3, len(out.value))
+    server.add("rc/junk4.jpg", b"<html>junk</html>")
+    out = make().submit(server.url("files/rc/junk4.jpg")).result(30)
+    assert out.sizes == (len(b"<html>junk</html>"),)  # decode, step 1, failed
+    assert out.failed_input == b"<html>junk</html>"
+    out = make().submit(server.url("files/rc/missing4.jpg")).result(30)
+    assert out.sizes == () and out.failed_input == server.url("files/rc/missing4.jpg")
+
+
+def test_cpu_only_outcome_gives_sizes_and_failed_input():
+    def half(value, key):
+        if value % 2:
+            raise ValueError("odd")
+        return bytes(value // 2)
+
+    chain = RowChain([Step("bytes", "cpu", lambda v, k: bytes(v)), Step("len", "cpu", lambda v, k: len(v)),
+                      Step("half", "cpu", half)])
+    assert chain.submit(8).result(30).sizes == (8, 0, 4)
+    out = chain.submit(7).result(30)
+    assert out.sizes == (7, 0) and out.failed_input == 7 and out.error.stage == "half"
