@@ -110,9 +110,9 @@ def _load_fn(transform) -> ElementFn | None:
 
 
 def _fusable(up, up_fn: ElementFn, down, down_fn: ElementFn, components) -> bool:
-    (up_in,), (up_out,) = up.inputs.values(), up.outputs.values()
     if len(up.outputs) != 1 or up_fn.failures or len(down_fn.chain.steps) != 1:
         return False
+    (up_in,), (up_out,) = up.inputs.values(), up.outputs.values()
     windowing = {components.pcollections[p].windowing_strategy_id
                  for p in (up_in, up_out, *down.outputs.values())}
     return (up_fn.keyed == down_fn.keyed and len(windowing) == 1
