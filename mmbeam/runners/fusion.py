@@ -61,36 +61,51 @@ def fuse_element_fns(stages, pipeline_context):
         pcoll for stage in stages for t in stage.transforms for pcoll in t.inputs.values())
     producer = {pcoll: stage for stage in stages for t in stage.transforms
                 for pcoll in t.outputs.values()}
-    fns: dict[str, ElementFn | None] = {}
+    fns: dict[str, ElementFn | None] = {}  # stage name -> its ElementFn, None if it has none
     merged_away = set()
     result = []
     for stage in stages:
-        consumer = _element_transform(stage, fns)
-        if consumer is not None and len(consumer.inputs) == 1:
-            pcoll = next(iter(consumer.inputs.values()))
-            before = producer.get(pcoll)
-            upstream = _element_transform(before, fns) if before is not None else None
-            if upstream is not None and readers[pcoll] == 1 and _fusable(
-                    upstream, fns[upstream.unique_name], consumer, fns[consumer.unique_name],
-                    components):
-                stage = _merge(before, upstream, consumer, fns, components)
-                merged_away.add(before.name)
-                for out in consumer.outputs.values():
-                    producer[out] = stage
+        up_stage = _sole_producer(stage, producer, readers)
+        if up_stage is not None and _fusable(up_stage, stage, fns, components):
+            stage = _merge(up_stage, stage, fns, components)
+            merged_away.add(up_stage.name)
+            for pcoll in stage.transforms[0].outputs.values():
+                producer[pcoll] = stage
         result.append(stage)
-    return [s for s in result if s.name not in merged_away]
+    return [stage for stage in result if stage.name not in merged_away]
 
 
-def _element_transform(stage, fns) -> beam_runner_api_pb2.PTransform | None:
-    """The stage's ParDo if it is one of an ElementFn (no state, timers or splitting)."""
-    if len(stage.transforms) != 1:
+def _sole_producer(stage, producer, readers):
+    """The stage writing ``stage``'s only input, when both are one ParDo, that input is the
+    producer's only output and nothing else reads it."""
+    if len(stage.transforms) != 1 or stage.transforms[0].spec.urn != _PAR_DO:
         return None
-    transform = stage.transforms[0]
-    if transform.spec.urn != _PAR_DO:
+    inputs = list(stage.transforms[0].inputs.values())  # side inputs included
+    up_stage = producer.get(inputs[0]) if len(inputs) == 1 else None
+    if up_stage is None or readers[inputs[0]] != 1 or len(up_stage.transforms) != 1:
         return None
-    if transform.unique_name not in fns:
-        fns[transform.unique_name] = _load_fn(transform)
-    return transform if fns[transform.unique_name] is not None else None
+    up = up_stage.transforms[0]
+    return up_stage if up.spec.urn == _PAR_DO and len(up.outputs) == 1 else None
+
+
+def _fusable(up_stage, down_stage, fns, components) -> bool:
+    up_fn, down_fn = _element_fn(up_stage, fns), _element_fn(down_stage, fns)
+    if up_fn is None or down_fn is None or up_fn.failures or len(down_fn.chain.steps) != 1:
+        return False
+    up, down = up_stage.transforms[0], down_stage.transforms[0]
+    windowing = {components.pcollections[pcoll].windowing_strategy_id
+                 for pcoll in (*up.inputs.values(), *up.outputs.values(), *down.outputs.values())}
+    return (up_fn.keyed == down_fn.keyed and len(windowing) == 1
+            and up.environment_id == down.environment_id
+            and dict(up.annotations) == dict(down.annotations))
+
+
+def _element_fn(stage, fns) -> ElementFn | None:
+    """The stage's ElementFn (loaded once), None for any other DoFn or one with state, timers,
+    splitting or side inputs."""
+    if stage.name not in fns:
+        fns[stage.name] = _load_fn(stage.transforms[0])
+    return fns[stage.name]
 
 
 def _load_fn(transform) -> ElementFn | None:
@@ -109,22 +124,13 @@ def _load_fn(transform) -> ElementFn | None:
     return fn
 
 
-def _fusable(up, up_fn: ElementFn, down, down_fn: ElementFn, components) -> bool:
-    if len(up.outputs) != 1 or up_fn.failures or len(down_fn.chain.steps) != 1:
-        return False
-    (up_in,), (up_out,) = up.inputs.values(), up.outputs.values()
-    windowing = {components.pcollections[p].windowing_strategy_id
-                 for p in (up_in, up_out, *down.outputs.values())}
-    return (up_fn.keyed == down_fn.keyed and len(windowing) == 1
-            and up.environment_id == down.environment_id
-            and dict(up.annotations) == dict(down.annotations))
-
-
-def _merge(up_stage, up, down, fns, components) -> translations.Stage:
-    """One stage of one ParDo: ``up``'s input, ``down``'s outputs, the two chains as one."""
-    up_fn, down_fn = fns[up.unique_name], fns[down.unique_name]
-    steps = up_fn.chain.steps + down_fn.chain.steps
-    fn = ElementFn(RowChain(steps), keyed=down_fn.keyed, failures=down_fn.failures,
+def _merge(up_stage, down_stage, fns, components) -> translations.Stage:
+    """One stage of one ParDo: the producer's input, the consumer's outputs, the two chains
+    as one."""
+    up, down = up_stage.transforms[0], down_stage.transforms[0]
+    up_fn, down_fn = fns[up_stage.name], fns[down_stage.name]
+    fn = ElementFn(RowChain(up_fn.chain.steps + down_fn.chain.steps), keyed=down_fn.keyed,
+                   failures=down_fn.failures,
                    memory_budget=min(up_fn.memory_budget, down_fn.memory_budget),
                    max_window=max(up_fn.max_window, down_fn.max_window),
                    parts=(*up_fn.parts, len(up_fn.chain.steps)))
@@ -132,18 +138,12 @@ def _merge(up_stage, up, down, fns, components) -> translations.Stage:
     payload.do_fn.payload = pickler.dumps((fn, (), {}, None, None))
     merged = beam_runner_api_pb2.PTransform()
     merged.CopyFrom(down)
-    merged.unique_name = _unique(f"{up.unique_name}+{down.unique_name}", components)
+    merged.unique_name = f"{up.unique_name}+{down.unique_name}"
     merged.spec.payload = payload.SerializeToString()
     (tag,) = merged.inputs
     merged.inputs[tag] = next(iter(up.inputs.values()))
-    components.transforms[merged.unique_name].CopyFrom(merged)
-    fns[merged.unique_name] = fn
-    return translations.Stage(merged.unique_name, [merged], parent=up_stage.parent)
-
-
-def _unique(name: str, components) -> str:
-    candidate, n = name, 1
-    while candidate in components.transforms:
-        n += 1
-        candidate = f"{name}#{n}"
-    return candidate
+    transform_id = translations.unique_name(components.transforms,
+                                            f"{up_stage.name}+{down_stage.name}")
+    components.transforms[transform_id].CopyFrom(merged)
+    fns[transform_id] = fn
+    return translations.Stage(transform_id, [merged], parent=up_stage.parent)
