@@ -18,7 +18,6 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils import proto_utils
 
 from mmbeam import transforms as mt
-from mmbeam.runners import DaskRunner
 from mmbeam.runners.direct import local_runner
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import encode_sample, make_image
@@ -283,17 +282,17 @@ def test_the_fused_fn_survives_a_pickle_round_trip(tmp_path):
     assert len(out) == 1 and np.array_equal(out[0].value, np.full((2, 2, 3), 200, np.uint8))
 
 
-def test_dask_runner_fuses_too_with_the_same_bytes(served, tmp_path, dask_cluster):
+@pytest.mark.parametrize("runner_name", ["dask", "ray"])
+def test_distributed_runners_fuse_too_with_the_same_bytes(served, tmp_path, make_runner):
     urls = sorted(served.values())
 
     def build(out):
         return lambda p: chained(p | beam.Create(urls), five(out))
 
-    (fn,) = element_fns(build(tmp_path / "x"), DaskRunner(dask_cluster.scheduler_address))
+    (fn,) = element_fns(build(tmp_path / "x"), make_runner())
     assert fn.chain.stages == STAGES
-    fused = run_collect(build(tmp_path / "a"), runner=DaskRunner(dask_cluster.scheduler_address))
-    plain = run_collect(build(tmp_path / "b"), runner=DaskRunner(dask_cluster.scheduler_address),
-                        options=unfused())
+    fused = run_collect(build(tmp_path / "a"), runner=make_runner())
+    plain = run_collect(build(tmp_path / "b"), runner=make_runner(), options=unfused())
     assert files(tmp_path / "a") == files(tmp_path / "b")
     assert len(files(tmp_path / "a")) == len(urls) == len(fused.outputs) == len(plain.outputs)
     assert fused.counter("Upload", "succeeded") == plain.counter("Upload", "succeeded") == len(urls)
