@@ -5,6 +5,7 @@ windows, and fuses only where no other reader could tell."""
 import os
 import pickle
 import re
+import urllib.request
 
 import apache_beam as beam
 import numpy as np
@@ -129,8 +130,6 @@ def test_a_branch_is_not_fused_and_both_readers_see_every_element(served, tmp_pa
 
 
 def _downloads(urls):
-    import urllib.request
-
     for url in urls:
         with urllib.request.urlopen(url) as r:
             yield r.read()
@@ -273,8 +272,8 @@ def test_the_fused_fn_survives_a_pickle_round_trip(tmp_path):
     clone = pickle.loads(pickle.dumps(fn))
     assert clone.chain.stages == STAGES and clone.parts == fn.parts and clone.keyed
     arrays = [np.full((4, 4, 3), 200, np.uint8)]  # and the fused chain runs after its own trip
-    (fused,) = [f for f in element_fns(lambda p: p | beam.Create(arrays) | mt.ResizeImage(2, 2)
-                                       | mt.EncodeImage("PNG") | mt.DecodeImage())]
+    (fused,) = element_fns(lambda p: p | beam.Create(arrays) | mt.ResizeImage(2, 2)
+                           | mt.EncodeImage("PNG") | mt.DecodeImage())
     clone = pickle.loads(pickle.dumps(fused))
     clone.setup()
     clone.start_bundle()
