@@ -8,8 +8,9 @@ still at least that large: a 1024x768 photo for a 256x256 thumbnail decodes at 3
 which cuts both the decode and the resize after it. RGB and grey JPEGs decode with simplejpeg
 (libjpeg-turbo, GIL released, straight into RGB or grey: no colour conversion afterwards; OpenCV's
 ``IMREAD_REDUCED_*`` with scales 1/2, 1/4, 1/8 when simplejpeg is missing); everything else
-(CMYK, PNG, ...) and JPEGs that libjpeg-turbo reports as truncated or corrupt go to Pillow, which
-decodes what is recoverable and raises for a truncated file.
+(CMYK, PNG, ...) goes to Pillow. A JPEG whose pixel data is truncated or damaged raises
+DecodeError instead of coming out partly grey; stray bytes between markers are harmless and such
+files decode (with Pillow).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000  # 10,000 x 10,000: larger than any camera, far below a bomb
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
 _ORIENTATION_TAG = 0x0112
+_DAMAGED = ("Premature end of JPEG file", "Corrupt JPEG data")  # libjpeg's warnings about pixels
+_HARMLESS = ("extraneous bytes", "ICC")  # "Corrupt JPEG data" that leaves the pixels intact
 _CV2_FLAGS = {  # (mode, divisor) -> imdecode flags; orientation is applied by us, as Pillow does
     (mode, divisor): flags | cv2.IMREAD_IGNORE_ORIENTATION
     for mode, by_divisor in (
@@ -153,16 +156,20 @@ def decode_image(
 def _decode_jpeg(
     data: bytes, mode: str, header: ImageHeader, min_size: tuple[int, int] | None
 ) -> np.ndarray | None:
-    """An RGB or grey JPEG at :func:`jpeg_scale`, in stored orientation; None when libjpeg-turbo
-    finds it truncated or corrupt (Pillow then decodes what is recoverable or reports it)."""
-    width, height = (0, 0) if min_size is None else _stored_box(header, min_size)
+    """An RGB or grey JPEG at :func:`jpeg_scale`, in stored orientation. DecodeError when its
+    pixel data is truncated or damaged; None for anything else libjpeg-turbo warns about or
+    cannot read (stray bytes between markers, 12-bit, ...): Pillow decodes or reports those."""
     if simplejpeg is None:
         return _decode_cv2(data, mode, jpeg_scale(header, min_size))
-    try:  # strict (the default): a truncated or corrupt stream raises instead of grey-filling
+    width, height = (0, 0) if min_size is None else _stored_box(header, min_size)
+    try:  # strict (the default): raises on every libjpeg warning instead of grey-filling
         pixels = simplejpeg.decode_jpeg(
             data, colorspace=mode if mode == "RGB" else "GRAY", min_width=width, min_height=height
         )
-    except ValueError:
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DAMAGED) and not any(word in message for word in _HARMLESS):
+            raise DecodeError(f"corrupt or truncated JPEG ({len(data)} bytes): {message}") from exc
         return None
     return pixels if mode == "RGB" else pixels[:, :, 0]
 

@@ -207,3 +207,32 @@ def test_grey_jpeg_and_truncated_jpeg_through_the_fast_path(jpeg_backend):
     big = encode_sample(make_image(640, 480, seed=3), "JPEG")
     with pytest.raises(DecodeError, match="truncated"):
         decode_image(truncated(big), min_size=(64, 64))
+
+
+def test_damaged_jpeg_is_an_error_and_stray_bytes_between_markers_are_not():
+    from PIL import Image
+
+    data = encode_sample(make_image(640, 480, seed=9), "JPEG")
+    half, sos = len(data) // 2, data.index(b"\xff\xda")
+    with pytest.raises(DecodeError, match="corrupt or truncated JPEG .*Corrupt JPEG data"):
+        decode_image(data[:half] + bytes(2000) + data[half + 2000 :])  # complete, but zeroed
+    stray = data[:sos] + b"\x00\x00" + data[sos:]  # libjpeg warns; the pixels are intact
+    expected = np.asarray(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(decode_image(stray), expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_full_size_decode_is_pillows_pixels_exactly(mode, progressive):
+    """The fast path loses nothing at scale 1: the very pixels Pillow decodes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(make_image(333, 222, seed=2, mode=mode)).save(
+        buf, "JPEG", quality=90, progressive=progressive
+    )
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), expected)
+    grey = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    if mode == "L":
+        np.testing.assert_array_equal(decode_image(buf.getvalue(), mode="L"), grey)
