@@ -44,6 +44,7 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000  # 10,000 x 10,000: larger than any camera, far below a bomb
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
 _ORIENTATION_TAG = 0x0112
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's JPEG with more pictures after the first
 _DAMAGED = ("Premature end of JPEG file", "Corrupt JPEG data")  # libjpeg's warnings about pixels
 _HARMLESS = ("extraneous bytes", "ICC")  # "Corrupt JPEG data" that leaves the pixels intact
 _CV2_FLAGS = {  # (mode, divisor) -> imdecode flags; orientation is applied by us, as Pillow does
@@ -88,7 +89,7 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
             f"{width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,} "
             "(a decompression bomb?); raise max_pixels if the image is genuine"
         )
-    orientation = img.getexif().get(_ORIENTATION_TAG, 1) if img.format == "JPEG" else 1
+    orientation = img.getexif().get(_ORIENTATION_TAG, 1) if img.format in _JPEG_FORMATS else 1
     if orientation not in range(1, 9):
         orientation = 1
     return img, ImageHeader(img.format or "", width, height, orientation, img.mode)
@@ -108,7 +109,7 @@ def jpeg_scale(header: ImageHeader, min_size: tuple[int, int] | None) -> Fractio
 
     ``min_size`` is the target as displayed, so it is swapped for images stored rotated by 90°.
     """
-    if min_size is None or header.format != "JPEG":
+    if min_size is None or header.format not in _JPEG_FORMATS:
         return Fraction(1)
     width, height = _stored_box(header, min_size)
     for eighths in range(1, 8):
@@ -139,11 +140,12 @@ def decode_image(
     try:
         img, header = _open(data, max_pixels)
         target = mode or _natural_mode(img)
-        if header.format == "JPEG" and header.mode in ("RGB", "L") and target in ("RGB", "L"):
+        fast = header.mode in ("RGB", "L") and target in ("RGB", "L")
+        if fast and header.format in _JPEG_FORMATS:
             pixels = _decode_jpeg(data, target, header, min_size)
             if pixels is not None:
                 return np.ascontiguousarray(_orient(pixels, header.orientation))
-        if min_size is not None and header.format == "JPEG":
+        if min_size is not None and header.format in _JPEG_FORMATS:
             img.draft(img.mode, _stored_box(header, min_size))  # Pillow: 1/2, 1/4 or 1/8
         img.load()
         if header.orientation != 1:

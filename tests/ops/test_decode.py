@@ -236,3 +236,19 @@ def test_full_size_decode_is_pillows_pixels_exactly(mode, progressive):
     grey = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
     if mode == "L":
         np.testing.assert_array_equal(decode_image(buf.getvalue(), mode="L"), grey)
+
+
+def test_phone_mpo_is_a_jpeg_oriented_and_reduced():
+    """Pillow calls a JPEG with a Multi-Picture (MPF) segment MPO: first picture, EXIF applied."""
+    from PIL import Image
+
+    first, second = (Image.fromarray(make_image(640, 480, seed=s)) for s in (1, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second], exif=exif.tobytes())
+    assert probe_image(buf.getvalue()).orientation == 6
+    out = decode_image(buf.getvalue(), min_size=(100, 100))
+    assert out.shape == (160, 120, 3)  # 1/4 of 640x480 (1/8 is 80x60), turned upright
+    ref = cv2.resize(np.rot90(np.asarray(first), k=-1), (120, 160), interpolation=cv2.INTER_AREA)
+    assert psnr(out, ref) > 30
