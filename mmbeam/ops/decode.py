@@ -47,15 +47,11 @@ _ORIENTATION_TAG = 0x0112
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's JPEG with more pictures after the first
 _DAMAGED = ("Premature end of JPEG file", "Corrupt JPEG data")  # libjpeg's warnings about pixels
 _HARMLESS = ("extraneous bytes", "ICC")  # "Corrupt JPEG data" that leaves the pixels intact
-_CV2_FLAGS = {  # (mode, divisor) -> imdecode flags; orientation is applied by us, as Pillow does
-    (mode, divisor): flags | cv2.IMREAD_IGNORE_ORIENTATION
-    for mode, by_divisor in (
-        ("RGB", {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}),
-        ("L", {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-               4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}),
-    )
-    for divisor, flags in by_divisor.items()
+_CV2_FLAGS = {  # (mode, divisor) -> imdecode flags, for the fallback without simplejpeg
+    ("RGB", 1): cv2.IMREAD_COLOR, ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
+    ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4, ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
+    ("L", 1): cv2.IMREAD_GRAYSCALE, ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    ("L", 4): cv2.IMREAD_REDUCED_GRAYSCALE_4, ("L", 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
 }
 
 
@@ -140,8 +136,7 @@ def decode_image(
     try:
         img, header = _open(data, max_pixels)
         target = mode or _natural_mode(img)
-        fast = header.mode in ("RGB", "L") and target in ("RGB", "L")
-        if fast and header.format in _JPEG_FORMATS:
+        if header.format in _JPEG_FORMATS and {header.mode, target} <= {"RGB", "L"}:
             pixels = _decode_jpeg(data, target, header, min_size)
             if pixels is not None:
                 return np.ascontiguousarray(_orient(pixels, header.orientation))
@@ -181,7 +176,8 @@ def _decode_cv2(data: bytes, mode: str, scale: Fraction) -> np.ndarray | None:
     divisor = next(d for d in (8, 4, 2, 1) if d * scale <= 1)
     if not _ends_with_eoi(data):  # OpenCV would grey-fill a truncated file silently
         return None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS[(mode, divisor)])
+    flags = _CV2_FLAGS[(mode, divisor)] | cv2.IMREAD_IGNORE_ORIENTATION  # we apply it, as Pillow
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     return pixels if pixels is None or mode == "L" else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
