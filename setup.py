@@ -40,6 +40,7 @@ setup(
         "numpy>=1.26,<2.5",
         "pillow>=10.3,<13",
         "opencv-python-headless>=4.9",
+        "simplejpeg>=1.7",
         "fsspec>=2024.6",
         "aiohttp>=3.9",
     ],

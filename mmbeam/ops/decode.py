@@ -3,17 +3,21 @@
 Pillow reads the header of every format (JPEG, PNG, WEBP, GIF's first frame, BMP, TIFF): the size
 is checked against a decompression-bomb limit before any pixel is decoded, and the EXIF
 orientation is applied, so a phone photo comes out upright. When a resize follows, ``min_size``
-lets a JPEG decode at the largest reduced DCT scale (1/2, 1/4, 1/8) that is still at least that
-large, which cuts decode time and memory by up to 64x without changing the resized result
-visibly. Complete RGB and L JPEGs decode with OpenCV (``IMREAD_REDUCED_*``: one GIL-free call,
-measured 24.5 ms against 26-31 ms for Pillow's ``draft`` per 12 MP photo at 1/8 here, and Pillow
-re-takes the GIL every 64 KB); everything else, and truncated JPEGs, with Pillow.
+lets a JPEG decode at the smallest libjpeg-turbo DCT scale M/8 (1/8, 1/4, 3/8, ... 7/8) that is
+still at least that large: a 1024x768 photo for a 256x256 thumbnail decodes at 3/8 (384x288),
+which cuts both the decode and the resize after it. RGB and grey JPEGs decode with simplejpeg
+(libjpeg-turbo, GIL released, straight into RGB or grey: no colour conversion afterwards; OpenCV's
+``IMREAD_REDUCED_*`` with scales 1/2, 1/4, 1/8 when simplejpeg is missing); everything else
+(CMYK, PNG, ...) goes to Pillow. A JPEG whose pixel data is truncated or damaged raises
+DecodeError instead of coming out partly grey; stray bytes between markers are harmless and such
+files decode (with Pillow).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from fractions import Fraction
 from typing import NamedTuple
 
 import cv2
@@ -21,6 +25,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmbeam.errors import ConfigError, DecodeError, ImageTooLargeError
+
+try:
+    import simplejpeg
+except ImportError:  # pragma: no cover - a dependency; OpenCV decodes JPEGs without it
+    simplejpeg = None
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -35,8 +44,10 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000  # 10,000 x 10,000: larger than any camera, far below a bomb
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
 _ORIENTATION_TAG = 0x0112
-_SCALES = (8, 4, 2)
-_CV2_FLAGS = {  # (mode, scale) -> imdecode flags; orientation is applied by us, as Pillow does
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's JPEG with more pictures after the first
+_DAMAGED = ("Premature end of JPEG file", "Corrupt JPEG data")  # libjpeg's warnings about pixels
+_HARMLESS = ("extraneous bytes", "ICC")  # "Corrupt JPEG data" that leaves the pixels intact
+_CV2_FLAGS = {  # (mode, divisor) -> imdecode flags, for the fallback without simplejpeg
     ("RGB", 1): cv2.IMREAD_COLOR, ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
     ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4, ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
     ("L", 1): cv2.IMREAD_GRAYSCALE, ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
@@ -74,7 +85,7 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
             f"{width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,} "
             "(a decompression bomb?); raise max_pixels if the image is genuine"
         )
-    orientation = img.getexif().get(_ORIENTATION_TAG, 1) if img.format == "JPEG" else 1
+    orientation = img.getexif().get(_ORIENTATION_TAG, 1) if img.format in _JPEG_FORMATS else 1
     if orientation not in range(1, 9):
         orientation = 1
     return img, ImageHeader(img.format or "", width, height, orientation, img.mode)
@@ -88,20 +99,25 @@ def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHe
         raise _classify(exc, data) from exc
 
 
-def jpeg_scale(header: ImageHeader, min_size: tuple[int, int] | None) -> int:
-    """The largest DCT divisor (8, 4, 2 or 1) whose decoded size stays >= ``min_size``.
+def jpeg_scale(header: ImageHeader, min_size: tuple[int, int] | None) -> Fraction:
+    """The smallest DCT scale M/8 whose decoded size (``ceil(side * M / 8)``) stays >=
+    ``min_size``; 1 for other formats, without ``min_size``, or when no smaller scale fits.
 
     ``min_size`` is the target as displayed, so it is swapped for images stored rotated by 90°.
     """
-    if min_size is None or header.format != "JPEG":
-        return 1
+    if min_size is None or header.format not in _JPEG_FORMATS:
+        return Fraction(1)
+    width, height = _stored_box(header, min_size)
+    for eighths in range(1, 8):
+        if -(-header.width * eighths // 8) >= width and -(-header.height * eighths // 8) >= height:
+            return Fraction(eighths, 8)
+    return Fraction(1)
+
+
+def _stored_box(header: ImageHeader, min_size: tuple[int, int]) -> tuple[int, int]:
+    """``min_size`` (as displayed) in the orientation the pixels are stored in."""
     width, height = min_size
-    if header.orientation in (5, 6, 7, 8):
-        width, height = height, width
-    for scale in _SCALES:
-        if header.width // scale >= width and header.height // scale >= height:
-            return scale
-    return 1
+    return (height, width) if header.orientation in (5, 6, 7, 8) else (width, height)
 
 
 def decode_image(
@@ -120,12 +136,12 @@ def decode_image(
     try:
         img, header = _open(data, max_pixels)
         target = mode or _natural_mode(img)
-        scale = jpeg_scale(header, min_size)
-        if (header.format == "JPEG" and header.mode != "CMYK" and (target, scale) in _CV2_FLAGS
-                and _ends_with_eoi(data)):
-            return _decode_cv2(data, target, scale, header.orientation)
-        if scale > 1:
-            img.draft(img.mode, (header.width // scale, header.height // scale))
+        if header.format in _JPEG_FORMATS and {header.mode, target} <= {"RGB", "L"}:
+            pixels = _decode_jpeg(data, target, header, min_size)
+            if pixels is not None:
+                return np.ascontiguousarray(_orient(pixels, header.orientation))
+        if min_size is not None and header.format in _JPEG_FORMATS:
+            img.draft(img.mode, _stored_box(header, min_size))  # Pillow: 1/2, 1/4 or 1/8
         img.load()
         if header.orientation != 1:
             img = ImageOps.exif_transpose(img)
@@ -134,14 +150,35 @@ def decode_image(
         raise _classify(exc, data) from exc
 
 
-def _decode_cv2(data: bytes, mode: str, scale: int, orientation: int) -> np.ndarray:
-    flags = _CV2_FLAGS[(mode, scale)] | cv2.IMREAD_IGNORE_ORIENTATION
+def _decode_jpeg(
+    data: bytes, mode: str, header: ImageHeader, min_size: tuple[int, int] | None
+) -> np.ndarray | None:
+    """An RGB or grey JPEG at :func:`jpeg_scale`, in stored orientation. DecodeError when its
+    pixel data is truncated or damaged; None for anything else libjpeg-turbo warns about or
+    cannot read (stray bytes between markers, 12-bit, ...): Pillow decodes or reports those."""
+    if simplejpeg is None:
+        return _decode_cv2(data, mode, jpeg_scale(header, min_size))
+    width, height = (0, 0) if min_size is None else _stored_box(header, min_size)
+    try:  # strict (the default): raises on every libjpeg warning instead of grey-filling
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace=mode if mode == "RGB" else "GRAY", min_width=width, min_height=height
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(_DAMAGED) and not any(word in message for word in _HARMLESS):
+            raise DecodeError(f"corrupt or truncated JPEG ({len(data)} bytes): {message}") from exc
+        return None
+    return pixels if mode == "RGB" else pixels[:, :, 0]
+
+
+def _decode_cv2(data: bytes, mode: str, scale: Fraction) -> np.ndarray | None:
+    """The OpenCV fallback: the largest of 1/8, 1/4, 1/2, 1 that is at least ``scale``."""
+    divisor = next(d for d in (8, 4, 2, 1) if d * scale <= 1)
+    if not _ends_with_eoi(data):  # OpenCV would grey-fill a truncated file silently
+        return None
+    flags = _CV2_FLAGS[(mode, divisor)] | cv2.IMREAD_IGNORE_ORIENTATION  # we apply it, as Pillow
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if pixels is None:
-        raise DecodeError(f"corrupt or truncated JPEG ({len(data)} bytes)")
-    if mode == "RGB":
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(_orient(pixels, orientation))
+    return pixels if pixels is None or mode == "L" else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def _ends_with_eoi(data: bytes) -> bool:

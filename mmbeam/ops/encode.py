@@ -1,8 +1,11 @@
 """Encode numpy image arrays into JPEG, PNG, WEBP, BMP or TIFF bytes.
 
-RGB and L JPEGs go through OpenCV's ``imencode`` (one GIL-free call, about half of Pillow's time
-for a 256x256 thumbnail here) with Pillow's defaults (quality 75, 4:2:0): the same bytes Pillow
-writes. Everything else is encoded by Pillow.
+RGB and L JPEGs go through OpenCV's ``imencode`` (one GIL-free call, 0.19 ms per 256x256
+thumbnail here against 0.26 ms for Pillow) with Pillow's defaults (quality 75, 4:2:0): the same
+bytes Pillow writes. simplejpeg's ``encode_jpeg`` takes RGB without the colour conversion and is
+0.02 ms faster, but in 1.9.0 its files differ from Pillow's (the same with ``fastdct`` on or off)
+and decode further from the source: 0.03 dB at quality 75, up to 0.8 dB at 95 on scikit-image's
+photos, grey ones too. So it is not used. Everything else is encoded by Pillow.
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
+import itertools
 import os
 import posixpath
-import uuid
 
 from fsspec.asyn import get_loop
 
@@ -138,21 +139,34 @@ class Store:
         return target
 
 
+_TEMP_TOKEN = os.urandom(4).hex()  # with the pid: unique across hosts sharing a folder
+_TEMP_IDS = itertools.count()  # next() is atomic: unique across the threads of a process
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 def _write_local_atomic(path: str, data: bytes) -> None:
     """Write a temporary file beside ``path`` and rename it into place (the folder is made
-    only when the first open finds it missing: no mkdir call per file)."""
+    only when the first open finds it missing: no mkdir call per file). The temporary name is
+    the process's random token, its pid and a counter (no uuid4, no urandom per file), and it
+    is created exclusively, so a clash would fail instead of mixing two writers' bytes."""
     folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}.{_TEMP_TOKEN}{os.getpid()}.{next(_TEMP_IDS)}.tmp"
+    )
     try:
+        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+    try:  # from here on the temporary file is ours: removed on any failure
         try:
-            f = open(tmp, "wb")
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            f = open(tmp, "wb")
-        with f:
-            f.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise

@@ -1,12 +1,16 @@
 """decode_image: formats, modes, orientation, reduced-size JPEG decode, and every bad input."""
 
 import io
+import math
+from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 
 from mmbeam.errors import ConfigError, DecodeError, ImageTooLargeError
-from mmbeam.ops.decode import check_mode, decode_image
+from mmbeam.ops import decode
+from mmbeam.ops.decode import ImageHeader, check_mode, decode_image, jpeg_scale, probe_image
 from mmbeam.ops.resize import resize_image
 from mmbeam.testing.images import decompression_bomb, encode_sample, make_image, truncated
 
@@ -58,7 +62,7 @@ def test_reduced_jpeg_decode_is_at_least_min_size_and_looks_the_same():
     pixels = make_image(2048, 1536, seed=5)
     data = encode_sample(pixels, "JPEG", quality=92)
     reduced = decode_image(data, min_size=(256, 256))
-    assert reduced.shape[:2] == (384, 512)  # 1/4 scale: the smallest still >= 256x256
+    assert reduced.shape[:2] == (384, 512)  # 2/8: the smallest eighth still >= 256x256
     full = decode_image(data)
     assert full.shape[:2] == (1536, 2048)
     ref = resize_image(full, 256, 256)
@@ -102,38 +106,92 @@ def test_check_mode():
         check_mode("CMYK")
 
 
+@pytest.fixture(params=["simplejpeg", "opencv"])
+def jpeg_backend(request, monkeypatch):
+    """Run a test through simplejpeg and through the OpenCV fallback used without it."""
+    if request.param == "opencv":
+        monkeypatch.setattr(decode, "simplejpeg", None)
+    return request.param
+
+
+def _expected_shape(data, min_size):
+    """The displayed H×W after a decode at jpeg_scale, from the stored size and M/8 rule."""
+    header = probe_image(data)
+    scale = jpeg_scale(header, min_size)
+    width, height = (math.ceil(header.width * scale), math.ceil(header.height * scale))
+    return (width, height) if header.orientation in (5, 6, 7, 8) else (height, width)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("min_size", [None, (40, 40)])
-def test_opencv_path_matches_pillow_for_every_orientation(orientation, min_size):
+@pytest.mark.parametrize("min_size", [None, (40, 90)])
+def test_fast_path_matches_pillow_for_every_orientation(orientation, min_size, jpeg_backend):
     from PIL import Image, ImageOps
 
     pixels = make_image(320, 200, seed=orientation)
     data = encode_sample(pixels, "JPEG", quality=95, exif_orientation=orientation)
     out = decode_image(data, min_size=min_size)
-    img = Image.open(io.BytesIO(data))
-    if min_size is not None:
-        img.draft("RGB", (img.width // 4, img.height // 4))
-    ref = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    assert out.shape == ref.shape
+    ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    if min_size is None:
+        assert out.shape == ref.shape
+    else:  # as displayed: at least 40 wide and 90 high; 3/8 when stored rotated, else 1/2
+        assert out.shape[1] >= 40 and out.shape[0] >= 90
+        if jpeg_backend == "simplejpeg":
+            assert out.shape[:2] == ((120, 75) if orientation >= 5 else (100, 160))
+        ref = cv2.resize(ref, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_AREA)
+    assert out.flags.c_contiguous
     assert psnr(out, ref) > 30
 
 
 @pytest.mark.parametrize(
     "size, orientation, target, scale",
-    [((4032, 3024), 1, (256, 256), 8), ((1920, 1080), 1, (256, 256), 4), ((1024, 768), 1, (256, 256), 2),
-     ((300, 300), 1, (256, 256), 1), ((4000, 1000), 6, (100, 400), 8), ((4000, 1000), 1, (100, 400), 2),
-     ((4032, 3024), 1, None, 1)],
+    [((4032, 3024), 1, (256, 256), "1/8"), ((1920, 1080), 1, (256, 256), "1/4"),
+     ((1024, 768), 1, (256, 256), "3/8"), ((800, 600), 1, (256, 256), "1/2"),
+     ((640, 480), 1, (256, 256), "5/8"), ((300, 300), 1, (256, 256), "7/8"),
+     ((256, 256), 1, (256, 256), "1"), ((1001, 1001), 1, (126, 126), "1/8"),  # ceil(125.1)
+     ((4000, 1000), 6, (100, 400), "1/8"), ((4000, 1000), 1, (100, 400), "1/2"),
+     ((4032, 3024), 1, None, "1")],
 )
-def test_jpeg_scale_is_the_largest_that_stays_at_least_the_target(size, orientation, target, scale):
-    from mmbeam.ops.decode import ImageHeader, jpeg_scale
-
-    assert jpeg_scale(ImageHeader("JPEG", *size, orientation, "RGB"), target) == scale
+def test_jpeg_scale_is_the_smallest_eighth_that_stays_at_least_the_target(
+    size, orientation, target, scale
+):
+    assert jpeg_scale(ImageHeader("JPEG", *size, orientation, "RGB"), target) == Fraction(scale)
     assert jpeg_scale(ImageHeader("PNG", *size, 1, "RGB"), target) == 1
 
 
-def test_probe_checks_the_header_only():
-    from mmbeam.ops.decode import probe_image
+def test_web_photo_decodes_at_three_eighths_for_a_256_box():
+    data = encode_sample(make_image(1024, 768, seed=4), "JPEG", quality=85)
+    out = decode_image(data, min_size=(256, 256))
+    assert out.shape == (288, 384, 3)  # 3/8; 1/4 would be 256x192, below the box
 
+
+@pytest.mark.parametrize("size", [(1024, 768), (1001, 999), (300, 300), (640, 480), (97, 61)])
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decoded_size_is_what_jpeg_scale_predicts(size, orientation, mode):
+    data = encode_sample(make_image(*size, seed=1), "JPEG", exif_orientation=orientation)
+    out = decode_image(data, mode=mode, min_size=(256, 200))
+    assert out.shape[:2] == _expected_shape(data, (256, 200))
+    assert out.ndim == (3 if mode == "RGB" else 2)
+    if min(size) >= 256:  # never below the box, as displayed
+        assert out.shape[1] >= 256 and out.shape[0] >= 200
+
+
+@pytest.mark.parametrize("min_size", [None, (64, 64)])
+def test_cmyk_jpeg_goes_through_pillow(min_size):
+    from PIL import Image
+
+    pixels = make_image(320, 240, seed=8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("CMYK").save(buf, "JPEG", quality=95)
+    out = decode_image(buf.getvalue(), min_size=min_size)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    if min_size is not None:  # Pillow's draft: 1/2, 1/4 or 1/8, still at least the box
+        assert out.shape == (120, 160, 3)  # 1/8 would be 40x30, 1/4 is 80x60 (< 64 high)
+        ref = cv2.resize(ref, (160, 120), interpolation=cv2.INTER_AREA)
+    assert psnr(out, ref) > 30
+
+
+def test_probe_checks_the_header_only():
     header = probe_image(encode_sample(make_image(64, 32), "JPEG", exif_orientation=6))
     assert (header.format, header.width, header.height, header.orientation) == ("JPEG", 64, 32, 6)
     with pytest.raises(ImageTooLargeError):
@@ -142,10 +200,55 @@ def test_probe_checks_the_header_only():
         probe_image(b"<html>")
 
 
-def test_grey_jpeg_and_truncated_jpeg_through_the_fast_path():
+def test_grey_jpeg_and_truncated_jpeg_through_the_fast_path(jpeg_backend):
     gray = encode_sample(make_image(64, 48, mode="L"), "JPEG")
     assert decode_image(gray, mode="L").shape == (48, 64)
     assert decode_image(gray).shape == (48, 64, 3)
     big = encode_sample(make_image(640, 480, seed=3), "JPEG")
     with pytest.raises(DecodeError, match="truncated"):
         decode_image(truncated(big), min_size=(64, 64))
+
+
+def test_damaged_jpeg_is_an_error_and_stray_bytes_between_markers_are_not():
+    from PIL import Image
+
+    data = encode_sample(make_image(640, 480, seed=9), "JPEG")
+    half, sos = len(data) // 2, data.index(b"\xff\xda")
+    with pytest.raises(DecodeError, match="corrupt or truncated JPEG .*Corrupt JPEG data"):
+        decode_image(data[:half] + bytes(2000) + data[half + 2000 :])  # complete, but zeroed
+    stray = data[:sos] + b"\x00\x00" + data[sos:]  # libjpeg warns; the pixels are intact
+    expected = np.asarray(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(decode_image(stray), expected)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_full_size_decode_is_pillows_pixels_exactly(mode, progressive):
+    """The fast path loses nothing at scale 1: the very pixels Pillow decodes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(make_image(333, 222, seed=2, mode=mode)).save(
+        buf, "JPEG", quality=90, progressive=progressive
+    )
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(buf.getvalue()), expected)
+    grey = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    if mode == "L":
+        np.testing.assert_array_equal(decode_image(buf.getvalue(), mode="L"), grey)
+
+
+def test_phone_mpo_is_a_jpeg_oriented_and_reduced():
+    """Pillow calls a JPEG with a Multi-Picture (MPF) segment MPO: first picture, EXIF applied."""
+    from PIL import Image
+
+    first, second = (Image.fromarray(make_image(640, 480, seed=s)) for s in (1, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second], exif=exif.tobytes())
+    assert probe_image(buf.getvalue()).orientation == 6
+    out = decode_image(buf.getvalue(), min_size=(100, 100))
+    assert out.shape == (160, 120, 3)  # 1/4 of 640x480 (1/8 is 80x60), turned upright
+    ref = cv2.resize(np.rot90(np.asarray(first), k=-1), (120, 160), interpolation=cv2.INTER_AREA)
+    assert psnr(out, ref) > 30

@@ -100,3 +100,13 @@ def test_jpeg_bytes_are_what_pillow_writes(shape, quality):
     assert encode_image(pixels, "JPEG", quality) == buf.getvalue()
     flipped = pixels[:, ::-1]  # a non-contiguous view encodes too
     assert Image.open(io.BytesIO(encode_image(flipped))).size == (shape[1], shape[0])
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
+@pytest.mark.parametrize("quality", [None, 95])
+def test_photo_jpeg_bytes_are_what_pillow_writes(name, quality):
+    """Real photos (colour and grey) too: no faster encoder that drifts from Pillow's pixels."""
+    pixels = resize_image(getattr(pytest.importorskip("skimage.data"), name)(), 256, 192)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", **({} if quality is None else {"quality": quality}))
+    assert encode_image(pixels, "JPEG", quality) == buf.getvalue()

@@ -68,3 +68,63 @@ def test_write_local_on_the_calling_thread_makes_folders_and_fails_cleanly(tmp_p
         store.write_local("../x.bin", b"data")
     with pytest.raises(UnsupportedSchemeError, match="local folder"):
         Store("s3://bucket/out").write_local("x.bin", b"data")
+
+
+def _write_many(folder, payload, count, errors=None):
+    store = Store(folder)
+    try:
+        for _ in range(count):
+            store.write_local("same.bin", payload)
+    except Exception as exc:  # noqa: BLE001 - checked by the test (the process: by exit code)
+        if errors is None:
+            raise
+        errors.append(exc)
+
+
+def test_concurrent_writers_never_expose_a_partial_file(tmp_path):
+    """Threads and a forked process overwrite one name; a reader only ever sees whole files."""
+    import multiprocessing
+    import threading
+
+    folder = str(tmp_path / "out")
+    payloads = [bytes([i]) * (200_000 + i) for i in range(5)]
+    Store(folder).write_local("same.bin", payloads[0])
+    done = threading.Event()
+    seen, errors = set(), []
+
+    def read():
+        while not done.is_set():
+            with open(os.path.join(folder, "same.bin"), "rb") as f:
+                data = f.read()
+            if data not in payloads:
+                errors.append(f"partial or mixed file of {len(data)} bytes")
+            seen.add(len(data))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    process = multiprocessing.get_context("fork").Process(
+        target=_write_many, args=(folder, payloads[4], 50)
+    )
+    process.start()
+    writers = [
+        threading.Thread(target=_write_many, args=(folder, p, 50, errors)) for p in payloads[:4]
+    ]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    process.join(timeout=60)
+    done.set()
+    reader.join()
+    assert errors == [] and process.exitcode == 0
+    assert len(seen) >= 2  # the reader did see the file change
+    assert os.listdir(folder) == ["same.bin"]  # every temporary name was distinct and cleaned
+
+
+def test_write_failing_after_the_temporary_file_removes_it(tmp_path):
+    store = Store(str(tmp_path))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "inside").write_bytes(b"x")  # a non-empty folder: rename cannot replace it
+    with pytest.raises(UploadError, match="taken failed"):
+        store.write_local("taken", b"data")
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
