@@ -28,6 +28,9 @@ TEST = [
     *GCS,
 ]
 
+# the image benchmark's Daft contender (benchmarks/images.py runs it when daft is importable)
+BENCH = ["daft==0.7.26"]
+
 setup(
     name="mmbeam",
     version="0.1.0",
@@ -51,6 +54,7 @@ setup(
         "ray": RAY,
         "model": MODEL,
         "test": TEST,
+        "bench": BENCH,
         "all": S3 + GCS + DASK + RAY + MODEL + TEST,
     },
     entry_points={"pytest11": ["mmbeam = mmbeam.testing.plugin"]},
