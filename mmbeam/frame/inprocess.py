@@ -15,7 +15,9 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import singledispatch
 from typing import Any
 
@@ -125,43 +127,76 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext) -> pa.Table:
+def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
     """A blocking operator's input, materialized."""
-    return _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    return _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
 
 
 # -- the stream of batches per plan node ----------------------------------------------------------
 @singledispatch
-def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
+def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    """``plan``'s rows as a stream of tables; ``ahead=False`` (under a limit) never runs URL/image
+    work on rows the consumer has not asked for yet."""
     raise UnsupportedError(f"the in-process executor has no rule for {type(plan).__name__}")
 
 
 @_stream.register
-def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
+def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
     rows = options.batch_rows
     for start in range(0, max(plan.table.num_rows, 1), rows):
         yield plan.table.slice(start, rows)
 
 
 @_stream.register
-def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
+def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
     for index, spec in operators.scan_tasks(plan):
         for _, table in operators.scan_task(plan, index, spec, options.batch_rows):
             yield table
 
 
-def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
+def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
+          ahead: bool = True) -> Iterator[pa.Table]:
     ops, source, multimodal = operators.row_ops(plan)
-    sizer = operators.multimodal_sizer(options.multimodal_batch_rows) if multimodal else None
-    for table in _stream(source, options, ctx):
-        if sizer is None:
+    batches = _stream(source, options, ctx, ahead)
+    if not multimodal:
+        for table in batches:
             yield operators.run_row_ops(table, ops, ctx)
-            continue
-        for part in operators.sub_batches(table, sizer):
-            with sizer.measure(part.num_rows) as cost:
-                out = operators.run_row_ops(part, ops, ctx)
-                cost.output_bytes = out.nbytes
-            yield out
+        return
+    sizer = operators.multimodal_sizer(options.multimodal_batch_rows)
+
+    def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
+        sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
+        with sizer.measure(part.num_rows) as cost:
+            out = operators.run_row_ops(part, ops, sub)
+            cost.output_bytes = out.nbytes
+        return out, sub
+
+    parts = (part for table in batches for part in operators.sub_batches(table, sizer))
+    for out, sub in _in_order(run, parts, 2 if ahead else 1):
+        ctx.errors.update(sub.errors)
+        yield out
+
+
+def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
+    the next sub-batch's rows fill the kernel's window while the current one drains."""
+    if depth == 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) == depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _stream.register(P.Project, _rows)
@@ -170,9 +205,10 @@ _stream.register(P.Explode, _rows)
 
 
 @_stream.register
-def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
+def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
     left = plan.n
-    batches = _stream(plan.child, options, ctx)
+    batches = _stream(plan.child, options, ctx, False)
     try:
         for table in batches:
             if left <= 0:
@@ -185,25 +221,29 @@ def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Tabl
 
 
 @_stream.register
-def _(plan: P.Join, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
-    left = _whole(plan.left, options, ctx)
-    right = _whole(plan.right, options, ctx)
+def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    left = _whole(plan.left, options, ctx, ahead)
+    right = _whole(plan.right, options, ctx, ahead)
     yield physical.join_tables(left, right, plan.left_on, plan.right_on, plan.how,
                                plan.schema, plan.prefix)
 
 
 @_stream.register
-def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
-    yield physical.aggregate_table(_whole(plan.child, options, ctx), plan.keys, plan.aggs,
+def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.aggregate_table(_whole(plan.child, options, ctx, ahead), plan.keys, plan.aggs,
                                    plan.schema)
 
 
 @_stream.register
-def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
-    yield physical.distinct_table(_whole(plan.child, options, ctx), plan.on)
+def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.distinct_table(_whole(plan.child, options, ctx, ahead), plan.on)
 
 
 @_stream.register
-def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext) -> Iterator[pa.Table]:
-    yield physical.sort_table(_whole(plan.child, options, ctx), plan.by, plan.descending,
+def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.sort_table(_whole(plan.child, options, ctx, ahead), plan.by, plan.descending,
                               plan.nulls_first)
