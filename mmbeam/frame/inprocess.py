@@ -211,11 +211,11 @@ def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True)
     batches = _stream(plan.child, options, ctx, False)
     try:
         for table in batches:
-            if left <= 0:
-                break
             table = table.slice(0, left)
             left -= table.num_rows
             yield table
+            if left <= 0:
+                break
     finally:
         batches.close()  # stop the upstream stages: no row past the limit is fetched
 
