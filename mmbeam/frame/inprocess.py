@@ -15,6 +15,7 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
 
 __all__ = ["execution_path", "run", "run_in_process", "write"]
+
+_log = logging.getLogger(__name__)
 
 
 def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tuple[bool, str]:
@@ -96,26 +99,28 @@ def write(plan: P.Plan, spec: Any) -> pa.Table:
     ctx = EvalContext()
     paths: list[str] = []
     pending: list[pa.Table] = []
-    for table in [*_stream(plan, options, ctx), None]:
-        if table is not None:
-            pending.append(table)
-        rows = sum(t.num_rows for t in pending)
-        if rows >= options.batch_rows or (table is None and (rows or not paths)):
-            whole = _concat(pending, plan.schema.to_arrow())
-            for start in range(0, max(whole.num_rows, 1), options.batch_rows):
-                paths += write_table(whole.slice(start, options.batch_rows), spec)
-            pending = []
+
+    def flush() -> None:
+        whole = _concat(pending, plan.schema.to_arrow())
+        for start in range(0, max(whole.num_rows, 1), options.batch_rows):
+            paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
+        pending.clear()
+
+    for table in _stream(plan, options, ctx):
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= options.batch_rows:
+            flush()
+    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
+        flush()
     _counted(ctx)
     return pa.table({"path": pa.array(paths, pa.large_string())})
 
 
 def _counted(ctx: EvalContext) -> dict[str, int]:
     """The null counts, each logged as the Beam path logs its counters."""
-    import logging
-
     for op, n in ctx.errors.items():
         if n:
-            logging.getLogger(__name__).warning(
+            _log.warning(
                 "%s: %d row(s) set to null by on_error='null'", op, n)
     return dict(ctx.errors)
 
