@@ -296,7 +296,8 @@ class Frame:
         local, why = execution_path(opt, ctx.exec_options, ctx.runner_name)
         text = "== Logical plan ==\n" + P.render(self._plan)
         text += "\n\n== Execution ==\n" + (
-            "in-process: the stages' Arrow operators run in this process, no Beam pipeline"
+            "in-process: the stages' Arrow operators stream batches in this process (joins, "
+            "group-bys, sorts and distinct materialize their input), no Beam pipeline"
             if local else f"Beam pipeline on the {ctx.runner_name!r} runner") + f" ({why})"
         if show_all:
             text += "\n\n== Optimized plan ==\n" + P.render(opt)
