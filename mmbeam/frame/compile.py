@@ -30,7 +30,6 @@ from mmbeam.frame import operators, physical, udf_stage
 from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
-from mmbeam.frame.inprocess import execution_path, run_in_process
 from mmbeam.transforms.coders import KeyedBatch
 
 __all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
@@ -108,8 +107,7 @@ class _RowStageFn(beam.DoFn):
     """Projections, filters and explodes of one stage, fused over each batch.
 
     A stage with URL/image work cuts its input into sub-batches: ``sub_rows`` of them, or with
-    ``sub_rows="auto"`` as many as an autotune controller picks (about ``_MM_SECONDS`` of work
-    per sub-batch, output bytes under the memory budget), reported as the
+    ``sub_rows="auto"`` as many as :func:`operators.multimodal_sizer` picks, reported as the
     ``multimodal_batch_rows`` distribution metric and in ``explain()`` after a run.
     """
 
@@ -123,11 +121,7 @@ class _RowStageFn(beam.DoFn):
         self._errors = {}
         self._sizer = None
         if self._sub_rows == "auto":
-            from mmbeam.autotune import BatchSizeController
-
-            self._sizer = BatchSizeController(
-                name="frame:multimodal_batch_rows", target_seconds=_MM_SECONDS, min_size=8,
-                initial=64, max_size=8192).register()
+            self._sizer = operators.multimodal_sizer(None)
             self._size_metric = beam.metrics.Metrics.distribution(
                 "mmbeam", "multimodal_batch_rows")
 
@@ -163,9 +157,6 @@ class _RowStageFn(beam.DoFn):
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
-
-
-_MM_SECONDS = 3.0
 
 
 class _PartitionFn(beam.DoFn):
@@ -563,15 +554,14 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
              schema: pa.Schema | None = None) -> tuple[pa.Table, dict]:
-    """Run an (optimized) plan on the context's runner; the result table and error counts.
+    """Run an (optimized) plan as a Beam pipeline on the context's runner; the result table and
+    error counts (:func:`mmbeam.frame.inprocess.run` decides which path a plan takes).
 
     ``tail`` (PCollection -> PCollection of keyed batches with ``schema``) adds a last stage.
     """
     from mmbeam.frame import context
 
     options = options or context.get_context().exec_options
-    if tail is None and execution_path(plan, options, context.get_context().runner_name)[0]:
-        return run_in_process(plan, options)
     folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
     compiler = None
     try:
@@ -672,21 +662,10 @@ class _WriteFilesFn(beam.DoFn):
         yield key, pa.record_batch({"path": pa.array(paths, pa.large_string())})
 
 
-def run_write(plan: P.Plan, spec: Any) -> Any:
-    """Run ``plan`` writing its batches as files; a frame of the written paths."""
-    from mmbeam.frame import context
-    from mmbeam.frame.frame import Frame
-    from mmbeam.frame.optimizer import optimize
-    from mmbeam.io.writers import write_table
-
+def run_write(plan: P.Plan, spec: Any) -> pa.Table:
+    """Run an (optimized) ``plan`` as a Beam pipeline writing its batches as files; the table of
+    written paths."""
     schema = pa.schema([("path", pa.large_string())])
-    plan = optimize(plan)
-    options = context.get_context().exec_options
-    if execution_path(plan, options, context.get_context().runner_name)[0]:
-        rows, _ = run_in_process(plan, options)
-        paths = [p for start in range(0, max(rows.num_rows, 1), options.batch_rows)
-                 for p in write_table(rows.slice(start, options.batch_rows), spec)]
-        return Frame(P.InMemory(pa.table({"path": pa.array(paths, pa.large_string())})))
     table, _ = run_plan(plan, tail=lambda pc: pc | "Write" >> beam.ParDo(
         _WriteFilesFn(spec)).with_output_types(KeyedBatch), schema=schema)
-    return Frame(P.InMemory(table))
+    return table

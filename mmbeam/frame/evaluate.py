@@ -27,10 +27,12 @@ Array = pa.Array | pa.ChunkedArray
 
 
 class EvalContext:
-    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation."""
+    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation, and
+    the fused URL/image chains built so far (reused by later batches)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chains: dict | None = None) -> None:
         self.errors: Counter[str] = Counter()
+        self.chains: dict = {} if chains is None else chains
 
 
 def _length(table: pa.Table) -> int:

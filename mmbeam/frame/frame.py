@@ -237,10 +237,10 @@ class Frame:
     # -- running --------------------------------------------------------------------------------
     def _run(self) -> pa.Table:
         if self._result is None:
-            from mmbeam.frame.compile import run_plan
+            from mmbeam.frame.inprocess import run
             from mmbeam.frame.optimizer import optimize
 
-            table, counts = run_plan(optimize(self._plan))
+            table, counts = run(optimize(self._plan))
             self._result = table.select(self.column_names)
             self._counts = counts
         return self._result
@@ -296,7 +296,8 @@ class Frame:
         local, why = execution_path(opt, ctx.exec_options, ctx.runner_name)
         text = "== Logical plan ==\n" + P.render(self._plan)
         text += "\n\n== Execution ==\n" + (
-            "in-process: the stages' Arrow operators run in this process, no Beam pipeline"
+            "in-process: the stages' Arrow operators stream batches in this process (joins, "
+            "group-bys, sorts and distinct materialize their input), no Beam pipeline"
             if local else f"Beam pipeline on the {ctx.runner_name!r} runner") + f" ({why})"
         if show_all:
             text += "\n\n== Optimized plan ==\n" + P.render(opt)
@@ -355,10 +356,11 @@ class Frame:
         for c in cols:
             self._plan.schema[c]
         spec = WriteSpec(fmt, root, cols, io_config)
-        written = Frame(P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names)))
-        from mmbeam.frame.compile import run_write
+        from mmbeam.frame.inprocess import write
+        from mmbeam.frame.optimizer import optimize
 
-        return run_write(written._plan, spec)
+        written = P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names))
+        return Frame(P.InMemory(write(optimize(written), spec)))
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""

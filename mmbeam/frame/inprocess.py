@@ -1,18 +1,26 @@
-"""Run a purely tabular plan in this process, without starting a Beam pipeline.
+"""Run a plan in this process as a stream of Arrow batches, without starting a Beam pipeline.
 
-On the local runner a Beam pipeline costs a fixed ~0.2 s or more (FnApiRunner start-up, stage
-fusion, encoding every batch between stages) however small the work. When the plan is purely
-tabular (no URL or image work, no UDF, no PCollection input) and the runner is the local
-default, this module drives the very same operators the Beam DoFns call
-(:mod:`mmbeam.frame.operators`, :mod:`mmbeam.frame.physical`) over whole Arrow tables: the same
-kernels, only no pipeline around them. Everything else, and every non-local runner, compiles to
-Beam. ``explain()`` says which path a plan takes; ``set_execution_config(in_process=False)``
-forces Beam.
+On the local runner a Beam pipeline costs a fixed ~1 s or more (importing Beam, FnApiRunner
+start-up, stage fusion, encoding every batch between stages) however small the work. So on the
+local default runner every plan without a UDF or a PCollection input runs here: this module
+drives the very same operators the Beam DoFns call (:mod:`mmbeam.frame.operators`,
+:mod:`mmbeam.frame.physical`, the fused URL/image kernel of :mod:`mmbeam.frame.kernels`) as a
+pull-based stream: the source yields batches, each stage's row operations run per batch (URL/image
+stages per autotuned sub-batch, as on Beam) and a ``limit`` stops pulling once it has its rows, so
+memory stays flat and ``show(2)`` downloads two rows. Blocking operators (join, aggregate, sort,
+distinct) materialize their input. Everything else, and every non-local runner, compiles to Beam
+(imported only then). ``explain()`` says which path a plan takes;
+``set_execution_config(in_process=False)`` forces Beam.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import singledispatch
+from typing import Any
 
 import pyarrow as pa
 
@@ -24,7 +32,9 @@ from mmbeam.frame import plan as P
 from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
 
-__all__ = ["execution_path", "run_in_process"]
+__all__ = ["execution_path", "run", "run_in_process", "write"]
+
+_log = logging.getLogger(__name__)
 
 
 def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tuple[bool, str]:
@@ -33,28 +43,86 @@ def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tupl
         return False, "in_process=False in the execution config"
     if runner_name != "local":
         return False, f"the runner is {runner_name!r}, not the local default"
+    multimodal = False
     for node in P.walk(plan):
         if isinstance(node, P.FromPCollection):
             return False, "the plan reads a Beam PCollection"
-        exprs: tuple = ()
-        if isinstance(node, P.Project):
-            exprs = node.exprs
-        elif isinstance(node, P.Filter):
-            exprs = (node.predicate,)
-        elif isinstance(node, P.Scan) and node.predicate is not None:
-            exprs = (node.predicate,)
-        if operators.has_multimodal(exprs):
-            return False, "the plan has URL/image work, which runs as fused Beam stages"
+        exprs = _exprs(node)
         if any(isinstance(n, UdfCall) for e in exprs for n in ir.walk(e)):
             return False, "the plan calls a UDF, which runs as a batched Beam stage"
+        multimodal |= operators.has_multimodal(exprs)
+    if multimodal:
+        return True, "local runner; URL/image work streams through the fused per-row kernel"
     return True, "a purely tabular plan on the local runner"
 
 
+def _exprs(node: P.Plan) -> tuple:
+    if isinstance(node, P.Project):
+        return node.exprs
+    if isinstance(node, P.Filter):
+        return (node.predicate,)
+    if isinstance(node, P.Scan) and node.predicate is not None:
+        return (node.predicate,)
+    return ()
+
+
+def run(plan: P.Plan) -> tuple[pa.Table, dict[str, int]]:
+    """Run an (optimized) plan on the context's runner: here when it can, else on Beam."""
+    from mmbeam.frame import context
+
+    ctx = context.get_context()
+    if execution_path(plan, ctx.exec_options, ctx.runner_name)[0]:
+        return run_in_process(plan, ctx.exec_options)
+    from mmbeam.frame.compile import run_plan
+
+    return run_plan(plan, ctx.exec_options)
+
+
 def run_in_process(plan: P.Plan, options: ExecOptions) -> tuple[pa.Table, dict[str, int]]:
-    """The rows of an (optimized, tabular) plan and the counts of rows nulled per operation."""
+    """The rows of an (optimized) plan and the counts of rows nulled per operation."""
     ctx = EvalContext()
-    table = _execute(plan, options, ctx)
-    return table, dict(ctx.errors)
+    table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    return table, _counted(ctx)
+
+
+def write(plan: P.Plan, spec: Any) -> pa.Table:
+    """Run an (optimized) ``plan`` writing its rows as files (here: as the rows come, files of up
+    to ``batch_rows`` rows; else on Beam); the table of written paths."""
+    from mmbeam.frame import context
+    from mmbeam.io.writers import write_table
+
+    options = context.get_context().exec_options
+    if not execution_path(plan, options, context.get_context().runner_name)[0]:
+        from mmbeam.frame.compile import run_write
+
+        return run_write(plan, spec)
+    ctx = EvalContext()
+    paths: list[str] = []
+    pending: list[pa.Table] = []
+
+    def flush() -> None:
+        whole = _concat(pending, plan.schema.to_arrow())
+        for start in range(0, max(whole.num_rows, 1), options.batch_rows):
+            paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
+        pending.clear()
+
+    for table in _stream(plan, options, ctx):
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= options.batch_rows:
+            flush()
+    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
+        flush()
+    _counted(ctx)
+    return pa.table({"path": pa.array(paths, pa.large_string())})
+
+
+def _counted(ctx: EvalContext) -> dict[str, int]:
+    """The null counts, each logged as the Beam path logs its counters."""
+    for op, n in ctx.errors.items():
+        if n:
+            _log.warning(
+                "%s: %d row(s) set to null by on_error='null'", op, n)
+    return dict(ctx.errors)
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -64,58 +132,123 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
+def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
+    """A blocking operator's input, materialized."""
+    return _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
+
+
+# -- the stream of batches per plan node ----------------------------------------------------------
 @singledispatch
-def _execute(plan: P.Plan, options: ExecOptions, ctx: EvalContext) -> pa.Table:
+def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    """``plan``'s rows as a stream of tables; ``ahead=False`` (under a limit) never runs URL/image
+    work on rows the consumer has not asked for yet."""
     raise UnsupportedError(f"the in-process executor has no rule for {type(plan).__name__}")
 
 
-@_execute.register
-def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    return plan.table
+@_stream.register
+def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    rows = options.batch_rows
+    for start in range(0, max(plan.table.num_rows, 1), rows):
+        yield plan.table.slice(start, rows)
 
 
-@_execute.register
-def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    tables = [table for index, spec in operators.scan_tasks(plan)
-              for _, table in operators.scan_task(plan, index, spec, options.batch_rows)]
-    return _concat(tables, plan.schema.to_arrow())
+@_stream.register
+def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    for index, spec in operators.scan_tasks(plan):
+        for _, table in operators.scan_task(plan, index, spec, options.batch_rows):
+            yield table
 
 
-def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    ops, source, _ = operators.row_ops(plan)
-    return operators.run_row_ops(_execute(source, options, ctx), ops, ctx)
+def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
+          ahead: bool = True) -> Iterator[pa.Table]:
+    ops, source, multimodal = operators.row_ops(plan)
+    batches = _stream(source, options, ctx, ahead)
+    if not multimodal:
+        for table in batches:
+            yield operators.run_row_ops(table, ops, ctx)
+        return
+    sizer = operators.multimodal_sizer(options.multimodal_batch_rows)
+
+    def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
+        sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
+        with sizer.measure(part.num_rows) as cost:
+            out = operators.run_row_ops(part, ops, sub)
+            cost.output_bytes = out.nbytes
+        return out, sub
+
+    parts = (part for table in batches for part in operators.sub_batches(table, sizer))
+    for out, sub in _in_order(run, parts, 2 if ahead else 1):
+        ctx.errors.update(sub.errors)
+        yield out
 
 
-_execute.register(P.Project, _rows)
-_execute.register(P.Filter, _rows)
-_execute.register(P.Explode, _rows)
+def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
+    the next sub-batch's rows fill the kernel's window while the current one drains."""
+    if depth == 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) == depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-@_execute.register
-def _(plan: P.Join, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    left = _execute(plan.left, options, ctx)
-    right = _execute(plan.right, options, ctx)
-    return physical.join_tables(left, right, plan.left_on, plan.right_on, plan.how,
-                                plan.schema, plan.prefix)
+_stream.register(P.Project, _rows)
+_stream.register(P.Filter, _rows)
+_stream.register(P.Explode, _rows)
 
 
-@_execute.register
-def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    table = _execute(plan.child, options, ctx)
-    return physical.aggregate_table(table, plan.keys, plan.aggs, plan.schema)
+@_stream.register
+def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    left = plan.n
+    batches = _stream(plan.child, options, ctx, False)
+    try:
+        for table in batches:
+            table = table.slice(0, left)
+            left -= table.num_rows
+            yield table
+            if left <= 0:
+                break
+    finally:
+        batches.close()  # stop the upstream stages: no row past the limit is fetched
 
 
-@_execute.register
-def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    return physical.distinct_table(_execute(plan.child, options, ctx), plan.on)
+@_stream.register
+def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    left = _whole(plan.left, options, ctx, ahead)
+    right = _whole(plan.right, options, ctx, ahead)
+    yield physical.join_tables(left, right, plan.left_on, plan.right_on, plan.how,
+                               plan.schema, plan.prefix)
 
 
-@_execute.register
-def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    table = _execute(plan.child, options, ctx)
-    return physical.sort_table(table, plan.by, plan.descending, plan.nulls_first)
+@_stream.register
+def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.aggregate_table(_whole(plan.child, options, ctx, ahead), plan.keys, plan.aggs,
+                                   plan.schema)
 
 
-@_execute.register
-def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext) -> pa.Table:
-    return _execute(plan.child, options, ctx).slice(0, plan.n)
+@_stream.register
+def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.distinct_table(_whole(plan.child, options, ctx, ahead), plan.on)
+
+
+@_stream.register
+def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    yield physical.sort_table(_whole(plan.child, options, ctx, ahead), plan.by, plan.descending,
+                              plan.nulls_first)

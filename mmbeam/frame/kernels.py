@@ -11,6 +11,7 @@ exist for one row at a time per thread and never as a column nobody asked for. T
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable
@@ -173,45 +174,80 @@ def row_window(chain: RowChain) -> int:
     return ctl.inflight(cpu_workers(), floor=chain.min_window())
 
 
-def _run_rows(chain: RowChain, values: list[Any], names: list[Any]) -> list[RowOutcome]:
-    """Every row through ``chain``, at most the autotuned window in flight; in row order."""
-    ctl = _controller(chain)
-    out: list[Any] = [None] * len(values)
-    window = row_window(chain)
-    slots = threading.Semaphore(window)
+class _Window:
+    """The rows a chain may have in flight: one autotuned window shared by every batch that
+    runs the chain, so a batch starting while another drains takes the slots it frees."""
 
-    def done(i: int, future: Any) -> None:
-        outcome = future.result()
-        out[i] = outcome
-        ctl.record(Measurement(1, seconds=outcome.io_seconds + outcome.cpu_seconds,
-                               busy_seconds=outcome.cpu_seconds or outcome.io_seconds,
-                               peak_bytes=outcome.peak_bytes))
-        slots.release()
+    def __init__(self, chain: RowChain):
+        self.chain = chain
+        self.size = row_window(chain)
+        self._slots = threading.Semaphore(self.size)
+        self._lock = threading.Lock()
+        self._started = 0
 
+    def acquire(self) -> None:
+        self._slots.acquire()
+        with self._lock:
+            self._started += 1
+            if self._started % 8:
+                return
+            new = row_window(self.chain)  # retune as costs are learned
+            delta, self.size = new - self.size, new
+        for _ in range(delta):
+            self._slots.release()
+        for _ in range(-delta):
+            self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+def _run_rows(window: _Window, values: list[Any], names: list[Any]) -> list[RowOutcome]:
+    """Every row through the window's chain, within the window; the outcomes in row order."""
+    ctl = _controller(window.chain)
+
+    def done(future: Any) -> None:
+        try:
+            outcome = future.result()
+            ctl.record(Measurement(1, seconds=outcome.io_seconds + outcome.cpu_seconds,
+                                   busy_seconds=outcome.cpu_seconds or outcome.io_seconds,
+                                   peak_bytes=outcome.peak_bytes))
+        finally:
+            window.release()
+
+    futures = []
     for i, value in enumerate(values):
-        slots.acquire()
-        if i and i % 8 == 0:  # retune as costs are learned
-            new = row_window(chain)
-            for _ in range(new - window):
-                slots.release()
-            for _ in range(window - new):
-                slots.acquire()
-            window = new
-        chain.submit(value, i, names[i]).add_done_callback(functools.partial(done, i))
-    for _ in range(window):
-        slots.acquire()
-    return out
+        window.acquire()
+        futures.append(window.chain.submit(value, i, names[i]))
+        futures[-1].add_done_callback(done)
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
+
+
+def _window(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[_Window, ir.Node]:
+    """The chain for ``node`` with its window, and the node it reads; a chain whose steps read
+    no other column (no crop by a bbox column) is built once per context and reused by every
+    batch, sharing its connections and its window."""
+    chains = getattr(ctx, "chains", None)
+    if chains is not None and id(node) in chains:
+        return chains[id(node)]
+    chain, base = _plan_chain(node, table, ctx)
+    entry = (_Window(chain), base)
+    if chains is not None and not any(len(n.args) > 1 for n in ir.walk(node)
+                                      if isinstance(n, ir.Function) and n.name in ROW_OPS):
+        entry = chains.setdefault(id(node), entry)
+    return entry
 
 
 def _run_chain(node: ir.Function, table: pa.Table, ctx: Any) -> list[Any]:
-    chain, base = _plan_chain(node, table, ctx)
+    window, base = _window(node, table, ctx)
     values = _python(base, table, ctx)
-    if chain.steps[0].stage == "url.download":
+    if window.chain.steps[0].stage == "url.download":
         names = values
     else:
         names = [f"row {i}" for i in range(len(values))]
     results = []
-    for outcome in _run_rows(chain, values, names):
+    for outcome in _run_rows(window, values, names):
         if outcome.error is not None:
             raise outcome.error
         if outcome.nulled is not None:

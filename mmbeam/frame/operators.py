@@ -22,12 +22,14 @@ __all__ = [
     "broadcast_right",
     "empty_batch",
     "has_multimodal",
+    "multimodal_sizer",
     "physical_size",
     "prune_tasks",
     "row_ops",
     "run_row_ops",
     "scan_task",
     "scan_tasks",
+    "sub_batches",
 ]
 
 #: the per-row work of one stage, innermost first: ("project", exprs), ("filter", predicate),
@@ -83,6 +85,33 @@ def run_row_ops(table: pa.Table, ops: RowOps, ctx: EvalContext) -> pa.Table:
         else:
             table = physical.explode_table(table, arg)
     return table
+
+
+#: seconds of URL/image work per sub-batch the autotuned sizer aims for
+MULTIMODAL_SECONDS = 3.0
+
+
+def multimodal_sizer(rows: int | None) -> Any:
+    """The sub-batch sizer of a stage with URL/image work: always ``rows`` rows, or (None) an
+    autotune controller aiming at ``MULTIMODAL_SECONDS`` of work and output bytes under the
+    memory budget per sub-batch (visible in ``explain(show_all=True)`` after a run)."""
+    from mmbeam.autotune import BatchSizeController
+
+    if rows:
+        return BatchSizeController(name="frame:multimodal_batch_rows", min_size=rows,
+                                   initial=rows, max_size=rows)
+    return BatchSizeController(
+        name="frame:multimodal_batch_rows", target_seconds=MULTIMODAL_SECONDS, min_size=8,
+        initial=64, max_size=8192).register()
+
+
+def sub_batches(table: pa.Table, sizer: Any) -> Iterator[pa.Table]:
+    """``table`` cut into consecutive slices of the sizes ``sizer.next_size()`` proposes."""
+    start = 0
+    while start < table.num_rows:
+        size = sizer.next_size()
+        yield table.slice(start, size)
+        start += size
 
 
 def prune_tasks(scan: P.Scan, tasks: list) -> list:

@@ -110,8 +110,9 @@ def test_explain_names_the_path_and_only_beam_starts_a_runner(capsys, mmbeam_htt
         url = mmbeam_http.add("paths-a.txt", b"hello")
         mm = mf.from_pydict({"u": [url]}).with_column("b", col("u").url.download())
         mm.explain()
-        assert "URL/image work" in capsys.readouterr().out
-        assert mm.to_pydict()["b"][0] is not None and counter.runs == 2
+        out = capsys.readouterr().out
+        assert "in-process" in out and "URL/image work streams" in out
+        assert mm.to_pydict()["b"] == [b"hello"] and counter.runs == 1
     finally:
         context.set_execution_config(in_process=None)
         context.set_runner_local()
@@ -218,3 +219,121 @@ def test_new_dofns_survive_pickling():
     for fn in (_PartialAggregateFn(grouped, 4), _AggregateFn(grouped), _BroadcastJoinFn(joined)):
         back = pickle.loads(pickle.dumps(fn))
         assert type(back) is type(fn) and back.__dict__.keys() == fn.__dict__.keys()
+
+
+# -- URL/image plans: the same rows, nulls, counts and errors either way ----------------------------
+def _both_ways(make):
+    """``make()``'s collected frame in-process and on Beam (a fresh frame each time)."""
+    local = make().collect()
+    context.set_execution_config(in_process=False)
+    try:
+        on_beam = make().collect()
+    finally:
+        context.set_execution_config(in_process=None)
+    return local, on_beam
+
+
+@pytest.fixture
+def images(mmbeam_http):
+    from mmbeam.testing.images import encode_sample, make_image
+
+    urls = [mmbeam_http.add(f"paths/{i}.jpg", encode_sample(make_image(40 + i, 30, seed=i)))
+            for i in range(5)]
+    mmbeam_http.add("paths/corrupt.jpg", encode_sample(make_image(40, 30, seed=7))[:200])
+    return mmbeam_http, urls
+
+
+def test_multimodal_nulls_and_counts_match(images):
+    server, urls = images
+    bad = [urls[0], server.url("files/paths/404.jpg"), None, urls[1],
+           server.url("files/paths/corrupt.jpg")]
+
+    def make():
+        img = col("url").url.download(on_error="null").image.decode(on_error="null")
+        return mf.from_pydict({"url": bad}).select(
+            "url", img.image.width().alias("w"),
+            img.image.resize(8, 6).image.encode("PNG").alias("png"))
+
+    local, on_beam = _both_ways(make)
+    assert local.to_arrow() == on_beam.to_arrow()
+    assert local.to_pydict()["w"] == [40, None, None, 41, None]
+    # both columns run the chain, so each counts the 404 and the corrupt image once
+    assert local._counts == on_beam._counts == {"url.download": 2, "image.decode": 2}
+
+
+def test_a_corrupt_image_fails_the_same_way(images):
+    from mmbeam.errors import DecodeError
+
+    server, urls = images
+    corrupt = server.url("files/paths/corrupt.jpg")
+    messages = []
+    for in_process in (None, False):
+        context.set_execution_config(in_process=in_process)
+        try:
+            df = mf.from_pydict({"url": [urls[0], corrupt]}).with_column(
+                "i", col("url").url.download().image.decode())
+            with pytest.raises(DecodeError) as info:
+                df.collect()
+        finally:
+            context.set_execution_config(in_process=None)
+        messages.append(str(info.value))
+    assert messages[1].startswith(messages[0])  # Beam appends "[while running 'StageN']"
+    assert "image.decode failed for" in messages[0] and "corrupt.jpg" in messages[0]
+
+
+def test_uploads_write_the_same_files(images, tmp_path):
+    _, urls = images
+    folders = iter([tmp_path / "local", tmp_path / "beam"])
+
+    def make():
+        return mf.from_pydict({"url": urls}).with_column(
+            "path", col("url").url.download().image.decode().image.resize(16, 16)
+            .image.encode("JPEG").url.upload(str(next(folders)))).select("path")
+
+    local, on_beam = _both_ways(make)
+    names = [[p.rsplit("/", 1)[1] for p in f.to_pydict()["path"]] for f in (local, on_beam)]
+    assert names[0] == names[1] and len(set(names[0])) == len(urls)
+    for name in names[0]:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "beam" / name).read_bytes()
+
+
+def test_a_limit_over_url_work_downloads_only_the_rows_it_needs(images):
+    """The limit cannot be pushed below the multimodal filter: the stream stops pulling."""
+    server, urls = images
+    context.set_execution_config(multimodal_batch_rows=2)
+    try:
+        server.reset_stats()
+        df = mf.from_pydict({"url": urls}).with_column(
+            "w", col("url").url.download().image.decode().image.width())
+        out = df.where(col("w") > 40).limit(2).to_pydict()
+    finally:
+        context.set_execution_config(multimodal_batch_rows=None)
+    assert out["w"] == [41, 42]
+    assert [server.hits(u) for u in urls] == [1, 1, 1, 1, 0]
+
+
+def test_url_work_in_process_never_imports_beam(images, tmp_path):
+    import subprocess
+    import sys
+
+    _, urls = images
+    script = f"""
+import sys
+import mmbeam
+from mmbeam import col
+urls = {urls!r}
+df = mmbeam.from_pydict({{"url": urls}}).with_column(
+    "path", col("url").url.download().image.decode().image.resize(8, 8).image.encode("JPEG")
+    .url.upload({str(tmp_path / "up")!r}))
+assert len(df.collect().to_pydict()["path"]) == len(urls)
+assert mmbeam.from_pydict({{"a": [1, 2]}}).where(col("a") > 1).to_pydict() == {{"a": [2]}}
+print("beam-imported", "apache_beam" in sys.modules)
+mmbeam.context.set_execution_config(in_process=False)
+assert mmbeam.from_pydict({{"url": urls[:1]}}).with_column(
+    "n", col("url").url.download().image.decode().image.width()).to_pydict()["n"] == [40]
+print("beam-after-forcing", "apache_beam" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "beam-imported False" in out.stdout and "beam-after-forcing True" in out.stdout
