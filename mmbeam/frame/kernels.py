@@ -90,7 +90,7 @@ async def _put(store: Any, data: Any, _: int) -> str:
 
 
 def _put_local(store: Any, data: Any, _: int) -> str:
-    return store.write_local(*_named(data))
+    return store.write_local(*_named(data), content_named=True)
 
 
 def _named(data: Any) -> tuple[str, bytes]:

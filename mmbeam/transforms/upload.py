@@ -17,7 +17,9 @@ async def _store(store: Store, data, key) -> str:
 
 
 def _store_local(store: Store, data, key) -> str:
-    return store.write_local(content_name(data) if key is None else key, data)
+    if key is None:
+        return store.write_local(content_name(data), data, content_named=True)
+    return store.write_local(key, data)
 
 
 class Upload(ElementTransform):

@@ -128,3 +128,22 @@ def test_write_failing_after_the_temporary_file_removes_it(tmp_path):
     with pytest.raises(UploadError, match="taken failed"):
         store.write_local("taken", b"data")
     assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_content_named_write_keeps_a_whole_file_already_there(tmp_path):
+    store = Store(str(tmp_path))
+    data = encode_sample(make_image(32, 24), "JPEG")
+    name = content_name(data)
+    path = store.write_local(name, data, content_named=True)
+    before = os.stat(path)
+    assert store.write_local(name, data, content_named=True) == path
+    assert os.stat(path).st_ino == before.st_ino  # kept, not replaced by a rename
+    # a file of another size under that name is not these bytes: it is replaced
+    with open(path, "wb") as f:
+        f.write(data[:10])
+    store.write_local(name, data, content_named=True)
+    assert open(path, "rb").read() == data
+    # a name given by the user says nothing about the bytes: always rewritten
+    store.write_local("given.jpg", b"one")
+    store.write_local("given.jpg", b"two")
+    assert open(tmp_path / "given.jpg", "rb").read() == b"two"
