@@ -2,6 +2,7 @@
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,6 +38,23 @@ def test_fit_keeps_aspect_and_fill_crops_the_centre():
 def test_resize_gray_and_upscale():
     gray = make_image(10, 8, mode="L")
     assert resize_image(gray, 40, 32).shape == (32, 40)
+
+
+def test_shrinking_by_two_or_more_averages_every_source_pixel():
+    # every 4th column white: area averaging at 4x gives a flat 64; bilinear would sample
+    # between the black columns and give 0
+    lines = np.zeros((64, 64), np.uint8)
+    lines[:, ::4] = 255
+    quarter = resize_image(lines, 16, 16)
+    assert quarter.min() >= 60 and quarter.max() <= 68
+
+
+def test_small_shrink_ratios_stay_close_to_area_averaging():
+    photo = make_image(384, 288)  # what a 3/8 JPEG decode leaves for a 256x256 box
+    fast = resize_image(photo, 256, 256).astype(float)
+    area = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA).astype(float)
+    psnr = 10 * np.log10(255**2 / np.mean((fast - area) ** 2))
+    assert psnr > 35
 
 
 def test_resize_rejects_non_images():
