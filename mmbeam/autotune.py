@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "ROW_SMOOTHING",
     "BatchSizeController",
     "Measurement",
     "chosen_sizes",
@@ -90,6 +91,12 @@ def chosen_sizes() -> dict[str, str]:
     """``name -> describe()`` of every controller registered in this process (the last run's)."""
     with _registry_lock:
         return {name: ctl.describe() for name, ctl in sorted(_registry.items())}
+
+
+#: Weight of one row's cost in a controller that tunes a window of rows in flight from every
+#: finished row: a single row's times swing several-fold with GIL and scheduling waits, so the
+#: window follows the mean of the last few dozen rows instead of the last few.
+ROW_SMOOTHING = 1 / 32
 
 
 class BatchSizeController:

@@ -21,7 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmbeam.autotune import BatchSizeController, Measurement, default_memory_budget
+from mmbeam.autotune import (
+    ROW_SMOOTHING,
+    BatchSizeController,
+    Measurement,
+    default_memory_budget,
+)
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
 from mmbeam.ops.pool import cpu_workers
@@ -162,7 +167,7 @@ def _controller(chain: RowChain) -> BatchSizeController:
             floor = chain.first_window()
             ctl = _controllers[name] = BatchSizeController(
                 name=name, memory_budget=default_memory_budget(), min_size=1,
-                max_size=max(floor, 512), initial=floor).register()
+                max_size=max(floor, 512), initial=floor, smoothing=ROW_SMOOTHING).register()
         return ctl
 
 

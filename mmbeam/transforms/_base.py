@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.typehints import typehints
 from apache_beam.utils.windowed_value import WindowedValue
 
-from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.autotune import ROW_SMOOTHING, BatchSizeController, Measurement
 from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.fetch import check_on_error
 from mmbeam.ops.pool import cpu_pool, cpu_workers
@@ -108,7 +108,8 @@ class ElementFn(beam.DoFn):
         self._floor = min(first, self.chain.min_window())
         self.controller = BatchSizeController(
             name=self.stage, memory_budget=self.memory_budget, min_size=1,
-            max_size=max(first, self.max_window), initial=first).register()
+            max_size=max(first, self.max_window), initial=first,
+            smoothing=ROW_SMOOTHING).register()
         self.window = first
         self._progress = get_progress()
 
