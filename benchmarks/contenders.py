@@ -215,16 +215,35 @@ def run_mmbeam_fused(names: list[str], urls: list[str], out: str) -> int:
     return _run_mmbeam(mt.Fuse(*thumbnail_parts(out)), names, urls)
 
 
-def _frame_thumbnails(lib, urls: list[str], out: str) -> int:
-    """The reference document's frame pipeline on ``lib`` (mmbeam or daft); keeps only the url
-    and the written path, so no full-size column is collected."""
+#: The reference document's expressions in each library's spelling: mmbeam keeps Daft's older
+#: ``.url``/``.image`` namespaces, Daft 0.7 has flat methods.
+_MMBEAM_EXPRS = {
+    "download": lambda e: e.url.download(),
+    "decode": lambda e: e.image.decode(),
+    "resize": lambda e: e.image.resize(*SIZE),
+    "encode": lambda e: e.image.encode("JPEG"),
+    "upload": lambda e, out: e.url.upload(out),
+}
+_DAFT_EXPRS = {
+    "download": lambda e: e.download(),
+    "decode": lambda e: e.decode_image(),
+    "resize": lambda e: e.resize(*SIZE),
+    "encode": lambda e: e.encode_image("JPEG"),
+    "upload": lambda e, out: e.upload(out),
+}
+
+
+def _frame_thumbnails(lib, x: dict, urls: list[str], out: str) -> int:
+    """The reference document's frame pipeline on ``lib`` (mmbeam or daft) with its expression
+    spelling ``x``; keeps only the url and the written path, so no full-size column is
+    collected."""
     col = lib.col
     df = (
         lib.from_pydict({"url": urls})
-        .with_column("image", col("url").url.download().image.decode())
-        .with_column("resized", col("image").image.resize(*SIZE))
-        .with_column("encoded", col("resized").image.encode("JPEG"))
-        .with_column("path", col("encoded").url.upload(out))
+        .with_column("image", x["decode"](x["download"](col("url"))))
+        .with_column("resized", x["resize"](col("image")))
+        .with_column("encoded", x["encode"](col("resized")))
+        .with_column("path", x["upload"](col("encoded"), out))
         .select("url", "path")
         .collect()
     )
@@ -235,7 +254,7 @@ def run_mmbeam_frame(names: list[str], urls: list[str], out: str) -> int:
     """The Daft-style frame API on mmbeam."""
     import mmbeam
 
-    return _frame_thumbnails(mmbeam, urls, out)
+    return _frame_thumbnails(mmbeam, _MMBEAM_EXPRS, urls, out)
 
 
 # --------------------------------------------------------------------------- daft
@@ -243,7 +262,7 @@ def run_daft(names: list[str], urls: list[str], out: str) -> int:
     """The reference document's Daft pipeline, when Daft is installed."""
     import daft
 
-    return _frame_thumbnails(daft, urls, out)
+    return _frame_thumbnails(daft, _DAFT_EXPRS, urls, out)
 
 
 # --------------------------------------------------------------------------- registry
