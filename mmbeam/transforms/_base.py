@@ -91,7 +91,7 @@ class ElementFn(beam.DoFn):
         self.stage = chain.stages[-1] if len(chain.stages) == 1 else "+".join(chain.stages)
 
     def setup(self):
-        stages = self.chain.stages
+        stages = self._stages = self.chain.stages
         self._ok = {s: Metrics.counter(s, "succeeded") for s in stages}
         self._failed = {s: Metrics.counter(s, "failed") for s in stages}
         self._nulls = {s: Metrics.counter(s, "nulls") for s in stages}
@@ -118,6 +118,10 @@ class ElementFn(beam.DoFn):
         self._ready = threading.Semaphore(0)
         self._held = 0
         self._completed = 0
+        # rows and bytes that went through each step: counted here, added to the Beam counters
+        # once per bundle (a counter's inc looks up the bundle's tracker on every call)
+        self._ok_rows = [0] * len(self._stages)
+        self._end_bytes = dict.fromkeys(self._ends, 0)
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         try:
@@ -140,6 +144,12 @@ class ElementFn(beam.DoFn):
 
     def finish_bundle(self):
         yield from self._drain(0)
+        for index, rows in enumerate(self._ok_rows):
+            if rows:
+                self._ok[self._stages[index]].inc(rows)
+        for index, size in self._end_bytes.items():
+            if size:
+                self._ends[index].inc(size)
         self._progress.finish()
 
     def _split(self, element):
@@ -160,12 +170,13 @@ class ElementFn(beam.DoFn):
 
     def _emit(self, outcome, element, key, timestamp, window):
         self._learn(outcome)
-        stages = self.chain.stages
+        stages = self._stages
         ran = len(outcome.sizes)  # steps that succeeded; stages[ran] failed or nulled the row
+        ok_rows, end_bytes = self._ok_rows, self._end_bytes
         for index in range(ran):
-            self._ok[stages[index]].inc()
-            if index in self._ends:
-                self._ends[index].inc(outcome.sizes[index])
+            ok_rows[index] += 1
+            if index in end_bytes:
+                end_bytes[index] += outcome.sizes[index]
         if outcome.error is not None:
             self._failed[stages[ran]].inc()
             self._progress.update(stages[-1], failed=1)
@@ -207,7 +218,7 @@ class ElementFn(beam.DoFn):
         and ``failures`` is set, else raise."""
         err = exc if isinstance(exc, StageError) else StageError(f"{type(exc).__name__}: {exc}")
         if err.stage is None:
-            stage = self.chain.stages[step]
+            stage = self._stages[step]
             self._failed[stage].inc()
             err = err.located(stage, element)
         if self.failures and step >= self.parts[-1]:
