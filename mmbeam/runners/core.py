@@ -54,7 +54,7 @@ from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
-from mmbeam.runners.fusion import with_element_fusion
+from mmbeam.runners.fusion import create_stages
 from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
@@ -115,34 +115,9 @@ class DistributedRunner(FnApiRunner):
         return super().run_pipeline(pipeline, options)
 
     def create_stages(self, pipeline_proto):
-        # FnApiRunner's phases, plus: consecutive ElementFns fused into one (unless
-        # --no_fuse_elements), and a stateful DoFn always starts a stage, so its input can be
-        # hash-partitioned by key between stages.
-        return translations.create_and_optimize_stages(
-            pipeline_proto.__deepcopy__(),
-            phases=with_element_fusion([
-                translations.annotate_downstream_side_inputs,
-                translations.annotate_stateful_dofns_as_roots,
-                translations.fix_side_input_pcoll_coders,
-                translations.pack_combiners,
-                translations.lift_combiners,
-                translations.expand_sdf,
-                translations.expand_gbk,
-                translations.sink_flattens,
-                translations.greedily_fuse,
-                translations.read_to_impulse,
-                translations.impulse_to_input,
-                translations.sort_stages,
-                translations.add_impulse_to_dangling_transforms,
-                translations.setup_timer_mapping,
-                translations.populate_data_channel_coders,
-            ], getattr(self, "_options", None)),
-            known_runner_urns=frozenset([
-                translations.common_urns.primitives.FLATTEN.urn,
-                translations.common_urns.primitives.GROUP_BY_KEY.urn,
-            ]),
-            use_state_iterables=self._use_state_iterables,
-            is_drain=self._is_drain)
+        # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
+        return create_stages(self, pipeline_proto, getattr(self, "_options", None),
+                             stateful_roots=True)
 
     def run_stages(self, stage_context, stages):
         options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()

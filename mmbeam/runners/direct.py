@@ -8,13 +8,11 @@ one fused kernel (:mod:`mmbeam.runners.fusion`; ``--no_fuse_elements`` turns it 
 
 from __future__ import annotations
 
-import copy
-
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner, translations
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from mmbeam.runners.fusion import with_element_fusion
+from mmbeam.runners.fusion import create_stages
 
 __all__ = ["LocalRunner", "local_pipeline", "local_runner"]
 
@@ -30,30 +28,7 @@ class LocalRunner(FnApiRunner):
         return super().run_via_runner_api(pipeline_proto, options)
 
     def create_stages(self, pipeline_proto):
-        return translations.create_and_optimize_stages(
-            copy.deepcopy(pipeline_proto),
-            phases=with_element_fusion([
-                translations.annotate_downstream_side_inputs,
-                translations.fix_side_input_pcoll_coders,
-                translations.pack_combiners,
-                translations.lift_combiners,
-                translations.expand_sdf,
-                translations.expand_gbk,
-                translations.sink_flattens,
-                translations.greedily_fuse,
-                translations.read_to_impulse,
-                translations.impulse_to_input,
-                translations.sort_stages,
-                translations.add_impulse_to_dangling_transforms,
-                translations.setup_timer_mapping,
-                translations.populate_data_channel_coders,
-            ], self._options),
-            known_runner_urns=frozenset([
-                translations.common_urns.primitives.FLATTEN.urn,
-                translations.common_urns.primitives.GROUP_BY_KEY.urn,
-            ]),
-            use_state_iterables=self._use_state_iterables,
-            is_drain=self._is_drain)
+        return create_stages(self, pipeline_proto, self._options)
 
 
 def local_runner() -> FnApiRunner:

@@ -23,6 +23,7 @@ their own fusion, so there ``mt.Fuse`` is the way to get one kernel.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 from typing import Any
 
@@ -36,7 +37,7 @@ from mmbeam.ops.rowchain import RowChain
 from mmbeam.transforms._base import ElementFn
 from mmbeam.transforms.options import MmbeamOptions
 
-__all__ = ["fuse_element_fns", "fuses_elements", "with_element_fusion"]
+__all__ = ["create_stages", "fuse_element_fns", "fuses_elements", "with_element_fusion"]
 
 _log = logging.getLogger(__name__)
 _PAR_DO = common_urns.primitives.PAR_DO.urn
@@ -50,6 +51,36 @@ def fuses_elements(options: Any) -> bool:
 def with_element_fusion(phases: list, options: Any) -> list:
     """``phases`` with :func:`fuse_element_fns` first, unless ``--no_fuse_elements``."""
     return [fuse_element_fns, *phases] if fuses_elements(options) else list(phases)
+
+
+def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool = False):
+    """What ``FnApiRunner.create_stages`` does, with :func:`fuse_element_fns` first (unless
+    ``--no_fuse_elements``); ``stateful_roots`` makes every stateful DoFn start a stage, so the
+    distributed runners can hash-partition its input by key between stages."""
+    phases = [
+        translations.annotate_downstream_side_inputs,
+        *([translations.annotate_stateful_dofns_as_roots] if stateful_roots else []),
+        translations.fix_side_input_pcoll_coders,
+        translations.pack_combiners,
+        translations.lift_combiners,
+        translations.expand_sdf,
+        translations.expand_gbk,
+        translations.sink_flattens,
+        translations.greedily_fuse,
+        translations.read_to_impulse,
+        translations.impulse_to_input,
+        translations.sort_stages,
+        translations.add_impulse_to_dangling_transforms,
+        translations.setup_timer_mapping,
+        translations.populate_data_channel_coders,
+    ]
+    return translations.create_and_optimize_stages(
+        copy.deepcopy(pipeline_proto),
+        phases=with_element_fusion(phases, options),
+        known_runner_urns=frozenset([common_urns.primitives.FLATTEN.urn,
+                                     common_urns.primitives.GROUP_BY_KEY.urn]),
+        use_state_iterables=runner._use_state_iterables,
+        is_drain=runner._is_drain)
 
 
 def fuse_element_fns(stages, pipeline_context):
