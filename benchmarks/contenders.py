@@ -63,10 +63,8 @@ class _Client:
         raise AssertionError("unreachable")
 
 
-def _thumbnail(data: bytes, path: str) -> None:
-    """Reduced-size JPEG decode, stretch to 256x256, encode, write: one GIL-free OpenCV call
-    per step (Pillow's decode loop re-takes the GIL every 64 KB, which convoys with I/O threads).
-    """
+def script_decode(data: bytes):
+    """Reduced-size JPEG decode (the largest of 1/8, 1/4, 1/2 that covers the box), in BGR."""
     import cv2
     import numpy as np
     from PIL import Image
@@ -77,13 +75,38 @@ def _thumbnail(data: bytes, path: str) -> None:
              4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags[scale])
     if pixels is None:
-        raise ValueError(f"cannot decode {path}")
-    pixels = cv2.resize(pixels, SIZE, interpolation=cv2.INTER_AREA)
+        raise ValueError("cannot decode the image")
+    return pixels
+
+
+def script_resize(pixels):
+    import cv2
+
+    return cv2.resize(pixels, SIZE, interpolation=cv2.INTER_AREA)
+
+
+def script_encode(pixels) -> bytes:
+    import cv2
+
     ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 75])
     if not ok:
-        raise ValueError(f"cannot encode {path}")
+        raise ValueError("cannot encode the thumbnail")
+    return encoded.tobytes()
+
+
+def script_write(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
-        f.write(encoded.tobytes())
+        f.write(data)
+
+
+def _thumbnail(data: bytes, path: str) -> None:
+    """The script's kernel: reduced-size JPEG decode, stretch to 256x256, encode, write; one
+    GIL-free OpenCV call per step (Pillow's decode loop re-takes the GIL every 64 KB, which
+    convoys with I/O threads). ``benchmarks/kernels.py`` times the four steps one by one."""
+    try:
+        script_write(path, script_encode(script_resize(script_decode(data))))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def run_threads(

@@ -2,10 +2,10 @@
 
 For every image of a corpus: decode (for a 256x256 box), resize to 256x256, encode JPEG, write
 the file. Contenders, interleaved round by round (the order rotates) so machine load hits all
-alike: ``script`` (the hand-written thread-pool script's kernel, ``contenders._thumbnail``: OpenCV
-in BGR), ``mmbeam`` (``decode_image``, ``resize_image``, ``encode_image``, ``Store.write_local``)
-and, with ``--baseline REV``, the same mmbeam kernels as they were at git revision REV. Prints the
-median over ``--repeat`` rounds of milliseconds per image.
+alike: ``script`` (the steps of the hand-written script's kernel, ``contenders._thumbnail``:
+OpenCV in BGR), ``mmbeam`` (``decode_image``, ``resize_image``, ``encode_image``, the atomic
+local write) and, with ``--baseline REV``, the same mmbeam kernels as they were at git revision
+REV. Prints the median over ``--repeat`` rounds of milliseconds per image.
 
     python benchmarks/kernels.py --corpus web --repeat 5 --baseline main
 """
@@ -13,7 +13,6 @@ median over ``--repeat`` rounds of milliseconds per image.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import subprocess
 import sys
@@ -24,11 +23,10 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contenders  # noqa: E402
 from corpus import CORPORA, pool  # noqa: E402
 
 from mmbeam.ops import decode, encode, resize, store  # noqa: E402
@@ -36,35 +34,20 @@ from mmbeam.ops import decode, encode, resize, store  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (256, 256)
 STAGES = ("decode", "resize", "encode", "write")
-_CV2_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-
-
-def _script_decode(data: bytes) -> np.ndarray:
-    width, height = Image.open(io.BytesIO(data)).size
-    scale = next((s for s in (8, 4, 2) if width // s >= SIZE[0] and height // s >= SIZE[1]), 1)
-    return cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_REDUCED[scale])
-
-
-def _script_write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
+#: the hand-written script's kernel, step by step (``contenders._thumbnail`` chains them)
 SCRIPT = {
-    "decode": _script_decode,
-    "resize": lambda pixels: cv2.resize(pixels, SIZE, interpolation=cv2.INTER_AREA),
-    "encode": lambda pixels: cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 75])[1]
-    .tobytes(),
-    "write": _script_write,
+    "decode": contenders.script_decode,
+    "resize": contenders.script_resize,
+    "encode": contenders.script_encode,
+    "write": contenders.script_write,
 }
 
 
-def mmbeam_kernels(decode_mod, encode_mod, store_mod) -> dict:
+def mmbeam_kernels(decode_mod, resize_mod, encode_mod, store_mod) -> dict:
     """The four stages as mmbeam's modules (current or loaded from a revision) run them."""
     return {
         "decode": lambda data: decode_mod.decode_image(data, min_size=SIZE),
-        "resize": lambda pixels: resize.resize_image(pixels, *SIZE),
+        "resize": lambda pixels: resize_mod.resize_image(pixels, *SIZE),
         "encode": lambda pixels: encode_mod.encode_image(pixels, "JPEG"),
         "write": store_mod._write_local_atomic,
     }
@@ -109,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     images = pool(args.corpus, log=print)
-    contenders = {"script": SCRIPT, "mmbeam": mmbeam_kernels(decode, encode, store)}
+    contenders = {"script": SCRIPT, "mmbeam": mmbeam_kernels(decode, resize, encode, store)}
     if args.baseline:
-        old = [module_at(args.baseline, name) for name in ("decode", "encode", "store")]
+        old = [module_at(args.baseline, name) for name in ("decode", "resize", "encode", "store")]
         contenders[f"mmbeam@{args.baseline}"] = mmbeam_kernels(*old)
     times = {name: {stage: [] for stage in STAGES} for name in contenders}
     sizes = {}
