@@ -38,6 +38,7 @@ _FRAME_NAMES = (
     "from_pylist",
     "lit",
     "read_csv",
+    "read_images",
     "read_parquet",
 )
 
