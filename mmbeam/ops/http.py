@@ -240,6 +240,11 @@ def _open(url: str, headers: dict[str, str], guard: Guard):
         raise DownloadError(f"invalid URL {url!r}: {exc}") from None
     except urllib3.exceptions.SSLError as exc:
         raise DownloadError(f"TLS error for {url}: {exc}") from exc
+    except urllib3.exceptions.NewConnectionError as exc:
+        guard.check()
+        _, host, port = origin(url)
+        raise ConnectionError(f"Cannot connect to host {host}:{port} "
+                              f"({str(exc).split(': ', 1)[-1]})") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         guard.check()
         raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
