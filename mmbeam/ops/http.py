@@ -245,6 +245,8 @@ def _open(url: str, headers: dict[str, str], guard: Guard):
         _, host, port = origin(url)
         raise ConnectionError(f"Cannot connect to host {host}:{port} "
                               f"({str(exc).split(': ', 1)[-1]})") from exc
+    except urllib3.exceptions.TimeoutError as exc:  # a socket wait ran to the deadline
+        raise TimeoutError(f"timed out after {guard.timeout_s:g} s") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         guard.check()
         raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
@@ -284,6 +286,8 @@ def _body(url: str, response, guard: Guard, max_bytes: int) -> bytes:
                                     f"bytes and was cut there; raise max_bytes to read it")
             chunks.append(chunk)
         return b"".join(chunks)
+    except urllib3.exceptions.TimeoutError as exc:
+        raise TimeoutError(f"timed out after {guard.timeout_s:g} s") from exc
     except urllib3.exceptions.HTTPError as exc:
         guard.check()
         short = [e for e in (exc, *exc.args) if isinstance(e, http.client.IncompleteRead)]
