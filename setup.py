@@ -46,6 +46,7 @@ setup(
         "simplejpeg>=1.7",
         "fsspec>=2024.6",
         "aiohttp>=3.9",
+        "urllib3>=2.2,<3",
     ],
     extras_require={
         "s3": S3,
