@@ -131,3 +131,31 @@ def test_http_config_reaches_the_server_from_the_frame(mmbeam_http):
         "data", col("url").url.download(io_config=_creds())).to_pydict()
     assert out["data"] == [b"xyz"]
     _assert_sent(mmbeam_http, url)
+
+
+# the frame's url.download takes Download's options
+
+
+def test_url_download_checks_its_options_when_built():
+    from mmbeam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_bytes"):
+        col("url").url.download(max_bytes=0)
+    with pytest.raises(ConfigError, match="unknown scheme 'ftp'"):
+        col("url").url.download(allowed_schemes=("ftp",))
+    with pytest.raises(ConfigError, match="timeout_s"):
+        col("url").url.download(timeout_s=0)
+    with pytest.warns(DeprecationWarning, match="use_native_downloader.*does nothing"):
+        col("url").url.download(use_native_downloader=True)
+
+
+def test_url_download_passes_retries_and_max_bytes(mmbeam_http):
+    mmbeam_http.add("frame-opts.bin", bytes(5000))
+    flaky = mmbeam_http.url("flaky/1/frame-opts.bin")
+    frame = mmbeam.from_pydict({"url": [flaky, mmbeam_http.url("files/frame-opts.bin")]})
+    out = frame.with_column("data", col("url").url.download(
+        on_error="null", retries=0, max_bytes=4000)).to_pydict()
+    assert out["data"] == [None, None]  # a 500 with no retry; 5000 bytes over the cap
+    assert mmbeam_http.hits("flaky/1/frame-opts.bin") == 1
+    out = frame.with_column("data", col("url").url.download(retries=1)).to_pydict()
+    assert out["data"] == [bytes(5000)] * 2
