@@ -27,7 +27,7 @@ from mmbeam.testing.collect import run_collect
 CHILD = Path(__file__).with_name("hostile_child.py")
 SURFACES = ("transform", "frame", "async")
 SECRETS = ("key-123", "sid=c00k", "tok-456")
-CHILD_TIMEOUT_S = 300
+CHILD_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,16 @@ def reports() -> dict[str, dict]:
     procs = {s: subprocess.Popen([sys.executable, str(CHILD), s], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env) for s in SURFACES}
     out = {}
-    for surface, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
-        assert proc.returncode == 0, f"{surface} child failed:\n{stdout}\n{stderr[-3000:]}"
-        out[surface] = json.loads(stdout.strip().splitlines()[-1])
+    try:
+        for surface, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=CHILD_TIMEOUT_S)
+            assert proc.returncode == 0, f"{surface} child failed:\n{stdout}\n{stderr[-3000:]}"
+            out[surface] = json.loads(stdout.strip().splitlines()[-1])
+    finally:
+        for proc in procs.values():  # a hung child (a deadline that never fires) is stopped
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return out
 
 
