@@ -139,7 +139,10 @@ def _attach(sock) -> None:
         guard.attach(sock)
 
 
-class _GuardedHTTPConnection(HTTPConnection):
+class _Guarded:
+    """Hands each connection's socket to the calling thread's guard (a mixin for urllib3's
+    connection classes)."""
+
     def connect(self):
         super().connect()
         _attach(self.sock)
@@ -150,9 +153,12 @@ class _GuardedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _GuardedHTTPSConnection(HTTPSConnection):
-    connect = _GuardedHTTPConnection.connect
-    request = _GuardedHTTPConnection.request
+class _GuardedHTTPConnection(_Guarded, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_Guarded, HTTPSConnection):
+    pass
 
 
 class _HTTPPool(HTTPConnectionPool):

@@ -274,3 +274,17 @@ def test_a_cancelled_download_stops_reading_at_once(server):
     while server.active_requests and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.active_requests == 0  # the drip lost its reader well before its 10 s
+
+
+@pytest.mark.parametrize("store", ["mmbeam_s3", "mmbeam_gcs"])
+def test_max_bytes_applies_to_object_stores_from_metadata(store, request, mmbeam_bucket_name):
+    srv = request.getfixturevalue(store)
+    bucket = srv.make_bucket(mmbeam_bucket_name)
+    url = f"{bucket.rstrip('/')}/big.bin"
+    srv.put(url, DATA)
+    with pytest.raises(DownloadError, match=r"big.bin is too large: 102400 bytes is over "
+                                            r"max_bytes=1000"):
+        fetch(url, io_config=srv.io_config(), max_bytes=1000)
+    assert fetch(url, io_config=srv.io_config(), max_bytes=len(DATA)) == DATA
+    with pytest.raises(UnsupportedSchemeError, match="not allowed"):
+        fetch(url, io_config=srv.io_config(), allowed_schemes=("http", "https"))
