@@ -195,3 +195,26 @@ def test_cpu_only_outcome_gives_sizes_and_failed_input():
     assert chain.submit(8).result(30).sizes == (8, 0, 4)
     out = chain.submit(7).result(30)
     assert out.sizes == (7, 0) and out.failed_input == 7 and out.error.stage == "half"
+
+
+def test_async_only_io_step_honours_nullable_on_the_event_loop():
+    """An I/O step with no blocking form runs on the I/O loop; its failure nulls the row when
+    the step is nullable (later steps skip it) and is a located StageError when it is not."""
+    async def lookup(value, key):
+        if value == "missing":
+            raise FileNotFoundError(f"no such object: {value}")
+        return value.encode()
+
+    def chain(nullable):
+        return RowChain([Step("lookup", "io", lookup, nullable, limit=2),
+                         Step("size", "cpu", lambda value, key: len(value))])
+
+    nullable = chain(True)
+    assert not nullable._threaded
+    outs = [nullable.submit(v).result(30) for v in ("abc", "missing", "de")]
+    assert [(o.value, o.error, o.nulled) for o in outs] == [
+        (3, None, None), (None, None, "lookup"), (2, None, None)]
+    assert outs[1].sizes == ()
+    out = chain(False).submit("missing", name="row 4").result(30)
+    assert out.value is None and out.nulled is None and out.error.stage == "lookup"
+    assert str(out.error) == "lookup failed for 'row 4': FileNotFoundError: no such object: missing"

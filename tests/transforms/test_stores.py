@@ -71,3 +71,33 @@ def test_upload_to_missing_bucket_fails_clearly(mmbeam_s3):
     assert good == [] and "s3://no-such-bucket-mmbeam/out/" in failed[0].error
     with pytest.raises(UploadError, match="Upload failed for <3 bytes>: .*bucket does not exist"):
         run_collect(lambda p: p | beam.Create([b"abc"]) | store)
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_store(request):
+    """(scheme, server) for the object stores, whose Upload runs on the event-loop I/O path."""
+    return request.param, request.getfixturevalue("mmbeam_s3" if request.param == "s3" else "mmbeam_gcs")
+
+
+def test_upload_to_missing_bucket_with_on_error_null_gives_a_counted_none(object_store):
+    scheme, server = object_store
+    location = f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:10]}/out"
+    upload = mt.Upload(location, on_error="null", io_config=server.io_config())
+    assert upload.step(True).blocking is None  # the event-loop path, not the threaded one
+    collected = run_collect(lambda p: p | beam.Create([b"abc", b"defg"]) | upload)
+    assert collected.outputs == [None, None]
+    assert collected.counter("Upload", "nulls") == 2
+    assert collected.counter("Upload", "succeeded") == 0
+
+
+def test_upload_to_missing_bucket_with_exception_handling_names_the_upload_stage(object_store):
+    scheme, server = object_store
+    location = f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:10]}/out"
+    upload = mt.Upload(location, on_error="null", io_config=server.io_config())
+    good, failed = run_collect(
+        lambda p: p | beam.Create([b"abc"]) | upload.with_exception_handling()
+    ).outputs
+    assert good == [] and len(failed) == 1
+    (record,) = failed
+    assert isinstance(record, mt.FailedRecord) and record.stage == "Upload"
+    assert record.element == b"abc" and location in record.error
