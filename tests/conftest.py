@@ -1,0 +1,79 @@
+"""Fixtures shared by every test module: served sample JPEGs, a fake clock, a counted local
+runner, and the frame context (runner and execution config) restored after each test."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+
+import pytest
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it (``clock.now += 1.5``)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock` at 0.0, for the policies that take an injected clock."""
+    return FakeClock()
+
+
+class RunCounter:
+    """A runner factory that counts the runs it starts (each on Beam's local runner)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def factory(self):
+        from mmbeam.runners.direct import local_runner
+
+        self.runs += 1
+        return local_runner()
+
+
+@pytest.fixture
+def runs() -> RunCounter:
+    """Frames run on the local runner, counted in ``runs.runs`` (restored after the test)."""
+    from mmbeam.frame import context
+
+    counter = RunCounter()
+    context.set_runner(counter.factory, "counted")
+    return counter
+
+
+@pytest.fixture(autouse=True)
+def _frame_context_restored():
+    """Whatever a test sets with ``set_execution_config`` or ``set_runner_*`` is undone after
+    it: the context object (immutable) seen before the test is put back, not a literal default.
+    Costs nothing for tests that never import the frame."""
+    before = sys.modules.get("mmbeam.frame.context")
+    saved = before.get_context() if before is not None else None
+    yield
+    context = sys.modules.get("mmbeam.frame.context")
+    if context is not None:
+        context._context = saved if saved is not None else context.Context()
+
+
+@pytest.fixture(scope="session")
+def serve_jpegs(mmbeam_http) -> Callable[..., dict[str, str]]:
+    """``serve_jpegs(folder, sizes, orientations=False)`` serves one JPEG per ``(width, height)``
+    (``make_image(w, h, seed=i)``, EXIF orientation ``1 + i % 8`` with ``orientations``) on the
+    session's FaultServer as ``<folder>/p<i>.jpg``; returns ``{"p<i>.jpg": url}``."""
+    from mmbeam.testing.images import encode_sample, make_image
+
+    def serve(folder: str, sizes: Iterable[tuple[int, int]], orientations: bool = False):
+        urls = {}
+        for i, (width, height) in enumerate(sizes):
+            extra = {"exif_orientation": 1 + i % 8} if orientations else {}
+            data = encode_sample(make_image(width, height, seed=i), "JPEG", **extra)
+            urls[f"p{i}.jpg"] = mmbeam_http.add(f"{folder}/p{i}.jpg", data)
+        return urls
+
+    return serve
