@@ -9,7 +9,7 @@ import pytest
 
 import mmbeam.frame as mf
 import mmbeam.ops.decode as decode_mod
-from mmbeam.errors import DecodeError, DownloadError
+from mmbeam.errors import DecodeError, DownloadError, SchemaError
 from mmbeam.expr import ir
 from mmbeam.frame import DataType, col
 from mmbeam.frame import plan as P
@@ -124,7 +124,7 @@ def test_upload_writes_content_named_files(tmp_path, served):
 
 def test_image_type_mismatch_before_running(runs):
     df = mf.from_pydict({"s": ["a"]})
-    with pytest.raises(Exception, match="image.resize expects an Image"):
+    with pytest.raises(SchemaError, match="image.resize expects an Image"):
         df.with_column("x", col("s").image.resize(2, 2))
     assert runs.runs == 0
 

@@ -19,6 +19,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils import proto_utils
 
 from mmbeam import transforms as mt
+from mmbeam.errors import DecodeError
 from mmbeam.runners.direct import local_runner
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import encode_sample, make_image
@@ -202,7 +203,7 @@ def test_exception_handling_routes_and_names_failures_as_unfused(served, mmbeam_
     bad = [("bad.png", junk)] if keyed else [junk]
     expected = "DecodeImage failed for " + ("key 'bad.png'" if keyed else "<25 bytes>")
     for options, out in ((None, "d"), (unfused(), "e")):
-        with pytest.raises(Exception, match=re.escape(expected) + ": not an image"):
+        with pytest.raises(DecodeError, match=re.escape(expected) + ": not an image"):
             run_collect(handled(tmp_path / out, bad), options=options)
 
 
