@@ -77,3 +77,45 @@ def serve_jpegs(mmbeam_http) -> Callable[..., dict[str, str]]:
         return urls
 
     return serve
+
+
+def _checkout_state(root: str) -> set[str] | None:
+    """``git status`` of the checkout, ignored files included, minus Python's and tools'
+    caches; None when the tests do not run from a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             cwd=root, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    caches = ("__pycache__", ".ruff_cache", ".pytest_cache")
+    return {line for line in out.stdout.splitlines() if not any(c in line for c in caches)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_left_clean(request):
+    """Tests write only under their tmp_path: the checkout is as the session found it."""
+    root = str(request.config.rootpath)
+    before = _checkout_state(root)
+    yield
+    after = _checkout_state(root)
+    if before is not None and after is not None:
+        assert after == before, f"tests wrote into the checkout: {sorted(after - before)}"
+
+
+#: fixtures that start or use a cluster, and the parameters that pick a cluster runner
+_ENGINE_FIXTURES = {"dask_cluster", "ray_session", "ray_head", "portable_frames"}
+_ENGINE_PARAMS = {"runner_name", "cluster_runner"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``distributed`` every test that runs on Dask, Ray or a portable runner's workers
+    through a shared fixture or a runner parameter (other tests carry the mark themselves)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_engine = any(params.get(p) in ("dask", "ray") for p in _ENGINE_PARAMS)
+        if on_engine or _ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.distributed)

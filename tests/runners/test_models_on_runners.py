@@ -18,6 +18,8 @@ from mmbeam.runners import DaskRunner, RayRunner
 from mmbeam.testing import run_collect
 from mmbeam.transforms import RunModel
 
+pytestmark = pytest.mark.slow  # a model per worker process, on Dask and Ray (~1 min in all)
+
 N = 48
 #: instances built in this process, by model name (a module global: one per worker process)
 _LOADS: collections.Counter = collections.Counter()
