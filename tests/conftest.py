@@ -37,15 +37,18 @@ class RunCounter:
         self.runs += 1
         return local_runner()
 
+    def install(self, name: str = "counted") -> RunCounter:
+        """Make frames run on this factory, under runner name ``name``."""
+        from mmbeam.frame import context
+
+        context.set_runner(self.factory, name)
+        return self
+
 
 @pytest.fixture
 def runs() -> RunCounter:
     """Frames run on the local runner, counted in ``runs.runs`` (restored after the test)."""
-    from mmbeam.frame import context
-
-    counter = RunCounter()
-    context.set_runner(counter.factory, "counted")
-    return counter
+    return RunCounter().install()
 
 
 @pytest.fixture(autouse=True)
@@ -63,17 +66,19 @@ def _frame_context_restored():
 
 @pytest.fixture(scope="session")
 def serve_jpegs(mmbeam_http) -> Callable[..., dict[str, str]]:
-    """``serve_jpegs(folder, sizes, orientations=False)`` serves one JPEG per ``(width, height)``
-    (``make_image(w, h, seed=i)``, EXIF orientation ``1 + i % 8`` with ``orientations``) on the
-    session's FaultServer as ``<folder>/p<i>.jpg``; returns ``{"p<i>.jpg": url}``."""
+    """``serve_jpegs(folder, sizes, orientations=False, name="p{i}.jpg")`` serves one JPEG per
+    ``(width, height)`` of ``sizes`` (``make_image(w, h, seed=i)``; EXIF orientation ``1 + i % 8``
+    with ``orientations``) on the session's FaultServer as ``<folder>/<name>``; returns
+    ``{name: url}`` in order. The served-images fixture of every module that needs some."""
     from mmbeam.testing.images import encode_sample, make_image
 
-    def serve(folder: str, sizes: Iterable[tuple[int, int]], orientations: bool = False):
+    def serve(folder: str, sizes: Iterable[tuple[int, int]], orientations: bool = False,
+              name: str = "p{i}.jpg") -> dict[str, str]:
         urls = {}
         for i, (width, height) in enumerate(sizes):
             extra = {"exif_orientation": 1 + i % 8} if orientations else {}
             data = encode_sample(make_image(width, height, seed=i), "JPEG", **extra)
-            urls[f"p{i}.jpg"] = mmbeam_http.add(f"{folder}/p{i}.jpg", data)
+            urls[name.format(i=i)] = mmbeam_http.add(f"{folder}/{name.format(i=i)}", data)
         return urls
 
     return serve

@@ -10,16 +10,9 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_draws_rows_rate_failures_and_bytes_on_a_terminal():
-    term, clock = FakeTerminal(), Clock()
+def test_draws_rows_rate_failures_and_bytes_on_a_terminal(clock):
+    term = FakeTerminal()
+    clock.now = 100.0
     progress = Progress(term, interval=0.5, clock=clock)
     assert progress.enabled
     progress.update("Download", done=1)
@@ -35,9 +28,9 @@ def test_draws_rows_rate_failures_and_bytes_on_a_terminal():
     assert text.count("\r") == 3  # first update, the one 2 s later, and finish (throttled between)
 
 
-def test_silent_when_not_a_terminal(monkeypatch):
+def test_silent_when_not_a_terminal(monkeypatch, clock):
     plain = io.StringIO()
-    progress = Progress(plain, clock=Clock())
+    progress = Progress(plain, clock=clock)
     progress.update("Download", done=5)
     progress.finish()
     assert not progress.enabled and plain.getvalue() == ""

@@ -18,10 +18,8 @@ from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture
-def served(mmbeam_http):
-    urls = [mmbeam_http.add(f"mm/{i}.jpg", encode_sample(make_image(64 + i, 48, seed=i)))
-            for i in range(6)]
-    return mmbeam_http, urls
+def served(mmbeam_http, serve_jpegs):
+    return mmbeam_http, list(serve_jpegs("mm", [(64 + i, 48) for i in range(6)]).values())
 
 
 def test_download_decode_chain_and_image_functions(served):

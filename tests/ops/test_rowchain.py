@@ -14,7 +14,6 @@ from mmbeam.ops.fetch import Fetcher
 from mmbeam.ops.resize import resize_image
 from mmbeam.ops.rowchain import RowChain, Step, value_bytes
 from mmbeam.testing.http_server import FaultServer
-from mmbeam.testing.images import encode_sample, make_image
 
 
 async def _fetch(fetcher, url, key):
@@ -38,10 +37,9 @@ def thumbnail_chain(limit=4, null_decode=False):
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    pixels = {i: make_image(200 + 8 * i, 150, seed=i) for i in range(6)}
-    urls = {i: mmbeam_http.add(f"rc/{i}.jpg", encode_sample(p, "JPEG")) for i, p in pixels.items()}
-    return mmbeam_http, urls
+def served(mmbeam_http, serve_jpegs):
+    urls = serve_jpegs("rc", [(200 + 8 * i, 150) for i in range(6)])
+    return mmbeam_http, dict(enumerate(urls.values()))
 
 
 def test_chain_matches_the_ops_called_one_by_one(served):

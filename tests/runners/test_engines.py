@@ -62,16 +62,13 @@ def test_frame_facade_same_rows_as_in_process(make_runner, runner_name):
              .where(mmbeam.col("id") % 3 != 0))
     expected = frame.collect().to_pydict()
     address = None
-    try:
-        if runner_name == "dask":
-            address = make_runner().address
-            mmbeam.context.set_runner_dask(address)
-        elif runner_name == "ray":
-            make_runner()
-            mmbeam.context.set_runner_ray()
-        got = frame.collect().to_pydict()
-    finally:
-        mmbeam.context.set_runner_local()
+    if runner_name == "dask":
+        address = make_runner().address
+        mmbeam.context.set_runner_dask(address)
+    elif runner_name == "ray":
+        make_runner()
+        mmbeam.context.set_runner_ray()
+    got = frame.collect().to_pydict()
     order = np.argsort(got["id"])
     assert {k: [v[i] for i in order] for k, v in got.items()} == expected
     assert len(expected["id"]) == 33

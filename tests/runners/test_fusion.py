@@ -35,13 +35,11 @@ def unfused() -> PipelineOptions:
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    urls = {}
-    for i in range(10):
-        data = encode_sample(make_image(300 + 20 * i, 200, seed=i), "JPEG", exif_orientation=1 + i % 8)
-        urls[f"f{i}.png"] = mmbeam_http.add(f"autofuse/f{i}.jpg", data)
+def served(mmbeam_http, serve_jpegs):
+    urls = serve_jpegs("autofuse", [(300 + 20 * i, 200) for i in range(10)], orientations=True,
+                       name="f{i}.jpg")
     mmbeam_http.add("autofuse/junk.jpg", b"<html>not an image</html>")
-    return urls
+    return {f"f{i}.png": url for i, url in enumerate(urls.values())}  # keys: the upload names
 
 
 def five(out, **kw):

@@ -152,12 +152,9 @@ def test_registry_picks_mmbeam_coders_from_type_hints():
 
 # -- transforms -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
+def served(mmbeam_http, serve_jpegs):
     """Six JPEGs and two broken inputs on the loopback server: key -> URL."""
-    urls = {}
-    for i in range(6):
-        data = encode_sample(make_image(40 + 9 * i, 30 + 5 * i, seed=i), "JPEG")
-        urls[f"p{i}.jpg"] = mmbeam_http.add(f"portable/p{i}.jpg", data)
+    urls = serve_jpegs("portable", [(40 + 9 * i, 30 + 5 * i) for i in range(6)])
     urls["cut.jpg"] = mmbeam_http.add("portable/cut.jpg", truncated(
         encode_sample(make_image(64, 64, seed=9), "JPEG"), keep=0.2))
     urls["gone.jpg"] = mmbeam_http.url("status/404")
@@ -312,10 +309,9 @@ ORDERED = {"parquet-project-filter", "explode", "sort-limit", "multimodal"}
 
 @pytest.fixture
 def portable_frames():
-    """Frames in this test run on the PortableRunner (through mmbeam.context.set_runner)."""
+    """Frames in this test run on the PortableRunner (through mmbeam.context.set_runner);
+    tests/conftest.py restores the runner afterwards."""
     context.set_runner(PortableRunner, "portable", **PORTABLE_FLAGS)
-    yield
-    context.set_runner_local()
 
 
 def _sorted(table: pa.Table) -> pa.Table:

@@ -19,12 +19,9 @@ from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    urls = {}
-    for i in range(10):
-        data = encode_sample(make_image(700 + 40 * i, 500, seed=i), "JPEG", exif_orientation=1 + i % 8)
-        urls[f"f{i}.jpg"] = mmbeam_http.add(f"fuse/f{i}.jpg", data)
-    return urls
+def served(serve_jpegs):
+    return serve_jpegs("fuse", [(700 + 40 * i, 500) for i in range(10)], orientations=True,
+                       name="f{i}.jpg")
 
 
 def parts(out, **kw):

@@ -18,13 +18,9 @@ from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
+def served(serve_jpegs):
     """Twelve JPEGs of different sizes on the loopback server: name -> URL."""
-    urls = {}
-    for i in range(12):
-        data = encode_sample(make_image(120 + 20 * i, 90 + 10 * i, seed=i), "JPEG")
-        urls[f"p{i}.jpg"] = mmbeam_http.add(f"pipe/p{i}.jpg", data)
-    return urls
+    return serve_jpegs("pipe", [(120 + 20 * i, 90 + 10 * i) for i in range(12)])
 
 
 def test_download_decode_resize_encode_upload(served, tmp_path):
