@@ -85,8 +85,9 @@ def serve_jpegs(mmbeam_http) -> Callable[..., dict[str, str]]:
 
 
 def _checkout_state(root: str) -> set[str] | None:
-    """``git status`` of the checkout, ignored files included, minus Python's and tools'
-    caches; None when the tests do not run from a git checkout."""
+    """The untracked and ignored files of the checkout (``git status``), minus Python's and
+    tools' caches; None when the tests do not run from a git checkout. Only new files count:
+    a commit or an edit made while the tests run is not the tests' doing."""
     import subprocess
 
     try:
@@ -97,7 +98,8 @@ def _checkout_state(root: str) -> set[str] | None:
     if out.returncode != 0:
         return None
     caches = ("__pycache__", ".ruff_cache", ".pytest_cache")
-    return {line for line in out.stdout.splitlines() if not any(c in line for c in caches)}
+    return {line for line in out.stdout.splitlines()
+            if line[:2] in ("??", "!!") and not any(c in line for c in caches)}
 
 
 @pytest.fixture(scope="session", autouse=True)
