@@ -31,7 +31,7 @@ def _done(value) -> concurrent.futures.Future:
     return future
 
 
-worker_run_task = worker.run_task
+worker_run_task = worker.run_task  # (submit's own ``worker`` argument shadows the module)
 
 
 class InProcessBackend(Backend):
