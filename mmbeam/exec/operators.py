@@ -1,7 +1,7 @@
 """Stage operators over Arrow tables, shared by both execution paths.
 
-The Beam DoFns in :mod:`mmbeam.frame.compile` and the in-process executor in
-:mod:`mmbeam.frame.inprocess` call these same functions, so a plan computes the same rows either
+The Beam DoFns in :mod:`mmbeam.exec.beam.compile` and the in-process executor in
+:mod:`mmbeam.exec.local` call these same functions, so a plan computes the same rows either
 way: one implementation, two drivers. Nothing here imports Beam.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmbeam.exec import physical
+from mmbeam.exec.evaluate import EvalContext, filter_table, project
 from mmbeam.expr import ir
-from mmbeam.frame import physical
-from mmbeam.frame import plan as P
-from mmbeam.frame.evaluate import EvalContext, filter_table, project
+from mmbeam.plan import nodes as P
 
 __all__ = [
     "RowOps",

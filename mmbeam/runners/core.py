@@ -132,7 +132,8 @@ class DistributedRunner(FnApiRunner):
 
     def provide(self, value: Any, label: str) -> str:
         """Put ``value`` in the engine once when the run starts (``ray.put``, Dask ``scatter``),
-        for the tasks of the stage running the transform labelled ``label``; a DoFn there reads
+        for the tasks of the stage running the transform labelled ``label`` (its full label, or
+        its label inside a composite); a DoFn there reads
         it with :func:`mmbeam.runners.worker.provided` ``(token)``. Returns the token."""
         if self._provide is None:
             self._provide = {}
@@ -262,9 +263,9 @@ class _Execution:
         stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
-        labels = {part for t in stage.transforms for part in t.unique_name.split("+")}
+        names = [part for t in stage.transforms for part in t.unique_name.split("+")]
         provided = {token: ref for token, (ref, label) in self.provided.items()
-                    if label in labels}
+                    if any(n == label or n.endswith(f"/{label}") for n in names)}
         plan = worker.StagePlan(
             run_id=self.run_id, stage_name=stage.name, attempt=self.recoveries,
             descriptor=descriptor.SerializeToString(),
@@ -280,7 +281,6 @@ class _Execution:
             *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
         for spec in plan.outputs:
             self.writers[spec.buffer_id].add(index)
-            self.coders[spec.buffer_id] = spec.coder
         side = [*provided.values(), *(self._side_state(t, tag) for t, tag in side_inputs)]
         units, stream = self._inputs(manager, plan.input_transforms)
         pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
@@ -340,8 +340,11 @@ class _Execution:
 
     # ------------------------------------------------------------------ stage outputs
     def _output_spec(self, manager, transform_id: str, buffer_id: bytes) -> worker.OutputSpec:
-        coder = self._coder(beam_fn_api_pb2.RemoteGrpcPort.FromString(
-            manager.process_bundle_descriptor.transforms[transform_id].spec.payload).coder_id)
+        coder_id = beam_fn_api_pb2.RemoteGrpcPort.FromString(
+            manager.process_bundle_descriptor.transforms[transform_id].spec.payload).coder_id
+        coder = self._coder(coder_id)
+        # the SDK's own coder (the runner's "safe" one may see elements as opaque bytes)
+        self.coders[buffer_id] = self.context.pipeline_context.coders[coder_id]
         kind, _ = translations.split_buffer_id(buffer_id)
         if kind == "group" or buffer_id in self._stateful_buffers:
             return worker.OutputSpec(transform_id, buffer_id, coder, coder.key_coder(), self.shards)
