@@ -242,10 +242,13 @@ class _Execution:
         out = {}
         for name, pcoll in pcolls.items():
             buffer_id = translations.create_buffer_id(pcoll)
+            if buffer_id not in self.coders:
+                raise UnsupportedError(f"retained output {name!r} ({pcoll}) is written by no "
+                                       "stage (a Flatten nothing reads?); retain its inputs")
             parts = [p for task in self.buffers.get(buffer_id, []) for p in task if p.count]
             lists = self.backend.get([p.ref for p in parts]) if parts else []
             worker.check_inputs(f"retained output {name!r}", tuple(lists), _committed(parts))
-            impl = self.coders[buffer_id].get_impl() if parts else None
+            impl = self.coders[buffer_id].get_impl()
             out[name] = [impl.decode_nested(e).value for elements in lists for e in elements]
         return out
 
