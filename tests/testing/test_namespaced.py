@@ -192,8 +192,9 @@ def test_image_chain_on_namespaced_ray_reads_and_writes_s3(
 
 
 def test_image_chain_on_namespaced_beam_pool_reads_and_writes_s3(
-        mmbeam_namespaced_beam_pool, mmbeam_s3, image_inputs, expected_thumbnails, out_prefix):
-    options = mmbeam_namespaced_beam_pool.options(temp_location=out_prefix + "../tmp/")
+        mmbeam_namespaced_beam_pool, mmbeam_s3, image_inputs, expected_thumbnails, out_prefix,
+        mmbeam_bucket_name):
+    options = mmbeam_namespaced_beam_pool.options(temp_location=f"s3://{mmbeam_bucket_name}/tmp")
     run_thumbnails(PortableRunner(), options, image_inputs, out_prefix, mmbeam_s3.io_config())
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
