@@ -107,6 +107,15 @@ def _bin_dir() -> str:
     return os.path.dirname(sys.executable)
 
 
+def _tool(name: str) -> str:
+    """The ``name`` command of this interpreter's environment (its ``bin``, else ``PATH``)."""
+    path = os.path.join(_bin_dir(), name)
+    found = path if os.access(path, os.X_OK) else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"no `{name}` command next to {sys.executable} nor on PATH")
+    return found
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = []
     for _ in range(n):
@@ -282,7 +291,7 @@ class NamespacedDask(_Cluster):
         self._workers: list[_Process] = []
 
     def _start(self) -> None:
-        dask = os.path.join(_bin_dir(), "dask")
+        dask = _tool("dask")
         deadline = time.monotonic() + self.start_timeout
         scheduler_file = os.path.join(self.log_dir, "scheduler.json")
         self._spawn("scheduler", [dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -311,7 +320,8 @@ class NamespacedDask(_Cluster):
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL worker ``index`` and its nanny: the worker is lost for good, as with a machine
-        that fails (the scheduler moves its tasks to the other workers)."""
+        that fails (the scheduler moves its tasks to the other workers). A test that does this
+        starts a cluster of its own (``with NamespacedDask() as cluster:``), not the session's."""
         self._workers[index].kill()
 
 
@@ -359,7 +369,7 @@ class NamespacedRay(_Cluster):
                 *(f"--{name}-port={port}" for name, port in zip(names, ports, strict=True))]
 
     def _start(self) -> None:
-        ray = os.path.join(_bin_dir(), "ray")
+        ray = _tool("ray")
         deadline = time.monotonic() + self.start_timeout
         env = worker_environment(**_RAY_ENV)
         gcs, client = _free_ports(2)
@@ -377,11 +387,12 @@ class NamespacedRay(_Cluster):
         probe = self._spawn("probe", [sys.executable, "-c", _RAY_PROBE, self.address,
                                       str(self.num_cpus), str(self.start_timeout)],
                             namespaced=False, env=env)
-        self._processes.remove(probe)  # it exits when done
         try:
             probe.popen.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             probe.stop(timeout=5)
+        finally:
+            self._processes.remove(probe)  # done: not part of the cluster
         for process in self._processes:
             process.check()
         lines = probe.log_tail().strip().splitlines()

@@ -115,6 +115,20 @@ def test_beam_pool_workers_have_a_private_tmp(mmbeam_namespaced_beam_pool, drive
     assert not os.path.exists(mine)
 
 
+def test_a_failed_start_stops_what_it_started():
+    import psutil
+
+    from mmbeam.testing import NamespacedDask
+
+    with pytest.raises(RuntimeError, match="the Dask scheduler did not start within") as failed:
+        NamespacedDask(start_timeout=0.0).start()  # the scheduler runs, then the wait gives up
+    log_dir = str(failed.value).split("logs in ", 1)[1].split(":", 1)[0]
+    assert log_dir.startswith("/tmp/mmns-dask-") and not os.path.exists(log_dir)
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(log_dir in arg for arg in p.info["cmdline"] or ())]
+    assert left == []
+
+
 # -- raw transforms across machines -----------------------------------------------------------
 N_IMAGES = 6
 
