@@ -451,5 +451,5 @@ class NamespacedBeamPool(_Cluster):
 
         if temp_location:
             flags["temp_location"] = temp_location
-        return PipelineOptions(job_endpoint="embed", environment_type="EXTERNAL",
+        return PipelineOptions([], job_endpoint="embed", environment_type="EXTERNAL",
                                environment_config=f"localhost:{self.port}", **flags)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.portable_runner import PortableRunner
 from PIL import Image
 
@@ -169,7 +170,7 @@ def run_thumbnails(runner, options, inputs, out: str, io_config) -> None:
 def expected_thumbnails(image_inputs, mmbeam_s3):
     """The PNGs of the in-process run, by file name."""
     out = mmbeam_s3.make_bucket(f"mmbeam-ns-ref-{uuid.uuid4().hex[:12]}") + "/thumbs/"
-    run_thumbnails(local_runner(), None, image_inputs, out, mmbeam_s3.io_config())
+    run_thumbnails(local_runner(), PipelineOptions([]), image_inputs, out, mmbeam_s3.io_config())
     return {url.rsplit("/", 1)[1]: mmbeam_s3.get(url) for url in mmbeam_s3.ls(out)}
 
 
@@ -188,8 +189,8 @@ def assert_thumbnails(s3, out: str, expected: dict[str, bytes]) -> None:
 
 def test_image_chain_on_namespaced_dask_reads_and_writes_s3(
         mmbeam_namespaced_dask, mmbeam_s3, image_inputs, expected_thumbnails, out_prefix):
-    run_thumbnails(DaskRunner(mmbeam_namespaced_dask.address), None, image_inputs, out_prefix,
-                   mmbeam_s3.io_config())
+    run_thumbnails(DaskRunner(mmbeam_namespaced_dask.address), PipelineOptions([]), image_inputs,
+                   out_prefix, mmbeam_s3.io_config())
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
 
@@ -199,8 +200,8 @@ def test_image_chain_on_namespaced_ray_reads_and_writes_s3(
 
     if ray.is_initialized():  # another test's local Ray: RayRunner would run there instead
         ray.shutdown()
-    run_thumbnails(RayRunner(mmbeam_namespaced_ray.address), None, image_inputs, out_prefix,
-                   mmbeam_s3.io_config())
+    run_thumbnails(RayRunner(mmbeam_namespaced_ray.address), PipelineOptions([]), image_inputs,
+                   out_prefix, mmbeam_s3.io_config())
     assert not ray.is_initialized()  # the runner connected for the run only
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
