@@ -53,6 +53,7 @@ __all__ = [
     "NamespacedBeamPool",
     "NamespacedDask",
     "NamespacedRay",
+    "imported_mmbeam",
     "namespace_refusal",
     "namespaced_command",
     "worker_environment",
@@ -213,6 +214,8 @@ class _Process:
 class _Cluster:
     """Starts processes, stops them all on :meth:`close` (and on a failed start)."""
 
+    kind = ""  # names the folder of the processes' logs
+
     def __init__(self, start_timeout: float):
         self.start_timeout = start_timeout
         self.log_dir = ""
@@ -222,7 +225,7 @@ class _Cluster:
         reason = namespace_refusal()
         if reason:
             raise RuntimeError(f"cannot simulate another machine: {reason}")
-        self.log_dir = tempfile.mkdtemp(prefix=f"mmns-{type(self).__name__.lower()[10:]}-")
+        self.log_dir = tempfile.mkdtemp(prefix=f"mmns-{self.kind}-")
         try:
             self._start()
         except BaseException:
@@ -282,6 +285,8 @@ def _check_imports(found: dict[str, str]) -> None:
 
 class NamespacedDask(_Cluster):
     """``dask scheduler`` here plus ``n_workers`` namespaced ``dask worker`` processes."""
+
+    kind = "dask"
 
     def __init__(self, n_workers: int = 2, nthreads: int = 1, start_timeout: float = 180.0):
         super().__init__(start_timeout)
@@ -348,6 +353,8 @@ print(json.dumps({"cpus": ray.cluster_resources().get("CPU", 0), "mmbeam": found
 
 class NamespacedRay(_Cluster):
     """A Ray head with no CPUs here and one namespaced worker node with ``num_cpus`` CPUs."""
+
+    kind = "ray"
 
     def __init__(self, num_cpus: int = 2, object_store_memory: int = 512 << 20,
                  start_timeout: float = 240.0):
@@ -433,6 +440,8 @@ class NamespacedBeamPool(_Cluster):
     this interpreter's ``bin`` folder (else: "No module named 'apache_beam'", and a job that
     waits forever).
     """
+
+    kind = "beam-pool"
 
     def __init__(self, start_timeout: float = 120.0):
         super().__init__(start_timeout)
