@@ -23,7 +23,6 @@ from PIL import Image
 
 import mmbeam
 from mmbeam import transforms as mt
-from mmbeam.errors import UnsupportedError
 from mmbeam.runners import DaskRunner, RayRunner, local_runner
 from mmbeam.testing.images import encode_sample, make_image
 
@@ -214,15 +213,13 @@ def test_image_chain_on_namespaced_beam_pool_reads_and_writes_s3(
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
 
-# -- frames: today's defect -------------------------------------------------------------------
+# -- frames: results through the engine ---------------------------------------------------------
 @pytest.fixture
 def local_runner_after():
     yield
     mmbeam.context.set_runner_local()
 
 
-@pytest.mark.xfail(strict=True, raises=UnsupportedError,
-                   reason="frames on clusters: issue 12, the result channel")
 def test_frame_on_namespaced_dask_returns_every_row(mmbeam_namespaced_dask, local_runner_after):
     ids = list(range(20))
     names = [f"n{i % 3}" for i in ids]

@@ -123,6 +123,25 @@ class _RowStageFn(beam.DoFn):
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
 
 
+#: rows per piece when spreading batches over a cluster's workers before per-row work
+SPREAD_ROWS = 64
+
+
+class _SplitFn(beam.DoFn):
+    """Cut each batch into pieces of at most ``rows`` rows, keyed ``key + (piece,)``."""
+
+    def __init__(self, rows: int):
+        self._rows = rows
+
+    def process(self, element):
+        key, batch = element
+        if batch.num_rows <= self._rows:
+            yield key + (0,), batch
+            return
+        for j, start in enumerate(range(0, batch.num_rows, self._rows)):
+            yield key + (j,), batch.slice(start, self._rows)
+
+
 class _PartitionFn(beam.DoFn):
     """Hash-partition a batch; with ``hold_prefix`` (workers in this process), hold each part in
     this process and emit its key (shuffle by reference) instead of the batch itself."""
@@ -326,6 +345,17 @@ class Compiler:
         """Where hash partitions are held when shuffled by reference (None: by value)."""
         return self.channel.token if self._by_reference else None
 
+    def spread(self, pcoll: beam.PCollection) -> beam.PCollection:
+        """``pcoll``'s batches cut into pieces of :data:`SPREAD_ROWS` rows and redistributed,
+        before slow per-row work (URL/image functions, UDFs), so a cluster runs it on all its
+        workers even when the source is one file or one table; a no-op when the workers are in
+        this process. Keys grow by the piece's index, so row order is kept."""
+        if self.channel.in_process:
+            return pcoll
+        return (pcoll | self.label("Split") >> beam.ParDo(_SplitFn(SPREAD_ROWS))
+                .with_output_types(KeyedBatch)
+                | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
+
     def label(self, what: str) -> str:
         self._count += 1
         return f"{self.prefix}{what}{self._count}"
@@ -371,6 +401,8 @@ def _(plan: P.FromPCollection, c: Compiler) -> beam.PCollection:
 def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
+    if multimodal:
+        source = c.spread(source)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
     fn = _RowStageFn(ops, sub, plan.schema.to_arrow())
     return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)

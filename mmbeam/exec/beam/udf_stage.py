@@ -125,7 +125,7 @@ def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
     """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.exec.beam.compile`)."""
     names = "+".join(call.udf.name for _, call in plan.calls)
     fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow())
-    child = c.expand(plan.child)
+    child = c.spread(c.expand(plan.child))
     resources = StepResources()
     for _, call in plan.calls:
         udf = call.udf
