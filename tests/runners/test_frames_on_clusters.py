@@ -166,13 +166,14 @@ def test_reference_pipeline_every_sink_same_as_in_process(runner_name, source, d
     try:
         frame = reference(sources(dataset)[source](), f"{root}/thumbs", dataset["io"])
         got = _results(frame, dataset, root)
+        explained = _explained(frame)
     finally:
         context.set_runner_local()
     want, want_thumbs = expected[source]
     _compare(got, want, _thumbs(dataset, f"{runner_name}-{source}/thumbs"), want_thumbs)
     if runner_name == "portable":  # the runs went through --temp_location, and left nothing
         assert dataset["s3"].ls(f"s3://{dataset['bucket']}/tmp") == []
-        assert "--temp_location" in _explained(frame)
+        assert "--temp_location" in explained
 
 
 def _explained(frame: mmbeam.Frame) -> str:
@@ -306,11 +307,11 @@ def test_big_in_memory_table_travels_as_one_engine_object_not_in_the_pipeline(ra
     runner = RayRunner()
     pipeline = beam.Pipeline(runner=runner)
     channel = EngineChannel(runner)
-    out = Compiler(pipeline, context.get_context().exec_options, channel).expand(
-        mmbeam.from_arrow(table)._plan)
+    frame = mmbeam.from_arrow(table)
+    out = Compiler(pipeline, context.get_context().exec_options, channel).expand(frame._plan)
     channel.attach(out)
     assert len(pipeline.to_runner_api().SerializeToString()) < 1e6
     result = pipeline.run()
     rows = pa.Table.from_batches([b for _, b in channel.read(result)])
     assert rows.num_rows == n and rows.column("id").to_pylist() == list(range(n))
-    assert rows.equals(table)
+    assert rows.equals(frame._plan.table)  # the (normalized) table, whole
