@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmbeam.errors import ConfigError
+from mmbeam.exec.base import Executor
 from mmbeam.exec.options import ExecOptions
 
 __all__ = [
@@ -48,12 +49,12 @@ class Context:
     #: credentials for the pipeline's --temp_location (portable runners pass results there)
     io_config: Any = None
 
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         """The executor for this context: in this process when the runner is the local default
         and the plan allows, else a Beam pipeline on the runner (Beam imported only then)."""
         from mmbeam.exec.local import LocalExecutor
 
-        def beam_executor(why: str = "") -> Any:
+        def beam_executor(why: str = "") -> Executor:
             from mmbeam.exec.beam import BeamExecutor
 
             return BeamExecutor(self.runner_factory, self.runner_name, self.pipeline_flags,
@@ -77,7 +78,7 @@ def get_runner() -> Any:
     return _context.runner_factory()
 
 
-def get_executor() -> Any:
+def get_executor() -> Executor:
     """The executor frames run their plans on now (see :meth:`Context.executor`)."""
     return _context.executor()
 
