@@ -110,36 +110,46 @@ class _RowStageFn(beam.DoFn):
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
-            for j, (start, size) in enumerate(self._slices(table.num_rows)):
-                part = table.slice(start, size)
+            def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
+                sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
                 if self._sizer is None:
-                    out = self._run(part, ctx)
-                else:
-                    with self._sizer.measure(part.num_rows) as cost:
-                        out = self._run(part, ctx)
-                        cost.output_bytes = out.nbytes
+                    return self._run(part, sub), sub
+                with self._sizer.measure(part.num_rows) as cost:
+                    out = self._run(part, sub)
+                    cost.output_bytes = out.nbytes
+                return out, sub
+
+            # two sub-batches at once: the next one fills the kernel's window while one drains
+            parts = (table.slice(start, size) for start, size in self._slices(table.num_rows))
+            for j, (out, sub) in enumerate(operators.in_order(run, parts, 2)):
+                ctx.errors.update(sub.errors)
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
 
 
-#: rows per piece when spreading batches over a cluster's workers before per-row work
-SPREAD_ROWS = 64
+#: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
+#: of the batch, within these bounds (small pieces balance, big ones keep each kernel's window
+#: of rows in flight full)
+SPREAD_ROWS = (64, 1024)
 
 
 class _SplitFn(beam.DoFn):
-    """Cut each batch into pieces of at most ``rows`` rows, keyed ``key + (piece,)``."""
+    """Cut each batch into pieces of an eighth of it (within ``bounds`` rows), keyed
+    ``key + (piece,)``."""
 
-    def __init__(self, rows: int):
-        self._rows = rows
+    def __init__(self, bounds: tuple[int, int]):
+        self._bounds = bounds
 
     def process(self, element):
         key, batch = element
-        if batch.num_rows <= self._rows:
+        low, high = self._bounds
+        rows = min(high, max(low, -(-batch.num_rows // 8)))
+        if batch.num_rows <= rows:
             yield key + (0,), batch
             return
-        for j, start in enumerate(range(0, batch.num_rows, self._rows)):
-            yield key + (j,), batch.slice(start, self._rows)
+        for j, start in enumerate(range(0, batch.num_rows, rows)):
+            yield key + (j,), batch.slice(start, rows)
 
 
 class _PartitionFn(beam.DoFn):
@@ -346,7 +356,7 @@ class Compiler:
         return self.channel.token if self._by_reference else None
 
     def spread(self, pcoll: beam.PCollection) -> beam.PCollection:
-        """``pcoll``'s batches cut into pieces of :data:`SPREAD_ROWS` rows and redistributed,
+        """``pcoll``'s batches cut into pieces (see :data:`SPREAD_ROWS`) and redistributed,
         before slow per-row work (URL/image functions, UDFs), so a cluster runs it on all its
         workers even when the source is one file or one table; a no-op when the workers are in
         this process. Keys grow by the piece's index, so row order is kept."""

@@ -16,9 +16,7 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import singledispatch
 from typing import Any
 
@@ -191,28 +189,9 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
         return out, sub
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
-    for out, sub in _in_order(run, parts, 2 if ahead else 1):
+    for out, sub in operators.in_order(run, parts, 2 if ahead else 1):
         ctx.errors.update(sub.errors)
         yield out
-
-
-def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
-    the next sub-batch's rows fill the kernel's window while the current one drains."""
-    if depth == 1:
-        yield from map(fn, items)
-        return
-    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) == depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _stream.register(P.Project, _rows)
