@@ -92,6 +92,16 @@ class _RowStageFn(beam.DoFn):
     def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
         return operators.run_row_ops(table, self._ops, ctx)
 
+    def _run_part(self, item: tuple[pa.Table, EvalContext]) -> tuple[pa.Table, EvalContext]:
+        """One sub-batch (measured for the autotuner) and the context it counted nulls in."""
+        part, sub = item
+        if self._sizer is None:
+            return self._run(part, sub), sub
+        with self._sizer.measure(part.num_rows) as cost:
+            out = self._run(part, sub)
+            cost.output_bytes = out.nbytes
+        return out, sub
+
     def _slices(self, rows: int):
         """(start, length) of each sub-batch; lengths come from the controller when "auto"."""
         start = 0
@@ -110,18 +120,10 @@ class _RowStageFn(beam.DoFn):
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
-            def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
-                sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
-                if self._sizer is None:
-                    return self._run(part, sub), sub
-                with self._sizer.measure(part.num_rows) as cost:
-                    out = self._run(part, sub)
-                    cost.output_bytes = out.nbytes
-                return out, sub
-
             # two sub-batches at once: the next one fills the kernel's window while one drains
-            parts = (table.slice(start, size) for start, size in self._slices(table.num_rows))
-            for j, (out, sub) in enumerate(operators.in_order(run, parts, 2)):
+            parts = ((table.slice(start, size), EvalContext(ctx.chains))  # chains shared
+                     for start, size in self._slices(table.num_rows))
+            for j, (out, sub) in enumerate(operators.in_order(self._run_part, parts, 2)):
                 ctx.errors.update(sub.errors)
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
