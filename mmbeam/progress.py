@@ -17,6 +17,8 @@ drivers, and the log mode, which tqdm does not have.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import threading
@@ -70,7 +72,7 @@ class Progress:
 
     def __init__(self, stream: IO[str] | None = None, *, mode: str | None = None,
                  log_interval: float = 30.0, clock: Callable[[], float] = time.monotonic):
-        self.stream = stream if stream is not None else sys.stderr
+        self._stream = stream
         self.mode = mode if mode is not None else progress_mode(self.stream)
         if self.mode not in MODES:
             raise ValueError(f"progress mode must be one of {MODES}, got {self.mode!r}")
@@ -82,6 +84,12 @@ class Progress:
         self._lock = threading.Lock()
 
     @property
+    def stream(self) -> IO[str]:
+        """Where it draws: the stream given, else ``sys.stderr`` as it is now (a process-wide
+        display outlives a replaced stderr: pytest's capture, a notebook's)."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
@@ -90,7 +98,7 @@ class Progress:
         """Add ``done`` finished and ``failed`` failed rows for ``stage``; maybe redraw."""
         if self.mode == "off":
             return
-        with self._lock:
+        with self._lock, self._never_failing():
             now = self.clock()
             if self._start is None:
                 self._start = self._last_log = now
@@ -109,6 +117,15 @@ class Progress:
             elif now - self._last_log >= self.log_interval:
                 self._log(now)
 
+    @contextlib.contextmanager
+    def _never_failing(self):
+        """A display must never fail the run it shows: a closed or broken stream turns it off."""
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            logging.getLogger(__name__).debug("progress display turned off: %s", exc)
+            self.mode = "off"
+
     def summary(self) -> str:
         """One line for all stages: ``Download 1,024 rows (85.2/s), 2 failed, 3.0 MB in flight``."""
         with self._lock:
@@ -117,11 +134,12 @@ class Progress:
     def close(self) -> None:
         """End the run: close the bars, or log the last summary; the next update starts anew."""
         with self._lock:
-            if self.stages and self.mode == "log":
-                self._log(self.clock())
-            for state in self.stages.values():
-                if state.bar is not None:
-                    state.bar.close()
+            with self._never_failing():
+                if self.stages and self.mode == "log":
+                    self._log(self.clock())
+                for state in self.stages.values():
+                    if state.bar is not None:
+                        state.bar.close()
             self.stages.clear()
             self._start = self._last_log = None
 

@@ -145,3 +145,21 @@ def test_a_terminal_gets_bars():
     screen = b"".join(chunks).decode(errors="replace")
     assert "DecodeImage" in screen and "rows" in screen and "\r" in screen
     assert "failed=1" in screen and "mmbeam progress:" not in screen
+
+
+def test_a_closed_stream_turns_the_display_off_instead_of_failing_the_run():
+    stream = io.StringIO()
+    progress = Progress(stream, mode="log", log_interval=0.0)
+    stream.close()
+    progress.update("Download", done=1)  # would raise ValueError on the closed stream
+    assert progress.mode == "off"
+    progress.close()
+    assert progress.stages == {}
+
+
+def test_the_default_stream_is_stderr_as_it_is_now(monkeypatch):
+    progress = Progress(mode="log", log_interval=0.0)
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    progress.update("Decode", done=2)
+    assert later.getvalue().startswith("mmbeam progress: Decode 2 rows")
