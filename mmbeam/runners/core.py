@@ -10,6 +10,14 @@ the driver. The outputs feeding a GroupByKey or a stateful DoFn are hash-partiti
 workers; a shard is grouped there with Beam's ``GroupingBuffer``. Side inputs are turned into
 state entries once per run and committed once per worker process.
 
+Stages stream into each other (:mod:`mmbeam.runners.streaming`): a stage reading another's
+output element by element starts while its producer still runs and takes the lists of the
+producer's finished tasks; a GroupByKey, a stateful DoFn or a side input still waits for its
+whole input. The producer stops submitting while the bytes queued between the two would pass
+``--max_queued_bytes`` (backpressure). A stage whose steps ask for resources (a model) runs on
+its own pool (:mod:`mmbeam.runners.pools`), which may autoscale; its tasks are sized to whole
+model batches, so a batch is not cut short at a task boundary.
+
 Tasks get their size from one :class:`~mmbeam.autotune.BatchSizeController` per stage: it starts
 small, learns seconds and bytes per element from finished tasks, and aims at a target task
 duration, with in-flight bytes under the workers' memory budget and enough tasks to keep every
@@ -20,8 +28,9 @@ its length and digest, and every task checks the lists it reads against them (se
 :mod:`mmbeam.runners.worker`). An engine may recompute a lost output on its own; when that gives
 the same list (a deterministic producer) the run goes on, otherwise the reading task fails with
 :class:`~mmbeam.errors.LostDataError`, as does a task the engine reports lost. The driver then
-goes back to the earliest stage that wrote the failed stage's inputs, restores the buffers as they
-were before that stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
+goes back to the earliest stage that wrote the failed stage's inputs (to the start of its wave,
+the stages that started while others ran), restores the buffers as they were before that
+stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
 if that stage's own inputs turn out lost as well, it goes back further, up to the first stage
 (``--max_recoveries`` re-runs at most). Each stage's outputs, counts and metrics come from one
 attempt, never a mix: a re-run stage's outputs replace, never add to, the earlier attempt's. A
@@ -55,6 +64,8 @@ from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
+from mmbeam.runners.pools import Autoscaler, PoolReport
+from mmbeam.runners.streaming import QueueBook, StageGraph
 from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
@@ -78,6 +89,14 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Hash partitions per GroupByKey (0: twice the worker slots).")
         parser.add_argument("--max_recoveries", type=int, default=10,
                             help="Re-run the stages at most this often after a worker is lost.")
+        parser.add_argument("--no_stream_stages", dest="stream_stages", action="store_false",
+                            default=True,
+                            help="Run stages one after another instead of streaming them.")
+        parser.add_argument("--max_queued_bytes", type=int, default=0,
+                            help="Bytes queued between two streamed stages before the producer "
+                                 "waits (0: half the workers' memory budget).")
+        parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
+                            help="An autoscaling pool stops an actor idle this long.")
 
 
 @dataclass
@@ -87,6 +106,7 @@ class _Part:
     ref: Any
     count: int
     digest: int
+    nbytes: int = 0
 
 
 class DistributedResult(RunnerResult):
@@ -94,10 +114,12 @@ class DistributedResult(RunnerResult):
     sizes the runner chose and how often it re-ran the stages after losing data."""
 
     def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]],
-                 recoveries: int = 0):
+                 recoveries: int = 0, pools: dict[str, PoolReport] | None = None):
         super().__init__(state, monitoring_infos_by_stage)
         self.bundle_sizes = bundle_sizes
         self.recoveries = recoveries
+        #: stage name -> its pool, size over time, model batch sizes, bytes queued on its input
+        self.pools = pools or {}
 
 
 class DistributedRunner(FnApiRunner):
@@ -117,7 +139,7 @@ class DistributedRunner(FnApiRunner):
     def create_stages(self, pipeline_proto):
         # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
         return create_stages(self, pipeline_proto, getattr(self, "_options", None),
-                             stateful_roots=True)
+                             stateful_roots=True, resource_roots=True)
 
     def run_stages(self, stage_context, stages):
         options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()
@@ -136,14 +158,23 @@ class DistributedRunner(FnApiRunner):
             finally:
                 execution_run.close()
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
-                                     execution_run.recoveries)
+                                     execution_run.recoveries, execution_run.pools)
         finally:
             handlers.close_all()
             backend.close()
 
 
+class _StageLost(Exception):
+    """Lost data met by stage ``index`` (the engine's error is the cause)."""
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
 class _Execution:
-    """One run: stages in order, their buffers as worker-side parts, and the task scheduler."""
+    """One run: the stages (streaming into each other in waves), their buffers as worker-side
+    parts, and one task scheduler per running stage."""
 
     def __init__(self, context, stages, backend: Backend, options: DistributedRunnerOptions):
         self.context = context
@@ -152,50 +183,129 @@ class _Execution:
         self.options = options
         self.run_id = uuid.uuid4().hex
         self.recoveries = 0
-        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
-        self.writers: dict[bytes, set[int]] = collections.defaultdict(set)
-        self.reads: dict[int, set[bytes]] = {}
         self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
-        #: buffer id -> one list of shard parts per producing task
-        self.buffers: dict[bytes, list[list[_Part]]] = collections.defaultdict(list)
+        #: buffer id -> one list of shard parts per producing task (None: consumed, let go)
+        self.buffers: dict[bytes, list[list[_Part] | None]] = collections.defaultdict(list)
         self.side_states: dict[tuple[str, str], Any] = {}
         self.bundle_sizes: dict[str, list[int]] = {}
         self.controllers: dict[str, BatchSizeController] = {}
+        self.pools: dict[str, PoolReport] = {}
         self._stateful_buffers = self._buffers_read_by_stateful_stages()
         self._next_worker = 0
+        self.graph = self._stage_graph()
+        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
+        self.writers = self.graph.writers
+        self.reads = {i: self.graph.main[i] | self.graph.side[i] for i in range(len(stages))}
+        self.streamed_buffers = {b for b, readers in self.graph.readers.items()
+                                 if any(self.graph.streams(r, b) for r in readers)}
+        self.running: dict[int, _StageScheduler] = {}
+        self.queues = QueueBook()
+        self.queue_limit = options.max_queued_bytes or max(1, backend.memory_budget // 2)
+        self.started = time.monotonic()
+
+    def _stage_graph(self) -> StageGraph:
+        main, side, writes = [], [], []
+        for stage in self.stages:
+            manager = self.context.bundle_manager_for(stage)
+            writes.append(set(manager.stage_data_outputs.values()))
+            main.append({self.context.input_transform_to_buffer_id[t.unique_name]
+                         for t in stage.transforms
+                         if t.spec.urn == bundle_processor.DATA_INPUT_URN})
+            side.append({translations.create_buffer_id(t.inputs[tag])
+                         for t, tag in self._side_inputs(stage)})
+        return StageGraph(main, side, writes, self._stateful_buffers,
+                          streaming=self.options.stream_stages)
 
     # ------------------------------------------------------------------ driver loop
     def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
-        """Stages in order; after lost data, again from the stage that wrote the lost inputs."""
-        lost = (LostDataError, *self.backend.lost_errors)
+        """Stages in order, each starting as soon as the graph allows (a wave of streaming
+        stages); after lost data, again from the start of the wave that wrote the lost inputs."""
         infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
-        before: dict[int, tuple[dict, dict]] = {}  # stage index -> buffers, side states
+        before: dict[int, tuple[dict, dict]] = {}  # wave start -> buffers, side states
+        wave_of: dict[int, int] = {}
+        running = self.running
         index = 0
-        while index < len(self.stages):
-            before[index] = ({b: list(p) for b, p in self.buffers.items()}, dict(self.side_states))
+        while index < len(self.stages) or running:
             try:
-                infos[self.stages[index].name] = self._run_stage(index)
-                index += 1
-            except lost as exc:
-                restart = min((w for b in self.reads.get(index, ()) for w in self.writers[b]
-                               if w < index), default=index)
+                while index < len(self.stages) and self.graph.may_start(index, running):
+                    if not running:
+                        before[index] = ({b: list(p) for b, p in self.buffers.items()},
+                                         dict(self.side_states))
+                    wave_of[index] = index if not running else wave_of[min(running)]
+                    running[index] = self._guarded(index, self._run_stage, index)
+                    index += 1
+                self._advance(running, infos)
+            except _StageLost as lost:
+                failed, exc = lost.index, lost.error
+                restart = min(wave_of[w] for w in {failed, *(
+                    w for b in self.reads.get(failed, ()) for w in self.writers[b] if w < failed)})
                 if self.recoveries >= self.options.max_recoveries:
                     raise LostDataError(f"lost data {self.recoveries + 1} times, giving up "
                                         f"(--max_recoveries={self.options.max_recoveries}): "
                                         f"{exc}") from exc
                 self.recoveries += 1
                 _log.warning("stage %d of %d lost data (%s: %s); re-running from stage %d "
-                             "(recovery %d)", index, len(self.stages), type(exc).__name__, exc,
+                             "(recovery %d)", failed, len(self.stages), type(exc).__name__, exc,
                              restart, self.recoveries)
-                for stage in self.stages[restart:index + 1]:
+                running.clear()  # their tasks still in flight are forgotten
+                for stage in self.stages[restart:index]:
                     infos.pop(stage.name, None)
                     self.bundle_sizes.pop(stage.name, None)
                 buffers, self.side_states = before[restart]
-                for later in range(restart + 1, index + 1):
-                    before.pop(later, None)  # let the failed attempt's data go
+                for later in [w for w in before if w > restart]:
+                    before.pop(later)  # let the failed attempt's data go
                 self.buffers = collections.defaultdict(list, buffers)
+                self.queues.clear()
                 index = restart
         return infos
+
+    def _guarded(self, index: int, fn, *args):
+        """``fn(*args)`` for stage ``index``; the engine's lost-data errors name the stage."""
+        try:
+            return fn(*args)
+        except (LostDataError, *self.backend.lost_errors) as exc:
+            raise _StageLost(index, exc) from exc
+
+    def _advance(self, running: dict[int, _StageScheduler], infos: dict) -> None:
+        """Feed the running stages what their producers finished, let them submit, finish the
+        stages that are done, else wait for a task of any of them."""
+        for index, scheduler in list(running.items()):
+            self._feed(index, scheduler, running)
+            self._guarded(index, scheduler.submit_ready)
+        for index in [i for i, s in running.items() if s.done]:
+            scheduler = running.pop(index)
+            infos[self.stages[index].name] = scheduler.monitoring_infos()
+            _log.debug("stage %s: %d tasks in %.2f s", scheduler.plan.stage_name,
+                       len(scheduler.sizes), time.perf_counter() - scheduler.started)
+        if not running or any(s.done for s in running.values()):
+            return
+        owners = {ref: (i, s) for i, s in running.items() for ref in s.in_flight}
+        if not owners:  # waiting for a pool's new actor, or for input: look again shortly
+            time.sleep(0.01)
+            return
+        scaling = any(s.autoscaler is not None for s in running.values())
+        refs = list(owners)
+        done = (self.backend.wait_any_for(refs, 0.1) if scaling else self.backend.wait_any(refs))
+        for ref in done:
+            index, scheduler = owners[ref]
+            self._guarded(index, scheduler.collect, ref)
+
+    def _feed(self, index: int, scheduler: _StageScheduler, running) -> None:
+        """New lists of the stage's streamed inputs (their producers' finished tasks)."""
+        for transform_id, buffer_id in scheduler.streamed.items():
+            entries = self.buffers.get(buffer_id, [])
+            taken = scheduler.taken.get(transform_id, 0)
+            parts = [p[0] for p in entries[taken:] if p is not None and p[0].count]
+            scheduler.taken[transform_id] = len(entries)
+            if self.graph.sole_streamed_reader(buffer_id) == index:
+                for k in range(taken, len(entries)):  # the scheduler holds them until read
+                    entries[k] = None
+            scheduler.feed(transform_id, parts)
+        scheduler.open = not all(self.graph.complete(b, running)
+                                 for b in scheduler.streamed.values())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     def close(self) -> None:
         """Tear down DoFns in every worker process and release the run's data."""
@@ -206,7 +316,9 @@ class _Execution:
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
             _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
 
-    def _run_stage(self, index: int) -> list[metrics_pb2.MonitoringInfo]:
+    def _run_stage(self, index: int) -> _StageScheduler:
+        """Start stage ``index``: its plan, its whole inputs, and its scheduler (which the
+        driver loop feeds with the stage's streamed inputs)."""
         stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
@@ -219,24 +331,25 @@ class _Execution:
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
         side_inputs = self._side_inputs(stage)
-        self.reads[index] = {
-            *(self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms),
-            *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
-        for spec in plan.outputs:
-            self.writers[spec.buffer_id].add(index)
         side = [self._side_state(t, tag) for t, tag in side_inputs]
-        units, stream = self._inputs(manager, plan.input_transforms)
-        pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
-        scheduler = _StageScheduler(self, plan, side, pool)
-        started = time.perf_counter()
-        scheduler.run(units, stream)
-        _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
-                   time.perf_counter() - started)
-        return scheduler.monitoring_infos()
+        streamed = {t: self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms
+                    if self.graph.streams(index, self.context.input_transform_to_buffer_id[t])}
+        units, stream = self._inputs(manager, [t for t in plan.input_transforms
+                                               if t not in streamed], bool(streamed))
+        resources = stage_resources(stage.transforms)
+        pool = self.backend.for_stage(stage.name, resources)
+        report = self.pools[stage.name] = PoolReport(
+            stage.name, pool.describe(), queue_limit=self.queue_limit if streamed else 0)
+        scheduler = _StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
+        if resources and pool.bounds[0] < pool.bounds[1]:
+            scheduler.autoscaler = Autoscaler(*pool.bounds, self.options.pool_idle_seconds)
+        scheduler.start(units, stream, open_inputs=bool(streamed))
+        return scheduler
 
     # ------------------------------------------------------------------ stage inputs
-    def _inputs(self, manager, input_transforms):
-        """Fixed units (whole key shards) and splittable element streams, per input transform."""
+    def _inputs(self, manager, input_transforms, streamed: bool = False):
+        """Fixed units (whole key shards) and splittable element streams, per input transform
+        read whole (``streamed``: the stage has streamed inputs too)."""
         units: list[tuple[str, list[_Part]]] = []
         stream: list[tuple[str, _Part]] = []
         for transform_id in input_transforms:
@@ -256,7 +369,7 @@ class _Execution:
                         units.append((transform_id, parts))
             else:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
-        if not units and not stream and input_transforms:
+        if not units and not stream and input_transforms and not streamed:
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
             stream.append((input_transforms[0], _literal_part([])))
         return units, stream
@@ -349,10 +462,16 @@ class _Execution:
 
 
 class _StageScheduler:
-    """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
+    """Submits one stage's tasks, sized by the stage's controller, and collects their outputs.
+
+    Inputs read whole come at :meth:`start`; streamed inputs arrive with :meth:`feed` while
+    ``open``. A stage with streamed outputs keeps the bytes queued on them under the run's
+    limit; a model's stage sizes tasks to whole batches; an autoscaling pool grows and shrinks.
+    """
 
     def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list,
-                 backend: Backend):
+                 backend: Backend, streamed: dict[str, bytes] | None = None,
+                 report: PoolReport | None = None):
         self.execution = execution_run
         self.backend = backend  # the run's backend, or the stage's own worker pool
         stage_name = plan.stage_name
@@ -361,28 +480,87 @@ class _StageScheduler:
         self.controller = execution_run.controller(stage_name)
         self.sizes = execution_run.bundle_sizes.setdefault(stage_name, [])
         self.infos: list[metrics_pb2.MonitoringInfo] = []
-        self.in_flight: dict[Any, tuple[list, int, int]] = {}
+        #: result ref -> (output refs, elements, slot, streamed bytes read per buffer)
+        self.in_flight: dict[Any, tuple[list, int, int, dict[bytes, float]]] = {}
         self.load: collections.Counter = collections.Counter()
+        #: input transform -> streamed buffer; how many of its entries were taken
+        self.streamed = streamed or {}
+        self.taken: dict[str, int] = {}
+        self.open = False
+        self.report = report or PoolReport(stage_name, backend.describe())
+        self.autoscaler: Autoscaler | None = None
+        self.starting = 0
+        self.hint = 1  # elements per model batch, as the stage's tasks report it
+        self.out_per_element = 0.0  # encoded output bytes per input element (the most seen)
+        self.submitted = 0
+        self.started = time.perf_counter()
 
-    def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
-        pending = collections.deque(units)
+    # ------------------------------------------------------------------ inputs
+    def start(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]],
+              open_inputs: bool = False) -> None:
+        self.pending = collections.deque(units)
         self.stream = collections.deque(stream)
         self.offset = 0
-        total = sum(p.count for _, p in stream)
+        self.available = sum(p.count for _, p in stream)
+        self.open = open_inputs
         #: at least one task per worker slot, however cheap the elements are
-        self.cap = max(1, math.ceil(total / max(1, self.backend.slots)))
+        self.cap = max(1, math.ceil(self.available / max(1, self.backend.slots)))
+        self.report.size(self.execution.elapsed(), self.backend.slots)
+
+    def feed(self, transform_id: str, parts: list[_Part]) -> None:
+        self.stream.extend((transform_id, p) for p in parts)
+        self.available += sum(p.count for p in parts)
+
+    def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
+        """All inputs known: submit and collect until the stage is done."""
+        self.start(units, stream)
+        while not self.done:
+            self.submit_ready()
+            if self.in_flight:
+                for ref in self.backend.wait_any(list(self.in_flight)):
+                    self.collect(ref)
+
+    @property
+    def done(self) -> bool:
+        return not (self.open or self.pending or self.stream or self.in_flight)
+
+    # ------------------------------------------------------------------ submitting
+    def submit_ready(self) -> None:
+        """Submit the tasks that may run now (slots, memory, the queue downstream)."""
+        self._scale()
         max_in_flight = 2 * self.backend.slots
-        while pending or self.stream or self.in_flight:
-            while (pending or self.stream) and self._may_submit(max_in_flight):
-                if pending:  # a whole key shard: never split
-                    transform_id, parts = pending.popleft()
-                    slices = [(i, 0, None) for i in range(len(parts))]
-                    self._submit(transform_id, parts, slices, sum(p.count for p in parts))
-                elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
-                    break  # one small probe task per slot until the first one reports its cost
-                else:
-                    self._submit(*self._take(self._next_size()))
-            self._collect_one()
+        while (self.pending or self.stream) and self._may_submit(max_in_flight):
+            if self.pending:  # a whole key shard: never split
+                transform_id, parts = self.pending.popleft()
+                slices = [(i, 0, None) for i in range(len(parts))]
+                self._submit(transform_id, parts, slices, sum(p.count for p in parts))
+            elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
+                break  # one small probe task per slot until the first one reports its cost
+            else:
+                size = self._ready_size()
+                if not size:
+                    break
+                self._submit(*self._take(size))
+        if not (self.open or self.submitted or self.pending or self.stream or self.in_flight):
+            # No input at all: still run one (empty) bundle, as the FnApiRunner does.
+            self._submit(self.plan.input_transforms[0], [_literal_part([])], [(0, 0, None)], 0)
+
+    def _ready_size(self) -> int:
+        """Elements for the next task; 0 to wait for more input (a streamed stage waits for a
+        full task, or for a whole model batch when a slot is free)."""
+        size = self._next_size()
+        if self.hint > 1:  # whole model batches
+            size = max(self.hint, size // self.hint * self.hint)
+        if not self.open or self.available >= size:
+            return size
+        if self.execution.queues[self._feeding()] >= self.execution.queue_limit // 2:
+            return self.available  # the producer is about to wait for us
+        if len(self.in_flight) < self.backend.slots and self.available >= self.hint:
+            return self.available // self.hint * self.hint
+        return 0
+
+    def _feeding(self) -> bytes:
+        return next(iter(self.streamed.values()), b"")
 
     def _take(self, size: int) -> tuple[str, list, list, int]:
         """The next ``size`` elements of one input transform's stream, as slices of parts."""
@@ -398,21 +576,59 @@ class _StageScheduler:
             if self.offset >= part.count:
                 self.stream.popleft()
                 self.offset = 0
+        self.available -= taken
         return transform_id, parts, slices, taken
 
     def _next_size(self) -> int:
+        cap = self.cap if not self.open else self.execution.options.max_bundle_size
+        if self._streamed_outputs() and self.out_per_element:  # one task fits the queue
+            cap = min(cap, max(1, int(self.execution.queue_limit / 2 / self.out_per_element)))
         if not self.controller.batches:
-            return min(_PROBE_SIZE, self.cap)
-        return max(1, min(self.controller.next_size(), self.cap))
+            return max(1, min(_PROBE_SIZE, cap))
+        return max(1, min(self.controller.next_size(), cap))
 
     def _may_submit(self, max_in_flight: int) -> bool:
         if len(self.in_flight) >= max_in_flight:
             return False
         per_element = self.controller.peak_bytes_per_element
-        if not per_element or not self.in_flight:
-            return True
         elements = sum(v[1] for v in self.in_flight.values())
-        return elements * per_element < self.backend.memory_budget
+        if per_element and self.in_flight and elements * per_element >= self.backend.memory_budget:
+            return False
+        return self._downstream_has_room(elements)
+
+    def _streamed_outputs(self) -> list[bytes]:
+        """This stage's outputs that a running stage streams (and so queue between them)."""
+        graph, running = self.execution.graph, self.execution.running
+        return [spec.buffer_id for spec in self.plan.outputs
+                if any(graph.streams(r, spec.buffer_id) for r in running
+                       if r in graph.readers[spec.buffer_id])]
+
+    def _downstream_has_room(self, elements_in_flight: int) -> bool:
+        """Backpressure: what is queued downstream, plus what the tasks in flight and the next
+        one will add, stays under the limit (a first task always runs)."""
+        outputs = self._streamed_outputs()
+        if not outputs or not self.out_per_element:
+            return True
+        queued = max(self.execution.queues[b] for b in outputs)
+        if not queued and not self.in_flight:
+            return True
+        coming = (elements_in_flight + self._next_size()) * self.out_per_element
+        return queued + coming <= self.execution.queue_limit
+
+    def _scale(self) -> None:
+        """Autoscaling pools: add the slots that became ready, then grow or shrink by one."""
+        added = self.backend.poll()
+        self.starting -= added
+        if self.autoscaler is not None:
+            loads = [self.load[w] for w in range(self.backend.slots)]
+            waiting = len(self.pending) + math.ceil(self.available / max(1, self.hint))
+            decision = self.autoscaler.decide(loads, self.starting, waiting)
+            if decision == "grow" and self.backend.grow():
+                self.starting += 1
+            elif decision == "shrink":
+                self.backend.shrink()
+                self.load.pop(self.backend.slots, None)
+        self.report.size(self.execution.elapsed(), self.backend.slots)
 
     def _submit(self, transform_id, parts: list[_Part], slices, elements) -> None:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
@@ -423,31 +639,54 @@ class _StageScheduler:
             num_returns=1 + sum(o.shards if o.key_coder is not None else 1
                                 for o in self.plan.outputs))
         self.sizes.append(elements)
-        self.in_flight[outs[0]] = (outs[1:], elements, target)
+        self.submitted += 1
+        read: dict[bytes, float] = collections.defaultdict(float)
+        if transform_id in self.streamed:  # what this task takes off its producer's queue
+            for i, start, stop in slices:
+                part = parts[i]
+                n = (stop if stop is not None else part.count) - start
+                read[self.streamed[transform_id]] += part.nbytes * n / max(1, part.count)
+        self.in_flight[outs[0]] = (outs[1:], elements, target, read)
 
-    def _collect_one(self) -> None:
-        if not self.in_flight:
-            return
-        done = self.backend.wait_any(list(self.in_flight))
-        for ref in done:
-            outs, elements, target = self.in_flight.pop(ref)
-            self.load[target] -= 1
-            result: worker.TaskResult = self.backend.get([ref])[0]
-            self.controller.record(Measurement(
-                elements=max(1, result.elements), seconds=result.seconds,
-                input_bytes=result.input_bytes, output_bytes=result.output_bytes))
-            self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
-                              for b in result.monitoring_infos)
-            self._store(outs, result)
+    # ------------------------------------------------------------------ collecting
+    def collect(self, ref: Any) -> None:
+        """Take in one finished task: its metrics, cost, outputs and what it consumed."""
+        outs, elements, target, read = self.in_flight.pop(ref)
+        self.load[target] -= 1
+        result: worker.TaskResult = self.backend.get([ref])[0]
+        self.controller.record(Measurement(
+            elements=max(1, result.elements), seconds=result.seconds,
+            input_bytes=result.input_bytes, output_bytes=result.output_bytes))
+        self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
+                          for b in result.monitoring_infos)
+        if result.elements:
+            self.out_per_element = max(self.out_per_element,
+                                       result.output_bytes / result.elements)
+        if result.batch_hint:
+            self.hint = result.batch_hint
+        self.report.batch_sizes.extend(result.batches)
+        for buffer_id, nbytes in read.items():
+            self.execution.queues.consumed(buffer_id, nbytes)
+            self.report.queued(self.execution.elapsed(), self.execution.queues[buffer_id])
+        self._store(outs, result)
 
     def _store(self, outs: list, result: worker.TaskResult) -> None:
         position = 0
-        for spec, counts, digests in zip(self.plan.outputs, result.counts, result.digests,
-                                         strict=True):
-            shards = [_Part(outs[position + i], n, crc)
-                      for i, (n, crc) in enumerate(zip(counts, digests, strict=True))]
+        part_bytes = result.part_bytes or [[0] * len(c) for c in result.counts]
+        for spec, counts, digests, nbytes in zip(self.plan.outputs, result.counts,
+                                                 result.digests, part_bytes, strict=True):
+            shards = [_Part(outs[position + i], n, crc, size)
+                      for i, (n, crc, size) in enumerate(zip(counts, digests, nbytes,
+                                                             strict=True))]
             position += len(counts)
             self.execution.buffers[spec.buffer_id].append(shards)
+            if spec.buffer_id in self.execution.streamed_buffers:
+                self.execution.queues.produced(spec.buffer_id, sum(nbytes))
+                for reader in self.execution.graph.readers[spec.buffer_id]:
+                    if reader in self.execution.running:
+                        report = self.execution.running[reader].report
+                        report.queued(self.execution.elapsed(),
+                                      self.execution.queues[spec.buffer_id])
 
     def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
         return list(consolidate_monitoring_infos(self.infos))

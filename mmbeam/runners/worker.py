@@ -38,6 +38,7 @@ from apache_beam.runners.portability.fn_api_runner.execution import (
 from apache_beam.utils import proto_utils
 
 from mmbeam.errors import LostDataError, UnsupportedError
+from mmbeam.transforms import shared_model
 
 __all__ = [
     "OutputSpec",
@@ -106,6 +107,11 @@ class TaskResult:
     input_bytes: int
     output_bytes: int
     worker: str
+    #: encoded bytes of each output list (as ``counts``), for the runner's queue accounting
+    part_bytes: list[list[int]] = field(default_factory=list)
+    #: sizes of the model batches the task ran, and the elements its model wants next (0: none)
+    batches: list[int] = field(default_factory=list)
+    batch_hint: int = 0
 
 
 class _StageHandlers:
@@ -210,24 +216,27 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     produced: dict[str, list[bytes]] = {o.transform_id: [] for o in plan.outputs}
     infos: list[bytes] = []
     handler = handlers.acquire()
+    shared_model.begin_task()
     try:
         pending = {input_transform: [b"".join(elements)]}
         while pending:
             pending = _one_bundle(handler, handlers.descriptor.id, plan, pending, produced, infos)
     finally:
+        batches, hint = shared_model.end_task()
         handlers.release(handler)
     outputs: list[list[bytes]] = []
     counts: list[list[int]] = []
     digests: list[list[int]] = []
-    out_bytes = 0
+    part_bytes: list[list[int]] = []
     for spec in plan.outputs:
         parts = _split(spec, produced[spec.transform_id])
         outputs.extend(parts)
         counts.append([len(p) for p in parts])
         digests.append([digest(p) for p in parts])
-        out_bytes += sum(len(e) for p in parts for e in p)
+        part_bytes.append([sum(map(len, p)) for p in parts])
     result = TaskResult(counts, digests, infos, len(elements), time.perf_counter() - start,
-                        in_bytes, out_bytes, worker_name())
+                        in_bytes, sum(map(sum, part_bytes)), worker_name(), part_bytes, batches,
+                        hint)
     return (result, *outputs) if outputs else result
 
 
