@@ -32,7 +32,7 @@ from mmbeam.frame.context import ExecOptions
 from mmbeam.frame.evaluate import EvalContext
 from mmbeam.transforms.coders import KeyedBatch
 
-__all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
+__all__ = ["ExecOptions", "Compiler", "last_run_pools", "run_plan", "to_batch"]
 
 log = logging.getLogger("mmbeam.frame")
 
@@ -604,6 +604,14 @@ def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
 
 
 COLLECTED_FILES = "collect.files"
+
+
+def last_run_pools() -> str:
+    """The pools of the last run on mmbeam's Dask or Ray runner in this process, one stage a
+    line: what ran it, its size over time, its model batches, the bytes queued on its input."""
+    from mmbeam.runners.pools import last_run
+
+    return "\n".join(f"* {report.describe()}" for report in last_run())
 
 
 def check_collected(result: Any, found: int) -> None:

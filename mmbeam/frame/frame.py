@@ -302,6 +302,11 @@ class Frame:
         if show_all:
             text += "\n\n== Optimized plan ==\n" + P.render(opt)
             text += "\n\n== Physical stages ==\n" + _stages(opt, ctx.exec_options)
+            from mmbeam.frame.compile import last_run_pools
+
+            pools = last_run_pools()
+            if pools:
+                text += "\n\n== Pools (last run on the Dask/Ray runner) ==\n" + pools
         print(text)
 
     def to_arrow(self) -> pa.Table:
@@ -551,6 +556,13 @@ def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
                f"{'CoGroupByKey' if isinstance(plan, P.Join) else 'GroupByKey'}]"
     elif isinstance(plan, (P.Limit, P.Sort)):
         head = f"{pad}* {plan.describe()} [gathered with GroupByKey]"
+    elif hasattr(plan, "calls"):  # a UdfStage: its own pool on the Dask and Ray runners
+        asks = sorted({f"{k}={v}" for _, call in plan.calls for k, v in (
+            ("concurrency", call.udf.concurrency), ("num_cpus", call.udf.num_cpus),
+            ("num_gpus", call.udf.num_gpus)) if v is not None})
+        head = (f"{pad}* {plan.describe()} [" + (f"own pool on Dask/Ray ({', '.join(asks)}), "
+                                                 "streamed from the stage before" if asks
+                                                 else "with the stages around it") + "]")
     else:
         head = f"{pad}* {plan.describe()} [source, batches of {options.batch_rows} rows]"
     return "\n".join([head] + [_stages(c, options, depth + 1) for c in plan.inputs()])

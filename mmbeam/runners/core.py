@@ -64,7 +64,7 @@ from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
-from mmbeam.runners.pools import Autoscaler, PoolReport
+from mmbeam.runners.pools import Autoscaler, PoolReport, record_run
 from mmbeam.runners.streaming import QueueBook, StageGraph
 from mmbeam.transforms.resources import stage_resources
 
@@ -157,6 +157,7 @@ class DistributedRunner(FnApiRunner):
                 infos = execution_run.run()
             finally:
                 execution_run.close()
+                record_run(list(execution_run.pools.values()))
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
                                      execution_run.recoveries, execution_run.pools)
         finally:
@@ -338,8 +339,12 @@ class _Execution:
                                                if t not in streamed], bool(streamed))
         resources = stage_resources(stage.transforms)
         pool = self.backend.for_stage(stage.name, resources)
+        steps = dict.fromkeys(t.unique_name.split("/")[0] for t in stage.transforms
+                              if t.spec.urn not in (bundle_processor.DATA_INPUT_URN,
+                                                    bundle_processor.DATA_OUTPUT_URN))
         report = self.pools[stage.name] = PoolReport(
-            stage.name, pool.describe(), queue_limit=self.queue_limit if streamed else 0)
+            stage.name, pool.describe(), " + ".join(steps) or stage.name,
+            queue_limit=self.queue_limit if streamed else 0)
         scheduler = _StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
         if resources and pool.bounds[0] < pool.bounds[1]:
             scheduler.autoscaler = Autoscaler(*pool.bounds, self.options.pool_idle_seconds)
@@ -621,7 +626,9 @@ class _StageScheduler:
         self.starting -= added
         if self.autoscaler is not None:
             loads = [self.load[w] for w in range(self.backend.slots)]
-            waiting = len(self.pending) + math.ceil(self.available / max(1, self.hint))
+            whole = (self.available // self.hint if self.open
+                     else math.ceil(self.available / self.hint))  # tasks ready to go
+            waiting = len(self.pending) + whole
             decision = self.autoscaler.decide(loads, self.starting, waiting)
             if decision == "grow" and self.backend.grow():
                 self.starting += 1

@@ -12,11 +12,12 @@ policy is :class:`Autoscaler` (an injected clock, no engine), the numbers a run 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Autoscaler", "PoolReport"]
+__all__ = ["Autoscaler", "PoolReport", "last_run", "record_run"]
 
 
 @dataclass
@@ -27,6 +28,8 @@ class PoolReport:
 
     stage: str
     pool: str
+    #: the stage's steps, short (Beam's stage names spell out every fused transform)
+    label: str = ""
     sizes: list[tuple[float, int]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     queued_bytes: list[tuple[float, int]] = field(default_factory=list)
@@ -45,7 +48,7 @@ class PoolReport:
 
     def describe(self) -> str:
         sizes = " ".join(f"{n}@{t:.1f}s" for t, n in self.sizes[:12])
-        text = f"{self.stage}: {self.pool}; size {sizes or '-'}"
+        text = f"{self.label or self.stage}: {self.pool}; size {sizes or '-'}"
         if self.batch_sizes:
             text += (f"; model batches {len(self.batch_sizes)}, sizes "
                      f"{min(self.batch_sizes)}..{max(self.batch_sizes)}")
@@ -83,3 +86,19 @@ class Autoscaler:
             del self._busy_at[last]
             return "shrink"
         return ""
+
+
+_last: list[PoolReport] = []
+_last_lock = threading.Lock()
+
+
+def record_run(reports: list[PoolReport]) -> None:
+    """Keep the pools of the run that just finished in this process (for ``explain``)."""
+    with _last_lock:
+        _last[:] = reports
+
+
+def last_run() -> list[PoolReport]:
+    """The pools of the last distributed run in this process, stages in order."""
+    with _last_lock:
+        return list(_last)
