@@ -1,10 +1,12 @@
 """The engine-neutral core of mmbeam's distributed runners (Dask, Ray).
 
 The driver fuses the pipeline with Beam's own FnApiRunner translations (plus
-``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage, and mmbeam's
-:func:`~mmbeam.runners.fusion.fuse_element_fns`), then runs the
-stages in topological order. Each stage runs as tasks on the engine's worker processes with Beam's
-SDK harness (:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
+``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage, mmbeam's
+:func:`~mmbeam.runners.fusion.split_at_resource_changes`, so steps asking for different
+resources are different stages, and :func:`~mmbeam.runners.fusion.fuse_element_fns`), then
+starts the stages in topological order (:mod:`mmbeam.runners.scheduler` runs each one's
+tasks). Each stage runs as tasks on the engine's worker processes with Beam's SDK harness
+(:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
 references to lists of encoded elements; only element counts, metrics and timings come back to
 the driver. The outputs feeding a GroupByKey or a stateful DoFn are hash-partitioned by key on the
 workers; a shard is grouped there with Beam's ``GroupingBuffer``. Side inputs are turned into
@@ -42,13 +44,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from apache_beam.metrics.monitoring_infos import consolidate as consolidate_monitoring_infos
 from apache_beam.options import pipeline_options
 from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2, metrics_pb2
 from apache_beam.runners.common import ENCODED_IMPULSE_VALUE
@@ -59,22 +58,19 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
-from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.autotune import BatchSizeController
 from mmbeam.errors import LostDataError
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
 from mmbeam.runners.pools import Autoscaler, PoolReport, record_run
+from mmbeam.runners.scheduler import Part, StageScheduler, committed, literal_part
 from mmbeam.runners.streaming import QueueBook, StageGraph
 from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
 
 _log = logging.getLogger(__name__)
-
-#: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
-_PROBE_SIZE = 4
-
 
 class DistributedRunnerOptions(pipeline_options.PipelineOptions):
     """Options shared by mmbeam's Dask and Ray runners."""
@@ -97,16 +93,6 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                                  "waits (0: half the workers' memory budget).")
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
-
-
-@dataclass
-class _Part:
-    """A list of encoded elements living on the workers, its length and its digest."""
-
-    ref: Any
-    count: int
-    digest: int
-    nbytes: int = 0
 
 
 class DistributedResult(RunnerResult):
@@ -186,7 +172,7 @@ class _Execution:
         self.recoveries = 0
         self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
         #: buffer id -> one list of shard parts per producing task (None: consumed, let go)
-        self.buffers: dict[bytes, list[list[_Part] | None]] = collections.defaultdict(list)
+        self.buffers: dict[bytes, list[list[Part] | None]] = collections.defaultdict(list)
         self.side_states: dict[tuple[str, str], Any] = {}
         self.bundle_sizes: dict[str, list[int]] = {}
         self.controllers: dict[str, BatchSizeController] = {}
@@ -199,7 +185,7 @@ class _Execution:
         self.reads = {i: self.graph.main[i] | self.graph.side[i] for i in range(len(stages))}
         self.streamed_buffers = {b for b, readers in self.graph.readers.items()
                                  if any(self.graph.streams(r, b) for r in readers)}
-        self.running: dict[int, _StageScheduler] = {}
+        self.running: dict[int, StageScheduler] = {}
         self.queues = QueueBook()
         self.queue_limit = options.max_queued_bytes or max(1, backend.memory_budget // 2)
         self.started = time.monotonic()
@@ -267,7 +253,7 @@ class _Execution:
         except (LostDataError, *self.backend.lost_errors) as exc:
             raise _StageLost(index, exc) from exc
 
-    def _advance(self, running: dict[int, _StageScheduler], infos: dict) -> None:
+    def _advance(self, running: dict[int, StageScheduler], infos: dict) -> None:
         """Feed the running stages what their producers finished, let them submit, finish the
         stages that are done, else wait for a task of any of them."""
         for index, scheduler in list(running.items()):
@@ -291,7 +277,7 @@ class _Execution:
             index, scheduler = owners[ref]
             self._guarded(index, scheduler.collect, ref)
 
-    def _feed(self, index: int, scheduler: _StageScheduler, running) -> None:
+    def _feed(self, index: int, scheduler: StageScheduler, running) -> None:
         """New lists of the stage's streamed inputs (their producers' finished tasks)."""
         for transform_id, buffer_id in scheduler.streamed.items():
             entries = self.buffers.get(buffer_id, [])
@@ -317,7 +303,7 @@ class _Execution:
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
             _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
 
-    def _run_stage(self, index: int) -> _StageScheduler:
+    def _run_stage(self, index: int) -> StageScheduler:
         """Start stage ``index``: its plan, its whole inputs, and its scheduler (which the
         driver loop feeds with the stage's streamed inputs)."""
         stage = self.stages[index]
@@ -345,7 +331,7 @@ class _Execution:
         report = self.pools[stage.name] = PoolReport(
             stage.name, pool.describe(), " + ".join(steps) or stage.name,
             queue_limit=self.queue_limit if streamed else 0)
-        scheduler = _StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
+        scheduler = StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
         if resources and pool.bounds[0] < pool.bounds[1]:
             scheduler.autoscaler = Autoscaler(*pool.bounds, self.options.pool_idle_seconds)
         scheduler.start(units, stream, open_inputs=bool(streamed))
@@ -355,12 +341,12 @@ class _Execution:
     def _inputs(self, manager, input_transforms, streamed: bool = False):
         """Fixed units (whole key shards) and splittable element streams, per input transform
         read whole (``streamed``: the stage has streamed inputs too)."""
-        units: list[tuple[str, list[_Part]]] = []
-        stream: list[tuple[str, _Part]] = []
+        units: list[tuple[str, list[Part]]] = []
+        stream: list[tuple[str, Part]] = []
         for transform_id in input_transforms:
             buffer_id = self.context.input_transform_to_buffer_id[transform_id]
             if buffer_id == translations.IMPULSE_BUFFER:
-                stream.append((transform_id, _literal_part([ENCODED_IMPULSE_VALUE])))
+                stream.append((transform_id, literal_part([ENCODED_IMPULSE_VALUE])))
                 continue
             kind, _ = translations.split_buffer_id(buffer_id)
             producers = self.buffers.get(buffer_id, [])
@@ -376,10 +362,10 @@ class _Execution:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
         if not units and not stream and input_transforms and not streamed:
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            stream.append((input_transforms[0], _literal_part([])))
+            stream.append((input_transforms[0], literal_part([])))
         return units, stream
 
-    def _group(self, manager, transform_id, buffer_id, producers) -> list[_Part]:
+    def _group(self, manager, transform_id, buffer_id, producers) -> list[Part]:
         """Group each hash shard on a worker; parts of one encoded chunk per key."""
         grouping = manager.get_buffer(buffer_id, transform_id)
         self.context.pcoll_buffers.pop(buffer_id, None)
@@ -389,10 +375,10 @@ class _Execution:
             parts = [p[shard] for p in producers if p[shard].count]
             if parts:
                 grouped.append(self.backend.submit(
-                    worker.group_shards, args, _committed(parts), *(p.ref for p in parts),
+                    worker.group_shards, args, committed(parts), *(p.ref for p in parts),
                     worker=self._place(), num_returns=2))
-        committed = self.backend.get([meta for meta, _ in grouped])
-        return [_Part(ref, n, crc) for (_, ref), (n, crc) in zip(grouped, committed, strict=True)
+        metas = self.backend.get([meta for meta, _ in grouped])
+        return [Part(ref, n, crc) for (_, ref), (n, crc) in zip(grouped, metas, strict=True)
                 if n]
 
     def _place(self) -> int:
@@ -453,7 +439,7 @@ class _Execution:
                      if p[0].count]
             access = payload.side_inputs[tag].access_pattern.SerializeToString()
             self.side_states[(transform_id, tag)] = self.backend.submit(
-                worker.side_input_state, transform_id, tag, access, coder, _committed(parts),
+                worker.side_input_state, transform_id, tag, access, coder, committed(parts),
                 *(p.ref for p in parts), worker=None)[0]
         return self.side_states[(transform_id, tag)]
 
@@ -464,246 +450,3 @@ class _Execution:
                 memory_budget=self.backend.memory_budget, min_size=1, initial=1, growth=8.0,
                 max_size=max(1, self.options.max_bundle_size))
         return self.controllers[stage_name]
-
-
-class _StageScheduler:
-    """Submits one stage's tasks, sized by the stage's controller, and collects their outputs.
-
-    Inputs read whole come at :meth:`start`; streamed inputs arrive with :meth:`feed` while
-    ``open``. A stage with streamed outputs keeps the bytes queued on them under the run's
-    limit; a model's stage sizes tasks to whole batches; an autoscaling pool grows and shrinks.
-    """
-
-    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list,
-                 backend: Backend, streamed: dict[str, bytes] | None = None,
-                 report: PoolReport | None = None):
-        self.execution = execution_run
-        self.backend = backend  # the run's backend, or the stage's own worker pool
-        stage_name = plan.stage_name
-        self.plan = plan
-        self.side = side
-        self.controller = execution_run.controller(stage_name)
-        self.sizes = execution_run.bundle_sizes.setdefault(stage_name, [])
-        self.infos: list[metrics_pb2.MonitoringInfo] = []
-        #: result ref -> (output refs, elements, slot, streamed bytes read per buffer)
-        self.in_flight: dict[Any, tuple[list, int, int, dict[bytes, float]]] = {}
-        self.load: collections.Counter = collections.Counter()
-        #: input transform -> streamed buffer; how many of its entries were taken
-        self.streamed = streamed or {}
-        self.taken: dict[str, int] = {}
-        self.open = False
-        self.report = report or PoolReport(stage_name, backend.describe())
-        self.autoscaler: Autoscaler | None = None
-        self.starting = 0
-        self.hint = 1  # elements per model batch, as the stage's tasks report it
-        self.out_per_element = 0.0  # encoded output bytes per input element (the most seen)
-        self.submitted = 0
-        self.started = time.perf_counter()
-
-    # ------------------------------------------------------------------ inputs
-    def start(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]],
-              open_inputs: bool = False) -> None:
-        self.pending = collections.deque(units)
-        self.stream = collections.deque(stream)
-        self.offset = 0
-        self.available = sum(p.count for _, p in stream)
-        self.open = open_inputs
-        #: at least one task per worker slot, however cheap the elements are
-        self.cap = max(1, math.ceil(self.available / max(1, self.backend.slots)))
-        self.report.size(self.execution.elapsed(), self.backend.slots)
-
-    def feed(self, transform_id: str, parts: list[_Part]) -> None:
-        self.stream.extend((transform_id, p) for p in parts)
-        self.available += sum(p.count for p in parts)
-
-    def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
-        """All inputs known: submit and collect until the stage is done."""
-        self.start(units, stream)
-        while not self.done:
-            self.submit_ready()
-            if self.in_flight:
-                for ref in self.backend.wait_any(list(self.in_flight)):
-                    self.collect(ref)
-
-    @property
-    def done(self) -> bool:
-        return not (self.open or self.pending or self.stream or self.in_flight)
-
-    # ------------------------------------------------------------------ submitting
-    def submit_ready(self) -> None:
-        """Submit the tasks that may run now (slots, memory, the queue downstream)."""
-        self._scale()
-        max_in_flight = 2 * self.backend.slots
-        while (self.pending or self.stream) and self._may_submit(max_in_flight):
-            if self.pending:  # a whole key shard: never split
-                transform_id, parts = self.pending.popleft()
-                slices = [(i, 0, None) for i in range(len(parts))]
-                self._submit(transform_id, parts, slices, sum(p.count for p in parts))
-            elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
-                break  # one small probe task per slot until the first one reports its cost
-            else:
-                size = self._ready_size()
-                if not size:
-                    break
-                self._submit(*self._take(size))
-        if not (self.open or self.submitted or self.pending or self.stream or self.in_flight):
-            # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            self._submit(self.plan.input_transforms[0], [_literal_part([])], [(0, 0, None)], 0)
-
-    def _ready_size(self) -> int:
-        """Elements for the next task; 0 to wait for more input (a streamed stage waits for a
-        full task, or for a whole model batch when a slot is free)."""
-        size = self._next_size()
-        if self.hint > 1:  # whole model batches
-            size = max(self.hint, size // self.hint * self.hint)
-        if not self.open or self.available >= size:
-            return size
-        if self.execution.queues[self._feeding()] >= self.execution.queue_limit // 2:
-            return self.available  # the producer is about to wait for us
-        if len(self.in_flight) < self.backend.slots and self.available >= self.hint:
-            return self.available // self.hint * self.hint
-        return 0
-
-    def _feeding(self) -> bytes:
-        return next(iter(self.streamed.values()), b"")
-
-    def _take(self, size: int) -> tuple[str, list, list, int]:
-        """The next ``size`` elements of one input transform's stream, as slices of parts."""
-        transform_id = self.stream[0][0]
-        parts, slices, taken = [], [], 0
-        while self.stream and taken < size and self.stream[0][0] == transform_id:
-            part = self.stream[0][1]
-            n = min(part.count - self.offset, size - taken)
-            slices.append((len(parts), self.offset, self.offset + n))
-            parts.append(part)
-            taken += n
-            self.offset += n
-            if self.offset >= part.count:
-                self.stream.popleft()
-                self.offset = 0
-        self.available -= taken
-        return transform_id, parts, slices, taken
-
-    def _next_size(self) -> int:
-        cap = self.cap if not self.open else self.execution.options.max_bundle_size
-        if self._streamed_outputs() and self.out_per_element:  # one task fits the queue
-            cap = min(cap, max(1, int(self.execution.queue_limit / 2 / self.out_per_element)))
-        if not self.controller.batches:
-            return max(1, min(_PROBE_SIZE, cap))
-        return max(1, min(self.controller.next_size(), cap))
-
-    def _may_submit(self, max_in_flight: int) -> bool:
-        if len(self.in_flight) >= max_in_flight:
-            return False
-        per_element = self.controller.peak_bytes_per_element
-        elements = sum(v[1] for v in self.in_flight.values())
-        if per_element and self.in_flight and elements * per_element >= self.backend.memory_budget:
-            return False
-        return self._downstream_has_room(elements)
-
-    def _streamed_outputs(self) -> list[bytes]:
-        """This stage's outputs that a running stage streams (and so queue between them)."""
-        graph, running = self.execution.graph, self.execution.running
-        return [spec.buffer_id for spec in self.plan.outputs
-                if any(graph.streams(r, spec.buffer_id) for r in running
-                       if r in graph.readers[spec.buffer_id])]
-
-    def _downstream_has_room(self, elements_in_flight: int) -> bool:
-        """Backpressure: what is queued downstream, plus what the tasks in flight and the next
-        one will add, stays under the limit (a first task always runs)."""
-        outputs = self._streamed_outputs()
-        if not outputs or not self.out_per_element:
-            return True
-        queued = max(self.execution.queues[b] for b in outputs)
-        if not queued and not self.in_flight:
-            return True
-        coming = (elements_in_flight + self._next_size()) * self.out_per_element
-        return queued + coming <= self.execution.queue_limit
-
-    def _scale(self) -> None:
-        """Autoscaling pools: add the slots that became ready, then grow or shrink by one."""
-        added = self.backend.poll()
-        self.starting -= added
-        if self.autoscaler is not None:
-            loads = [self.load[w] for w in range(self.backend.slots)]
-            whole = (self.available // self.hint if self.open
-                     else math.ceil(self.available / self.hint))  # tasks ready to go
-            waiting = len(self.pending) + whole
-            decision = self.autoscaler.decide(loads, self.starting, waiting)
-            if decision == "grow" and self.backend.grow():
-                self.starting += 1
-            elif decision == "shrink":
-                self.backend.shrink()
-                self.load.pop(self.backend.slots, None)
-        self.report.size(self.execution.elapsed(), self.backend.slots)
-
-    def _submit(self, transform_id, parts: list[_Part], slices, elements) -> None:
-        target = min(range(self.backend.slots), key=lambda w: self.load[w])
-        self.load[target] += 1
-        outs = self.backend.submit(
-            worker.run_task, self.plan, transform_id, slices, _committed(parts), len(self.side),
-            *self.side, *(p.ref for p in parts), worker=target,
-            num_returns=1 + sum(o.shards if o.key_coder is not None else 1
-                                for o in self.plan.outputs))
-        self.sizes.append(elements)
-        self.submitted += 1
-        read: dict[bytes, float] = collections.defaultdict(float)
-        if transform_id in self.streamed:  # what this task takes off its producer's queue
-            for i, start, stop in slices:
-                part = parts[i]
-                n = (stop if stop is not None else part.count) - start
-                read[self.streamed[transform_id]] += part.nbytes * n / max(1, part.count)
-        self.in_flight[outs[0]] = (outs[1:], elements, target, read)
-
-    # ------------------------------------------------------------------ collecting
-    def collect(self, ref: Any) -> None:
-        """Take in one finished task: its metrics, cost, outputs and what it consumed."""
-        outs, elements, target, read = self.in_flight.pop(ref)
-        self.load[target] -= 1
-        result: worker.TaskResult = self.backend.get([ref])[0]
-        self.controller.record(Measurement(
-            elements=max(1, result.elements), seconds=result.seconds,
-            input_bytes=result.input_bytes, output_bytes=result.output_bytes))
-        self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
-                          for b in result.monitoring_infos)
-        if result.elements:
-            self.out_per_element = max(self.out_per_element,
-                                       result.output_bytes / result.elements)
-        if result.batch_hint:
-            self.hint = result.batch_hint
-        self.report.batch_sizes.extend(result.batches)
-        for buffer_id, nbytes in read.items():
-            self.execution.queues.consumed(buffer_id, nbytes)
-            self.report.queued(self.execution.elapsed(), self.execution.queues[buffer_id])
-        self._store(outs, result)
-
-    def _store(self, outs: list, result: worker.TaskResult) -> None:
-        position = 0
-        part_bytes = result.part_bytes or [[0] * len(c) for c in result.counts]
-        for spec, counts, digests, nbytes in zip(self.plan.outputs, result.counts,
-                                                 result.digests, part_bytes, strict=True):
-            shards = [_Part(outs[position + i], n, crc, size)
-                      for i, (n, crc, size) in enumerate(zip(counts, digests, nbytes,
-                                                             strict=True))]
-            position += len(counts)
-            self.execution.buffers[spec.buffer_id].append(shards)
-            if spec.buffer_id in self.execution.streamed_buffers:
-                self.execution.queues.produced(spec.buffer_id, sum(nbytes))
-                for reader in self.execution.graph.readers[spec.buffer_id]:
-                    if reader in self.execution.running:
-                        report = self.execution.running[reader].report
-                        report.queued(self.execution.elapsed(),
-                                      self.execution.queues[spec.buffer_id])
-
-    def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
-        return list(consolidate_monitoring_infos(self.infos))
-
-
-def _literal_part(elements: list[bytes]) -> _Part:
-    """A part the driver holds itself (the impulse, an empty input)."""
-    return _Part(elements, len(elements), worker.digest(elements))
-
-
-def _committed(parts: list[_Part]) -> list[tuple[int, int]]:
-    """What the reading task checks its input lists against."""
-    return [(p.count, p.digest) for p in parts]

@@ -182,7 +182,16 @@ class DaskBackend(Backend):
             return []
 
     def get(self, refs):
-        return self.client.gather(refs)
+        try:
+            return self.client.gather(refs)
+        except AttributeError:  # ``distributed`` re-raising a cancellation that has no error
+            cancelled = [f for f in refs if f.status == "cancelled"]
+            if not cancelled:
+                raise
+            from distributed.client import FutureCancelledError
+
+            raise FutureCancelledError(cancelled[0].key, "its data was lost with a worker "
+                                       "and cannot be recomputed") from None
 
     def broadcast(self, fn, *args):
         self.client.run(fn, *args)

@@ -146,21 +146,33 @@ def test_slow_model_behind_fast_preparation_keeps_the_queue_under_the_limit(engi
 
 def test_autoscaling_pool_grows_under_load_and_shrinks_when_idle(engine, tmp_path):
     """The first 40 prepared elements come at once and the model (40 ms each) falls behind:
-    the pool grows from 1 to 2. The rest wait until the second actor holds its CPU (Ray's own
-    accounting; at once on Dask), then trickle in at 0.3 s each: the idle actor goes."""
+    the pool grows from 1 to 2. The other 12 are held back (the model idles) until the pool
+    has shrunk: on Ray until the second actor took its CPU and gave it back (Ray's own
+    accounting), on Dask for 3 s. Without a shrink they would be held 30 s and the test fails."""
     name, runner = engine
     marks = str(tmp_path)
     stop = threading.Event()
 
-    def mark_grown():
+    def cpus() -> float:
         import ray
 
-        while not stop.wait(0.05):
-            if name == "dask" or ray.available_resources().get("CPU", 0) < 1:
-                open(os.path.join(marks, "grown"), "w").close()
-                return
+        return ray.available_resources().get("CPU", 0)
 
-    watcher = threading.Thread(target=mark_grown, daemon=True)
+    def mark(stage: str, until) -> bool:
+        while not stop.wait(0.05):
+            if until():
+                open(os.path.join(marks, stage), "w").close()
+                return True
+        return False
+
+    def watch():
+        began = time.monotonic()
+        if name == "dask":
+            mark("shrunk", lambda: time.monotonic() - began > 3)
+        elif mark("grown", lambda: cpus() < 1):
+            mark("shrunk", lambda: cpus() >= 1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
         got = run_collect(
@@ -178,15 +190,14 @@ def test_autoscaling_pool_grows_under_load_and_shrinks_when_idle(engine, tmp_pat
 
 
 def _phased(value, marks):
-    """Fast for the first 40 elements prepared (counted across processes in a file); the
-    others wait for the pool to have grown (the ``grown`` mark), then are slow."""
+    """The first 40 elements prepared (counted across processes in a file) pass at once, the
+    others wait for the ``shrunk`` mark (30 s at most)."""
     with open(os.path.join(marks, "count"), "a") as f:
         f.write("x")
     if os.path.getsize(os.path.join(marks, "count")) > 40:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(os.path.join(marks, "grown")) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(marks, "shrunk")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)
     return value, os.getpid(), b""
 
 
@@ -205,7 +216,7 @@ def test_model_batches_reach_their_size_across_task_boundaries(engine):
 @pytest.mark.parametrize("stage", ["prep", "model"])
 def test_a_worker_killed_in_either_stage_keeps_every_output_exactly_once(engine, stage,
                                                                          tmp_path):
-    name, runner = engine
+    _, runner = engine
     marks = str(tmp_path)
     killed: dict = {}
 
@@ -224,9 +235,42 @@ def test_a_worker_killed_in_either_stage_keeps_every_output_exactly_once(engine,
 
     killer = threading.Thread(target=kill_when_started, daemon=True)
     killer.start()
-    got = _run(runner(), 80, RunModel(Model, init_kwargs={"delay": 0.03, "marks": marks},
-                                      num_cpus=1, concurrency=1, batch_size=2),
-               delay=0.01, marks=marks)
+    pipeline = beam.Pipeline(runner=runner())
+    _ = (pipeline | beam.Create(list(range(80))) | beam.Map(_prep, delay=0.01, marks=marks)
+         | RunModel(Model, init_kwargs={"delay": 0.03, "marks": marks}, num_cpus=1,
+                    concurrency=1, batch_size=2)
+         | beam.Map(lambda row: str(row[0]))
+         | beam.io.WriteToText(str(tmp_path / "out" / "values")))  # commits one attempt
+    result = pipeline.run()
     killer.join()
     assert killed and killed["done_before"] < 80, killed
-    assert len(got.outputs["out"]) == 80
+    lines = [line for f in (tmp_path / "out").glob("values*") for line in
+             f.read_text().splitlines()]
+    assert sorted(map(int, lines)) == list(range(80))  # every output exactly once
+    (written,) = result.metrics().query(beam.metrics.MetricsFilter().with_name(
+        "succeeded").with_namespace("RunModel[Model]"))["counters"]
+    assert written.committed == 80  # the metrics of one attempt per stage
+
+
+def test_frame_udf_pool_shows_in_explain_after_a_run(ray_session, capsys):
+    import mmbeam
+    from mmbeam import DataType, col
+
+    @mmbeam.udf(return_dtype=DataType.int64(), concurrency=(1, 2), num_cpus=1)
+    class Double:
+        def __call__(self, values):
+            return [2 * v for v in values]
+
+    frame = mmbeam.from_pydict({"v": list(range(40))}).with_column("w", Double(col("v")))
+    mmbeam.context.set_runner_ray()
+    try:
+        out = frame.collect().to_pydict()
+        frame.explain(show_all=True)
+    finally:
+        mmbeam.context.set_runner_local()
+    assert sorted(out["w"]) == [2 * v for v in range(40)]
+    text = capsys.readouterr().out
+    assert "udf Double: its own batched stage, on its own pool on Dask/Ray " \
+           "(concurrency=(1, 2), num_cpus=1)" in text
+    pools = text[text.index("== Pools"):]
+    assert "Udf[Double]" in pools and "Ray actor pool (num_cpus=1, num_gpus=0), 1..2" in pools
