@@ -60,6 +60,7 @@ from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController
 from mmbeam.errors import LostDataError
+from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
@@ -147,6 +148,7 @@ class DistributedRunner(FnApiRunner):
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
                                      execution_run.recoveries, execution_run.pools)
         finally:
+            get_progress().close()
             handlers.close_all()
             backend.close()
 

@@ -21,6 +21,7 @@ from apache_beam.metrics.monitoring_infos import consolidate as consolidate_moni
 from apache_beam.portability.api import metrics_pb2
 
 from mmbeam.autotune import Measurement
+from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.pools import Autoscaler, PoolReport
@@ -74,6 +75,8 @@ class StageScheduler:
         self.out_per_element = 0.0  # encoded output bytes per input element (the most seen)
         self.submitted = 0
         self.started = time.perf_counter()
+        self.progress = get_progress()  # the driver's per-stage view of finished elements
+        self.known = 0  # elements this stage has been given so far
 
     # ------------------------------------------------------------------ inputs
     def start(self, units: list[tuple[str, list[Part]]], stream: list[tuple[str, Part]],
@@ -86,10 +89,18 @@ class StageScheduler:
         #: at least one task per worker slot, however cheap the elements are
         self.cap = max(1, math.ceil(self.available / max(1, self.backend.slots)))
         self.report.size(self.execution.elapsed(), self.backend.slots)
+        self._given(self.available + sum(p.count for _, parts in units for p in parts))
 
     def feed(self, transform_id: str, parts: list[Part]) -> None:
         self.stream.extend((transform_id, p) for p in parts)
-        self.available += sum(p.count for p in parts)
+        count = sum(p.count for p in parts)
+        self.available += count
+        if count:
+            self._given(count)
+
+    def _given(self, elements: int) -> None:
+        self.known += elements
+        self.progress.update(self.plan.stage_name, total=self.known)
 
     def run(self, units: list[tuple[str, list[Part]]], stream: list[tuple[str, Part]]) -> None:
         """All inputs known: submit and collect until the stage is done."""
@@ -256,6 +267,7 @@ class StageScheduler:
             self.execution.queues.consumed(buffer_id, nbytes)
             self.report.queued(self.execution.elapsed(), self.execution.queues[buffer_id])
         self._store(outs, result)
+        self.progress.update(self.plan.stage_name, done=result.elements)
 
     def _store(self, outs: list, result: worker.TaskResult) -> None:
         position = 0
