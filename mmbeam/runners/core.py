@@ -91,7 +91,8 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Run stages one after another instead of streaming them.")
         parser.add_argument("--max_queued_bytes", type=int, default=0,
                             help="Bytes queued between two streamed stages before the producer "
-                                 "waits (0: half the workers' memory budget).")
+                                 "waits (0: four of the consumer's tasks per slot, at least "
+                                 "8 MiB, at most half the workers' memory budget).")
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
 
@@ -189,7 +190,6 @@ class _Execution:
                                  if any(self.graph.streams(r, b) for r in readers)}
         self.running: dict[int, StageScheduler] = {}
         self.queues = QueueBook()
-        self.queue_limit = options.max_queued_bytes or max(1, backend.memory_budget // 2)
         self.started = time.monotonic()
 
     def _stage_graph(self) -> StageGraph:
@@ -324,15 +324,14 @@ class _Execution:
         streamed = {t: self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms
                     if self.graph.streams(index, self.context.input_transform_to_buffer_id[t])}
         units, stream = self._inputs(manager, [t for t in plan.input_transforms
-                                               if t not in streamed], bool(streamed))
+                                               if t not in streamed])
         resources = stage_resources(stage.transforms)
         pool = self.backend.for_stage(stage.name, resources)
         steps = dict.fromkeys(t.unique_name.split("/")[0] for t in stage.transforms
                               if t.spec.urn not in (bundle_processor.DATA_INPUT_URN,
                                                     bundle_processor.DATA_OUTPUT_URN))
-        report = self.pools[stage.name] = PoolReport(
-            stage.name, pool.describe(), " + ".join(steps) or stage.name,
-            queue_limit=self.queue_limit if streamed else 0)
+        report = self.pools[stage.name] = PoolReport(stage.name, pool.describe(),
+                                                     " + ".join(steps) or stage.name)
         scheduler = StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
         if resources and pool.bounds[0] < pool.bounds[1]:
             scheduler.autoscaler = Autoscaler(*pool.bounds, self.options.pool_idle_seconds)
@@ -340,9 +339,9 @@ class _Execution:
         return scheduler
 
     # ------------------------------------------------------------------ stage inputs
-    def _inputs(self, manager, input_transforms, streamed: bool = False):
+    def _inputs(self, manager, input_transforms):
         """Fixed units (whole key shards) and splittable element streams, per input transform
-        read whole (``streamed``: the stage has streamed inputs too)."""
+        read whole (not streamed)."""
         units: list[tuple[str, list[Part]]] = []
         stream: list[tuple[str, Part]] = []
         for transform_id in input_transforms:
@@ -362,9 +361,6 @@ class _Execution:
                         units.append((transform_id, parts))
             else:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
-        if not units and not stream and input_transforms and not streamed:
-            # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            stream.append((input_transforms[0], literal_part([])))
         return units, stream
 
     def _group(self, manager, transform_id, buffer_id, producers) -> list[Part]:

@@ -52,7 +52,7 @@ class PoolReport:
         if self.batch_sizes:
             text += (f"; model batches {len(self.batch_sizes)}, sizes "
                      f"{min(self.batch_sizes)}..{max(self.batch_sizes)}")
-        if self.queue_limit:
+        if self.queue_limit or self.max_queued_bytes:
             text += (f"; queued input peak {self.max_queued_bytes:,} B "
                      f"(limit {self.queue_limit:,} B)")
         return text

@@ -73,6 +73,7 @@ class StageScheduler:
         self.starting = 0
         self.hint = 1  # elements per model batch, as the stage's tasks report it
         self.out_per_element = 0.0  # encoded output bytes per input element (the most seen)
+        self.in_per_element = 0.0  # encoded input bytes per element (the most seen)
         self.submitted = 0
         self.started = time.perf_counter()
         self.progress = get_progress()  # the driver's per-stage view of finished elements
@@ -132,7 +133,8 @@ class StageScheduler:
                 if not size:
                     break
                 self._submit(*self._take(size))
-        if not (self.open or self.submitted or self.pending or self.stream or self.in_flight):
+        if self.plan.input_transforms and not (self.open or self.submitted or self.pending
+                                               or self.stream or self.in_flight):
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
             self._submit(self.plan.input_transforms[0], [literal_part([])], [(0, 0, None)], 0)
 
@@ -144,7 +146,7 @@ class StageScheduler:
             size = max(self.hint, size // self.hint * self.hint)
         if not self.open or self.available >= size:
             return size
-        if self.execution.queues[self._feeding()] >= self.execution.queue_limit // 2:
+        if self.execution.queues[self._feeding()] >= self.queue_limit() // 2:
             return self.available  # the producer is about to wait for us
         if len(self.in_flight) < self.backend.slots and self.available >= self.hint:
             return self.available // self.hint * self.hint
@@ -177,8 +179,9 @@ class StageScheduler:
             cap = max(1, math.ceil(self.available / max(1, self.backend.slots)))
         else:
             cap = self.cap
-        if self._streamed_outputs() and self.out_per_element:  # one task fits the queue
-            cap = min(cap, max(1, int(self.execution.queue_limit / 2 / self.out_per_element)))
+        outputs = self._streamed_outputs()
+        if outputs and self.out_per_element:  # one task fits the queue
+            cap = min(cap, max(1, int(self._room(outputs) / 2 / self.out_per_element)))
         if not self.controller.batches:
             return max(1, min(PROBE_SIZE, cap))
         return max(1, min(self.controller.next_size(), cap))
@@ -192,12 +195,28 @@ class StageScheduler:
             return False
         return self._downstream_has_room(elements)
 
-    def _streamed_outputs(self) -> list[bytes]:
-        """This stage's outputs that a running stage streams (and so queue between them)."""
+    def _streamed_outputs(self) -> list[tuple[bytes, StageScheduler]]:
+        """This stage's outputs that a running stage streams (so they queue between the two),
+        with that stage's scheduler."""
         graph, running = self.execution.graph, self.execution.running
-        return [spec.buffer_id for spec in self.plan.outputs
-                if any(graph.streams(r, spec.buffer_id) for r in running
-                       if r in graph.readers[spec.buffer_id])]
+        return [(spec.buffer_id, running[r]) for spec in self.plan.outputs
+                for r in graph.readers[spec.buffer_id]
+                if r in running and graph.streams(r, spec.buffer_id)]
+
+    def _room(self, outputs: list[tuple[bytes, StageScheduler]]) -> int:
+        return min(consumer.queue_limit() for _, consumer in outputs)
+
+    def queue_limit(self) -> int:
+        """Bytes that may queue on this stage's streamed input: ``--max_queued_bytes``, or
+        enough for four of its tasks per slot (at least 8 MiB, at most half the memory budget):
+        enough to keep it busy, and the same whatever the input's size, so memory stays flat."""
+        limit = self.execution.options.max_queued_bytes
+        if not limit:
+            per_task = self._next_size() * self.in_per_element
+            limit = int(min(self.backend.memory_budget // 2,
+                            max(8 << 20, 4 * self.backend.slots * per_task)))
+        self.report.queue_limit = limit
+        return limit
 
     def _downstream_has_room(self, elements_in_flight: int) -> bool:
         """Backpressure: what is queued downstream, plus what the tasks in flight and the next
@@ -205,11 +224,11 @@ class StageScheduler:
         outputs = self._streamed_outputs()
         if not outputs or not self.out_per_element:
             return True
-        queued = max(self.execution.queues[b] for b in outputs)
+        queued = max(self.execution.queues[b] for b, _ in outputs)
         if not queued and not self.in_flight:
             return True
         coming = (elements_in_flight + self._next_size()) * self.out_per_element
-        return queued + coming <= self.execution.queue_limit
+        return queued + coming <= self._room(outputs)
 
     def _scale(self) -> None:
         """Autoscaling pools: add the slots that became ready, then grow or shrink by one."""
@@ -260,6 +279,7 @@ class StageScheduler:
         if result.elements:
             self.out_per_element = max(self.out_per_element,
                                        result.output_bytes / result.elements)
+            self.in_per_element = max(self.in_per_element, result.input_bytes / result.elements)
         if result.batch_hint:
             self.hint = result.batch_hint
         self.report.batch_sizes.extend(result.batches)
