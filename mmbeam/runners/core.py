@@ -95,6 +95,9 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                                  "8 MiB, at most half the workers' memory budget).")
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
+        parser.add_argument("--preparation_nice", type=int, default=5,
+                            help="CPU niceness of the other stages' tasks when a run has a "
+                                 "model pool (0: same priority as the model).")
 
 
 class DistributedResult(RunnerResult):
@@ -189,6 +192,8 @@ class _Execution:
         self.streamed_buffers = {b for b, readers in self.graph.readers.items()
                                  if any(self.graph.streams(r, b) for r in readers)}
         self.running: dict[int, StageScheduler] = {}
+        self._stalled = 0  # driver loop turns in a row with no task anywhere
+        self.has_pools = any(stage_resources(s.transforms) for s in stages)
         self.queues = QueueBook()
         self.started = time.monotonic()
 
@@ -269,9 +274,18 @@ class _Execution:
         if not running or any(s.done for s in running.values()):
             return
         owners = {ref: (i, s) for i, s in running.items() for ref in s.in_flight}
-        if not owners:  # waiting for a pool's new actor, or for input: look again shortly
-            time.sleep(0.01)
+        if not owners:  # every stage waits for a fuller task: the one with input runs anyway
+            for index, scheduler in running.items():
+                self._guarded(index, scheduler.submit_ready, True)
+            if not any(s.in_flight for s in running.values()):
+                self._stalled += 1
+                if self._stalled > 1000:  # a bug, not a state to wait in: say so
+                    raise RuntimeError("no running stage can make progress: " + "; ".join(
+                        f"{self.stages[i].name}: {s.available} waiting, open={s.open}"
+                        for i, s in running.items()))
+                time.sleep(0.001)
             return
+        self._stalled = 0
         scaling = any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
         done = (self.backend.wait_any_for(refs, 0.1) if scaling else self.backend.wait_any(refs))
@@ -319,13 +333,15 @@ class _Execution:
             input_for=self._input_for(manager, descriptor),
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN])
+        resources = stage_resources(stage.transforms)
+        if self.has_pools and not resources:
+            plan.nice = self.options.preparation_nice
         side_inputs = self._side_inputs(stage)
         side = [self._side_state(t, tag) for t, tag in side_inputs]
         streamed = {t: self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms
                     if self.graph.streams(index, self.context.input_transform_to_buffer_id[t])}
         units, stream = self._inputs(manager, [t for t in plan.input_transforms
                                                if t not in streamed])
-        resources = stage_resources(stage.transforms)
         pool = self.backend.for_stage(stage.name, resources)
         steps = dict.fromkeys(t.unique_name.split("/")[0] for t in stage.transforms
                               if t.spec.urn not in (bundle_processor.DATA_INPUT_URN,

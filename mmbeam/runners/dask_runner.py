@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import os
+import threading
 from typing import Any
 
 from apache_beam.options import pipeline_options
@@ -65,8 +67,6 @@ class DaskBackend(Backend):
         self.lost_errors = (KilledWorker, FutureCancelledError)
         self._cluster = None
         if address is None:
-            import os
-
             self._cluster = LocalCluster(
                 n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
                 processes=True, dashboard_address=None, silence_logs=logging.WARNING)
@@ -204,13 +204,26 @@ class DaskBackend(Backend):
                 self._cluster.close()
 
 
+_model_threads: dict[int, Any] = {}
+_model_threads_lock = threading.Lock()
+
+
 def _in_own_thread(fn, *args):
-    """Run ``fn`` after leaving the worker's thread pool (``distributed.secede``), so a model
-    task does not hold a slot the preparation tasks queued on its worker need."""
+    """Run ``fn`` on this worker process's model thread, after leaving the worker's thread pool
+    (``distributed.secede``): a model task holds no slot the preparation tasks queued on its
+    worker need, and its thread never runs (so never inherits the niceness of) a preparation
+    task."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from distributed import secede
 
     secede()
-    return fn(*args)
+    with _model_threads_lock:
+        pool = _model_threads.get(os.getpid())
+        if pool is None:
+            pool = _model_threads[os.getpid()] = ThreadPoolExecutor(
+                1, thread_name_prefix="mmbeam-model")
+    return pool.submit(fn, *args).result()
 
 
 class DaskRunner(DistributedRunner):

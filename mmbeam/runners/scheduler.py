@@ -117,8 +117,9 @@ class StageScheduler:
         return not (self.open or self.pending or self.stream or self.in_flight)
 
     # ------------------------------------------------------------------ submitting
-    def submit_ready(self) -> None:
-        """Submit the tasks that may run now (slots, memory, the queue downstream)."""
+    def submit_ready(self, force: bool = False) -> None:
+        """Submit the tasks that may run now (slots, memory, the queue downstream); ``force``
+        submits what input there is even if it makes a small task (nothing runs anywhere)."""
         self._scale()
         max_in_flight = 2 * self.backend.slots
         while (self.pending or self.stream) and self._may_submit(max_in_flight):
@@ -129,7 +130,7 @@ class StageScheduler:
             elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
                 break  # one small probe task per slot until the first one reports its cost
             else:
-                size = self._ready_size()
+                size = self._ready_size() or (self.available if force else 0)
                 if not size:
                     break
                 self._submit(*self._take(size))

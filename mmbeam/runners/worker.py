@@ -51,6 +51,7 @@ __all__ = [
     "group_shards",
     "run_task",
     "side_input_state",
+    "yield_cpu",
 ]
 
 
@@ -92,6 +93,9 @@ class StagePlan:
     input_transforms: list[str] = field(default_factory=list)
     #: a stage re-run after lost data gets fresh DoFn instances and state in every process
     attempt: int = 0
+    #: the CPU niceness of the threads running this stage's tasks: a model's preparation
+    #: yields the CPU to the model's own pool on the same machine (see :func:`yield_cpu`)
+    nice: int = 0
 
 
 @dataclass
@@ -168,6 +172,19 @@ def end_run(run_id: str) -> int:
     return len(stages)
 
 
+def yield_cpu(nice: int) -> None:
+    """Lower this thread's CPU priority to ``nice`` (never raise it; Linux threads have their
+    own niceness). Preparation tasks run so when a model's pool shares their machine: the
+    model, the slowest stage, gets a CPU whenever it needs one, and the preparation every
+    cycle left over (backpressure keeps it from running ahead)."""
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):  # not Linux or not allowed: run at the usual priority
+        pass
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -201,6 +218,8 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     those lists as the bundle's input.
     """
     start = time.perf_counter()
+    if plan.nice:
+        yield_cpu(plan.nice)
     side, lists = args[:n_side], args[n_side:]
     check_inputs(f"stage {plan.stage_name!r}", lists, committed)
     handlers = _handlers(plan)
