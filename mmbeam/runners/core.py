@@ -91,8 +91,8 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Run stages one after another instead of streaming them.")
         parser.add_argument("--max_queued_bytes", type=int, default=0,
                             help="Bytes queued between two streamed stages before the producer "
-                                 "waits (0: four of the consumer's tasks per slot, at least "
-                                 "8 MiB, at most half the workers' memory budget).")
+                                 "waits (0: 64 MiB, or two of the consumer's tasks per slot if "
+                                 "more, at most half the workers' memory budget).")
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
         parser.add_argument("--preparation_nice", type=int, default=5,

@@ -209,13 +209,14 @@ class StageScheduler:
 
     def queue_limit(self) -> int:
         """Bytes that may queue on this stage's streamed input: ``--max_queued_bytes``, or
-        enough for four of its tasks per slot (at least 8 MiB, at most half the memory budget):
-        enough to keep it busy, and the same whatever the input's size, so memory stays flat."""
+        64 MiB, or two of its tasks per slot when that is more (large elements), at most half
+        the memory budget: enough to keep it busy, and the same whatever the input's size, so
+        memory stays flat."""
         limit = self.execution.options.max_queued_bytes
         if not limit:
             per_task = self._next_size() * self.in_per_element
             limit = int(min(self.backend.memory_budget // 2,
-                            max(8 << 20, 4 * self.backend.slots * per_task)))
+                            max(64 << 20, 2 * self.backend.slots * per_task)))
         self.report.queue_limit = limit
         return limit
 
