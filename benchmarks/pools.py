@@ -108,7 +108,7 @@ def run_once(engine: _Engine, urls: list[str], model_ms: float) -> dict:
                 peak[0] = max(peak[0], int(engine.held()))
             except Exception:  # noqa: BLE001 - a sample missed is not a failed run
                 pass
-            stop.wait(0.5)
+            stop.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

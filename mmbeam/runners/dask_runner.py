@@ -15,9 +15,10 @@ workers declaring ``GPU`` (``dask worker --resources GPU=1``; tasks carry the re
 restriction, so Dask runs no more of them at once than the GPUs allow), failing with
 :class:`~mmbeam.errors.ResourceUnavailableError` naming the step and the cluster's resources
 when none does; otherwise ``concurrency`` (or min of ``(min, max)``, growing to max while work
-waits) worker processes each run the model in a thread of its own (the task secedes from the
-worker's thread pool, as a Dask actor's thread), so the model does not wait behind the
-preparation tasks queued on its worker.
+waits) worker processes each run the model on a thread of their own (the task secedes from the
+worker's thread pool and hands the work to the process's model thread, as a Dask actor's
+thread), so the model does not wait behind the preparation tasks queued on its worker; it still
+shares that process's GIL with them.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class DaskBackend(Backend):
         self._restriction: dict[str, Any] = {}  # a stage pool's Dask resources
         self._seceding = False
         self._homes: list[str] = []  # worker processes an autoscaling pool may still add
+        self._grown = 0  # slots added since the last poll
         self._bounds = (self.slots, self.slots)
         self._stage_pools: dict[str, DaskBackend] = {}
 
@@ -137,11 +139,11 @@ class DaskBackend(Backend):
         if not self._homes:
             return False
         self._slots = self._slots + [self._homes.pop(0)]
-        self._grown = getattr(self, "_grown", 0) + 1
+        self._grown += 1
         return True
 
     def poll(self) -> int:
-        added, self._grown = getattr(self, "_grown", 0), 0
+        added, self._grown = self._grown, 0
         self.slots = len(self._slots)
         return added
 

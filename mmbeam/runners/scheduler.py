@@ -103,15 +103,6 @@ class StageScheduler:
         self.known += elements
         self.progress.update(self.plan.stage_name, total=self.known)
 
-    def run(self, units: list[tuple[str, list[Part]]], stream: list[tuple[str, Part]]) -> None:
-        """All inputs known: submit and collect until the stage is done."""
-        self.start(units, stream)
-        while not self.done:
-            self.submit_ready()
-            if self.in_flight:
-                for ref in self.backend.wait_any(list(self.in_flight)):
-                    self.collect(ref)
-
     @property
     def done(self) -> bool:
         return not (self.open or self.pending or self.stream or self.in_flight)
