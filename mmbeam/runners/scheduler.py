@@ -244,8 +244,9 @@ class StageScheduler:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
         self.load[target] += 1
         outs = self.backend.submit(
-            worker.run_task, self.plan, transform_id, slices, committed(parts), len(self.side),
-            *self.side, *(p.ref for p in parts), worker=target,
+            worker.run_task, self.plan, transform_id, slices, committed(parts),
+            len(self.side) - len(self.plan.provided), *self.side, *(p.ref for p in parts),
+            worker=target,
             num_returns=1 + sum(o.shards if o.key_coder is not None else 1
                                 for o in self.plan.outputs))
         self.sizes.append(elements)

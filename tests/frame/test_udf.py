@@ -12,8 +12,9 @@ from apache_beam.internal import pickler
 import mmbeam
 from mmbeam import DataType, col
 from mmbeam.errors import ConfigError, SchemaError, UdfError
+from mmbeam.exec.beam.udf_stage import _UdfStageFn
 from mmbeam.frame import context
-from mmbeam.frame.udf_stage import UdfApply, _UdfStageFn, split_udfs
+from mmbeam.plan.udfs import UdfApply, split_udfs
 from mmbeam.transforms import shared_model as sm
 
 PAIR = DataType.fixed_size_list(dtype=DataType.string(), size=2)
@@ -38,10 +39,7 @@ def scaled_length(words, factor=1):
 
 @pytest.fixture
 def partitions():
-    before = context.get_context().exec_options.num_partitions
-    context.set_execution_config(num_partitions=3)
-    yield
-    context.set_execution_config(num_partitions=before)
+    context.set_execution_config(num_partitions=3)  # restored by tests/conftest.py
 
 
 def test_class_udf_runs_once_per_process_in_batches_of_batch_size(partitions):
@@ -92,11 +90,8 @@ def test_autotuned_batches_grow():
         return [len(values)] * len(values)
 
     context.set_execution_config(batch_rows=5000)
-    try:
-        out = mmbeam.from_pydict({"x": list(range(3000))}).with_column(
-            "b", batch_len(col("x"))).to_pydict()["b"]
-    finally:
-        context.set_execution_config(batch_rows=131_072)
+    out = mmbeam.from_pydict({"x": list(range(3000))}).with_column(
+        "b", batch_len(col("x"))).to_pydict()["b"]
     assert out[0] <= 2 and max(out) >= 256  # starts small, doubles as batches prove cheap
 
 
@@ -192,22 +187,22 @@ class HeldTables:
         self.seen: list[int] = []
 
     def __call__(self, images):
-        from mmbeam.frame import compile as fc
+        from mmbeam.exec.beam.channel import held_tables
 
-        self.seen.append(len(fc._HELD))
+        self.seen.append(held_tables())
         return [int(img.sum() % 251) for img in images]
 
 
 def test_big_in_memory_table_is_read_by_reference_on_the_local_runner_and_released():
-    from mmbeam.frame import compile as fc
+    from mmbeam.exec.beam.channel import held_tables
 
     images = [np.full((200, 200, 3), i, np.uint8) for i in range(16)]  # ~1.9 MB: not inlined
     frame = mmbeam.from_pydict({"image": images})
     got = frame.with_column("s", HeldTables(col("image"))).select("s").to_pydict()["s"]
     assert got == [int(img.sum() % 251) for img in images]
     (instance,) = sm.instances(HeldTables.token)
-    assert instance.seen == [1, 1]  # the table was held in memory, not staged
-    assert fc._HELD == {}
+    assert instance.seen == [2, 2]  # the table and the result list, held in memory: no file
+    assert held_tables() == 0
 
     @mmbeam.udf(return_dtype=DataType.int64())
     def broken(images):
@@ -215,4 +210,4 @@ def test_big_in_memory_table_is_read_by_reference_on_the_local_runner_and_releas
 
     with pytest.raises(UdfError, match="no"):
         frame.with_column("s", broken(col("image"))).collect()
-    assert fc._HELD == {}
+    assert held_tables() == 0
