@@ -398,8 +398,6 @@ class _Execution:
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN],
             provided=list(provided))
-        for spec in plan.outputs:
-            self.coders[spec.buffer_id] = spec.coder
         resources = stage_resources(stage.transforms)
         if self.has_pools and not resources:
             plan.nice = self.options.preparation_nice
