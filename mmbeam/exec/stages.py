@@ -29,6 +29,7 @@ def describe_stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
 
             chosen = [v for k, v in chosen_sizes().items() if k.startswith("frame:")]
             head += "".join(f"\n{pad}    autotune (last run) {line}" for line in chosen)
+        head += "".join(f"\n{pad}    {line}" for line in _udf_pools(_chain_nodes(plan)))
         return head + "\n" + describe_stages(node, options, depth + 1)
     if isinstance(plan, P.Join) and broadcast_right(plan, options):
         head = f"{pad}* {plan.describe()} [broadcast: the small right side is a side input]"
@@ -41,6 +42,26 @@ def describe_stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
     else:
         head = f"{pad}* {plan.describe()} [source, batches of {options.batch_rows} rows]"
     return "\n".join([head] + [describe_stages(c, options, depth + 1) for c in plan.inputs()])
+
+
+def _udf_pools(nodes: list[P.Plan]) -> list[str]:
+    """Where each UDF of a chain runs: its own batched stage, on its own pool on the Dask and
+    Ray runners when it asks for resources."""
+    from mmbeam.expr import ir
+    from mmbeam.expr.udf import UdfCall
+
+    exprs = [e for n in nodes for e in (n.exprs if isinstance(n, P.Project) else
+                                         (n.predicate,) if isinstance(n, P.Filter) else ())]
+    udfs = {id(c.udf): c.udf for e in exprs for c in ir.walk(e) if isinstance(c, UdfCall)}
+    lines = []
+    for udf in udfs.values():
+        asks = [f"{k}={v}" for k, v in (("concurrency", udf.concurrency),
+                                         ("num_cpus", udf.num_cpus), ("num_gpus", udf.num_gpus))
+                if v is not None]
+        lines.append(f"udf {udf.name}: its own batched stage" + (
+            f", on its own pool on Dask/Ray ({', '.join(asks)}), streamed from the stage "
+            "before" if asks else ", on the workers of the stages around it"))
+    return lines
 
 
 def _chain_nodes(plan: P.Plan) -> list[P.Plan]:

@@ -49,11 +49,22 @@ def _positive_int(name: str, value: Any) -> int | None:
     return _positive(name, value)
 
 
+def _concurrency(value: Any) -> int | tuple[int, int] | None:
+    """An int keeps today's meaning; ``(min, max)`` asks cluster runners for an autoscaling
+    pool of actors (checked fully by the runner's ``StepResources``)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or _positive_int("concurrency", value[0]) is None or (
+                _positive_int("concurrency", value[1]) is None or value[0] > value[1]):
+            raise ConfigError(f"concurrency=(min, max) needs 1 <= min <= max, got {value!r}")
+        return (value[0], value[1])
+    return _positive_int("concurrency", value)
+
+
 class UDF:
     """A function or class made into a UDF by :func:`udf`. Call it on expressions."""
 
     def __init__(self, fn: Any, return_dtype: DataType, batch_size: int | None = None,
-                 concurrency: int | None = None, num_cpus: float | None = None,
+                 concurrency: int | tuple[int, int] | None = None, num_cpus: float | None = None,
                  num_gpus: float | None = None, on_error: str = "raise",
                  init_args: tuple = (), init_kwargs: dict | None = None):
         if not callable(fn):
@@ -69,7 +80,7 @@ class UDF:
         self.fn = fn
         self.return_dtype = return_dtype
         self.batch_size = _positive_int("batch_size", batch_size)
-        self.concurrency = _positive_int("concurrency", concurrency)
+        self.concurrency = _concurrency(concurrency)
         self.num_cpus = _positive("num_cpus", num_cpus)
         self.num_gpus = _positive("num_gpus", num_gpus, allow_zero=True)
         self.on_error = on_error
@@ -99,8 +110,9 @@ class UDF:
         """A copy whose class is constructed as ``cls(*args, **kwargs)``."""
         return self._copy(init_args=args, init_kwargs=kwargs)
 
-    def with_concurrency(self, concurrency: int) -> UDF:
-        """A copy with at most ``concurrency`` instances per worker process."""
+    def with_concurrency(self, concurrency: int | tuple[int, int]) -> UDF:
+        """A copy with at most ``concurrency`` instances per worker process (``(min, max)``: an
+        autoscaling pool of actors on the cluster runners)."""
         return self._copy(concurrency=concurrency)
 
     def override_options(self, **options: Any) -> UDF:
@@ -173,12 +185,14 @@ def _(node: UdfCall, schema: Schema) -> DataType:
 
 
 def udf(*, return_dtype: DataType, batch_size: int | None = None,
-        concurrency: int | None = None, num_cpus: float | None = None,
+        concurrency: int | tuple[int, int] | None = None, num_cpus: float | None = None,
         num_gpus: float | None = None, on_error: str = "raise") -> Any:
     """Make a function or class into a UDF that runs on batches of rows.
 
     ``batch_size=None`` lets mmbeam size batches from measured time and memory per row;
-    ``concurrency`` caps the instances per worker process (None: one, shared by all threads);
+    ``concurrency`` caps the instances per worker process (None: one, shared by all threads)
+    and, on the Dask and Ray runners, sizes the UDF's own pool of workers (``(min, max)``: a
+    pool that grows while rows wait and shrinks when idle);
     ``num_cpus``/``num_gpus`` are resource hints for cluster runners; ``on_error="null"`` sets a
     failing row to null (counted) instead of failing the pipeline.
     """

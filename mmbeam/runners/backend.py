@@ -34,6 +34,11 @@ class Backend:
         """Block until at least one of ``refs`` is done; return the done ones."""
         raise NotImplementedError
 
+    def wait_any_for(self, refs: list[Any], timeout: float) -> list[Any]:
+        """As :meth:`wait_any`, but return (maybe nothing) after ``timeout`` seconds; engines
+        that cannot time out block (the default)."""
+        return self.wait_any(refs)
+
     def get(self, refs: list[Any]) -> list[Any]:
         """Values of small results (task metadata); re-raises a task's exception."""
         raise NotImplementedError
@@ -47,6 +52,28 @@ class Backend:
         ask for resources (a :class:`~mmbeam.transforms.resources.StepResources`), when the
         engine supports it; by default this backend."""
         return self
+
+    # -- a stage's pool (see :mod:`mmbeam.runners.pools`); the defaults: a fixed pool --------
+    #: ``(min, max)`` slots of this pool; equal for a pool that does not scale
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return (self.slots, self.slots)
+
+    def describe(self) -> str:
+        """What runs this pool's tasks, for ``explain`` and the run's result."""
+        return f"{type(self).__name__} ({self.slots} slots)"
+
+    def grow(self) -> bool:
+        """Start one more slot (asynchronously); False when the pool or cluster is full."""
+        return False
+
+    def poll(self) -> int:
+        """Slots started by :meth:`grow` that became ready (added to ``slots``) since the last
+        call."""
+        return 0
+
+    def shrink(self) -> None:
+        """Stop the last slot (the scheduler calls it only when that slot is idle)."""
 
     def close(self) -> None:
         """Release the engine: close clients and anything this backend started."""

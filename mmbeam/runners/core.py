@@ -1,14 +1,24 @@
 """The engine-neutral core of mmbeam's distributed runners (Dask, Ray).
 
 The driver fuses the pipeline with Beam's own FnApiRunner translations (plus
-``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage, and mmbeam's
-:func:`~mmbeam.runners.fusion.fuse_element_fns`), then runs the
-stages in topological order. Each stage runs as tasks on the engine's worker processes with Beam's
-SDK harness (:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
+``annotate_stateful_dofns_as_roots``, so a stateful DoFn starts its own stage, mmbeam's
+:func:`~mmbeam.runners.fusion.split_at_resource_changes`, so steps asking for different
+resources are different stages, and :func:`~mmbeam.runners.fusion.fuse_element_fns`), then
+starts the stages in topological order (:mod:`mmbeam.runners.scheduler` runs each one's
+tasks). Each stage runs as tasks on the engine's worker processes with Beam's SDK harness
+(:mod:`mmbeam.runners.worker`). Between stages, data stays on the workers as engine
 references to lists of encoded elements; only element counts, metrics and timings come back to
 the driver. The outputs feeding a GroupByKey or a stateful DoFn are hash-partitioned by key on the
 workers; a shard is grouped there with Beam's ``GroupingBuffer``. Side inputs are turned into
 state entries once per run and committed once per worker process.
+
+Stages stream into each other (:mod:`mmbeam.runners.streaming`): a stage reading another's
+output element by element starts while its producer still runs and takes the lists of the
+producer's finished tasks; a GroupByKey, a stateful DoFn or a side input still waits for its
+whole input. The producer stops submitting while the bytes queued between the two would pass
+``--max_queued_bytes`` (backpressure). A stage whose steps ask for resources (a model) runs on
+its own pool (:mod:`mmbeam.runners.pools`), which may autoscale; its tasks are sized to whole
+model batches, so a batch is not cut short at a task boundary.
 
 Tasks get their size from one :class:`~mmbeam.autotune.BatchSizeController` per stage: it starts
 small, learns seconds and bytes per element from finished tasks, and aims at a target task
@@ -20,8 +30,9 @@ its length and digest, and every task checks the lists it reads against them (se
 :mod:`mmbeam.runners.worker`). An engine may recompute a lost output on its own; when that gives
 the same list (a deterministic producer) the run goes on, otherwise the reading task fails with
 :class:`~mmbeam.errors.LostDataError`, as does a task the engine reports lost. The driver then
-goes back to the earliest stage that wrote the failed stage's inputs, restores the buffers as they
-were before that stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
+goes back to the earliest stage that wrote the failed stage's inputs (to the start of its wave,
+the stages that started while others ran), restores the buffers as they were before that
+stage, and re-runs from there (a new attempt: fresh DoFn instances and state);
 if that stage's own inputs turn out lost as well, it goes back further, up to the first stage
 (``--max_recoveries`` re-runs at most). Each stage's outputs, counts and metrics come from one
 attempt, never a mix: a re-run stage's outputs replace, never add to, the earlier attempt's. A
@@ -39,13 +50,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from apache_beam.metrics.monitoring_infos import consolidate as consolidate_monitoring_infos
 from apache_beam.options import pipeline_options
 from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2, metrics_pb2
 from apache_beam.runners.common import ENCODED_IMPULSE_VALUE
@@ -56,21 +64,20 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
-from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.autotune import BatchSizeController
 from mmbeam.errors import LostDataError, UnsupportedError
 from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
+from mmbeam.runners.pools import Autoscaler, PoolReport, record_run
+from mmbeam.runners.scheduler import Part, StageScheduler, committed, literal_part
+from mmbeam.runners.streaming import QueueBook, StageGraph
 from mmbeam.transforms.resources import stage_resources
 
 __all__ = ["DistributedRunner", "DistributedRunnerOptions", "DistributedResult"]
 
 _log = logging.getLogger(__name__)
-
-#: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
-_PROBE_SIZE = 4
-
 
 class DistributedRunnerOptions(pipeline_options.PipelineOptions):
     """Options shared by mmbeam's Dask and Ray runners."""
@@ -85,15 +92,18 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                             help="Hash partitions per GroupByKey (0: twice the worker slots).")
         parser.add_argument("--max_recoveries", type=int, default=10,
                             help="Re-run the stages at most this often after a worker is lost.")
-
-
-@dataclass
-class _Part:
-    """A list of encoded elements living on the workers, its length and its digest."""
-
-    ref: Any
-    count: int
-    digest: int
+        parser.add_argument("--no_stream_stages", dest="stream_stages", action="store_false",
+                            default=True,
+                            help="Run stages one after another instead of streaming them.")
+        parser.add_argument("--max_queued_bytes", type=int, default=0,
+                            help="Bytes queued between two streamed stages before the producer "
+                                 "waits (0: 64 MiB, or two of the consumer's tasks per slot if "
+                                 "more, at most half the workers' memory budget).")
+        parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
+                            help="An autoscaling pool stops an actor idle this long.")
+        parser.add_argument("--preparation_nice", type=int, default=5,
+                            help="CPU niceness of the other stages' tasks when a run has a "
+                                 "model pool (0: same priority as the model).")
 
 
 class DistributedResult(RunnerResult):
@@ -101,12 +111,15 @@ class DistributedResult(RunnerResult):
     sizes the runner chose and how often it re-ran the stages after losing data."""
 
     def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]],
-                 recoveries: int = 0, retained: dict[str, list] | None = None):
+                 recoveries: int = 0, retained: dict[str, list] | None = None,
+                 pools: dict[str, PoolReport] | None = None):
         super().__init__(state, monitoring_infos_by_stage)
         self.bundle_sizes = bundle_sizes
         self.recoveries = recoveries
         #: name -> the elements of a PCollection passed to :meth:`DistributedRunner.retain`
         self.retained = retained or {}
+        #: stage name -> its pool, size over time, model batch sizes, bytes queued on its input
+        self.pools = pools or {}
 
 
 class DistributedRunner(FnApiRunner):
@@ -151,7 +164,7 @@ class DistributedRunner(FnApiRunner):
         self._retained_ids = _pcollection_ids(pipeline_proto, self._retain or {})
         extra = (_retain_phase(set(self._retained_ids.values())),) if self._retained_ids else ()
         return create_stages(self, pipeline_proto, getattr(self, "_options", None),
-                             stateful_roots=True, after_fusion=extra)
+                             stateful_roots=True, resource_roots=True, after_fusion=extra)
 
     def run_stages(self, stage_context, stages):
         options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()
@@ -168,20 +181,32 @@ class DistributedRunner(FnApiRunner):
             try:
                 execution_run.provided = {token: (backend.put(value), label) for token, (
                     value, label) in (self._provide or {}).items()}
+                execution_run.keep = {translations.create_buffer_id(p) for p in getattr(
+                    self, "_retained_ids", {}).values()}
                 infos = execution_run.run()
                 retained = execution_run.fetch(getattr(self, "_retained_ids", {}))
             finally:
                 execution_run.close()
+                record_run(list(execution_run.pools.values()))
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
-                                     execution_run.recoveries, retained)
+                                     execution_run.recoveries, retained, execution_run.pools)
         finally:
             get_progress().close()
             handlers.close_all()
             backend.close()
 
 
+class _StageLost(Exception):
+    """Lost data met by stage ``index`` (the engine's error is the cause)."""
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
 class _Execution:
-    """One run: stages in order, their buffers as worker-side parts, and the task scheduler."""
+    """One run: the stages (streaming into each other in waves), their buffers as worker-side
+    parts, and one task scheduler per running stage."""
 
     def __init__(self, context, stages, backend: Backend, options: DistributedRunnerOptions):
         self.context = context
@@ -190,53 +215,143 @@ class _Execution:
         self.options = options
         self.run_id = uuid.uuid4().hex
         self.recoveries = 0
-        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
-        self.writers: dict[bytes, set[int]] = collections.defaultdict(set)
-        self.reads: dict[int, set[bytes]] = {}
         self.shards = options.shuffle_partitions or max(2, 2 * backend.slots)
-        #: buffer id -> one list of shard parts per producing task
-        self.buffers: dict[bytes, list[list[_Part]]] = collections.defaultdict(list)
+        #: buffer id -> one list of shard parts per producing task (None: consumed, let go)
+        self.buffers: dict[bytes, list[list[Part] | None]] = collections.defaultdict(list)
         self.side_states: dict[tuple[str, str], Any] = {}
         self.bundle_sizes: dict[str, list[int]] = {}
         self.controllers: dict[str, BatchSizeController] = {}
+        self.pools: dict[str, PoolReport] = {}
         self._stateful_buffers = self._buffers_read_by_stateful_stages()
         self._next_worker = 0
         #: buffer id -> the coder of its elements; token -> (engine ref, transform label)
         self.coders: dict[bytes, Any] = {}
         self.provided: dict[str, tuple[Any, str]] = {}
+        self.keep: set[bytes] = set()  # buffers fetched after the run: never let go early
+        self.graph = self._stage_graph()
+        #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
+        self.writers = self.graph.writers
+        self.reads = {i: self.graph.main[i] | self.graph.side[i] for i in range(len(stages))}
+        self.streamed_buffers = {b for b, readers in self.graph.readers.items()
+                                 if any(self.graph.streams(r, b) for r in readers)}
+        self.running: dict[int, StageScheduler] = {}
+        self._stalled = 0  # driver loop turns in a row with no task anywhere
+        self.has_pools = any(stage_resources(s.transforms) for s in stages)
+        self.queues = QueueBook()
+        self.started = time.monotonic()
+
+    def _stage_graph(self) -> StageGraph:
+        main, side, writes = [], [], []
+        for stage in self.stages:
+            manager = self.context.bundle_manager_for(stage)
+            writes.append(set(manager.stage_data_outputs.values()))
+            main.append({self.context.input_transform_to_buffer_id[t.unique_name]
+                         for t in stage.transforms
+                         if t.spec.urn == bundle_processor.DATA_INPUT_URN})
+            side.append({translations.create_buffer_id(t.inputs[tag])
+                         for t, tag in self._side_inputs(stage)})
+        return StageGraph(main, side, writes, self._stateful_buffers,
+                          streaming=self.options.stream_stages)
 
     # ------------------------------------------------------------------ driver loop
     def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
-        """Stages in order; after lost data, again from the stage that wrote the lost inputs."""
-        lost = (LostDataError, *self.backend.lost_errors)
+        """Stages in order, each starting as soon as the graph allows (a wave of streaming
+        stages); after lost data, again from the start of the wave that wrote the lost inputs."""
         infos: dict[str, list[metrics_pb2.MonitoringInfo]] = {}
-        before: dict[int, tuple[dict, dict]] = {}  # stage index -> buffers, side states
+        before: dict[int, tuple[dict, dict]] = {}  # wave start -> buffers, side states
+        wave_of: dict[int, int] = {}
+        running = self.running
         index = 0
-        while index < len(self.stages):
-            before[index] = ({b: list(p) for b, p in self.buffers.items()}, dict(self.side_states))
+        while index < len(self.stages) or running:
             try:
-                infos[self.stages[index].name] = self._run_stage(index)
-                index += 1
-            except lost as exc:
-                restart = min((w for b in self.reads.get(index, ()) for w in self.writers[b]
-                               if w < index), default=index)
+                while index < len(self.stages) and self.graph.may_start(index, running):
+                    if not running:
+                        before[index] = ({b: list(p) for b, p in self.buffers.items()},
+                                         dict(self.side_states))
+                    wave_of[index] = index if not running else wave_of[min(running)]
+                    running[index] = self._guarded(index, self._run_stage, index)
+                    index += 1
+                self._advance(running, infos)
+            except _StageLost as lost:
+                failed, exc = lost.index, lost.error
+                restart = min(wave_of[w] for w in {failed, *(
+                    w for b in self.reads.get(failed, ()) for w in self.writers[b] if w < failed)})
                 if self.recoveries >= self.options.max_recoveries:
                     raise LostDataError(f"lost data {self.recoveries + 1} times, giving up "
                                         f"(--max_recoveries={self.options.max_recoveries}): "
                                         f"{exc}") from exc
                 self.recoveries += 1
                 _log.warning("stage %d of %d lost data (%s: %s); re-running from stage %d "
-                             "(recovery %d)", index, len(self.stages), type(exc).__name__, exc,
+                             "(recovery %d)", failed, len(self.stages), type(exc).__name__, exc,
                              restart, self.recoveries)
-                for stage in self.stages[restart:index + 1]:
+                running.clear()  # their tasks still in flight are forgotten
+                for stage in self.stages[restart:index]:
                     infos.pop(stage.name, None)
                     self.bundle_sizes.pop(stage.name, None)
                 buffers, self.side_states = before[restart]
-                for later in range(restart + 1, index + 1):
-                    before.pop(later, None)  # let the failed attempt's data go
+                for later in [w for w in before if w > restart]:
+                    before.pop(later)  # let the failed attempt's data go
                 self.buffers = collections.defaultdict(list, buffers)
+                self.queues.clear()
                 index = restart
         return infos
+
+    def _guarded(self, index: int, fn, *args):
+        """``fn(*args)`` for stage ``index``; the engine's lost-data errors name the stage."""
+        try:
+            return fn(*args)
+        except (LostDataError, *self.backend.lost_errors) as exc:
+            raise _StageLost(index, exc) from exc
+
+    def _advance(self, running: dict[int, StageScheduler], infos: dict) -> None:
+        """Feed the running stages what their producers finished, let them submit, finish the
+        stages that are done, else wait for a task of any of them."""
+        for index, scheduler in list(running.items()):
+            self._feed(index, scheduler, running)
+            self._guarded(index, scheduler.submit_ready)
+        for index in [i for i, s in running.items() if s.done]:
+            scheduler = running.pop(index)
+            infos[self.stages[index].name] = scheduler.monitoring_infos()
+            _log.debug("stage %s: %d tasks in %.2f s", scheduler.plan.stage_name,
+                       len(scheduler.sizes), time.perf_counter() - scheduler.started)
+        if not running or any(s.done for s in running.values()):
+            return
+        owners = {ref: (i, s) for i, s in running.items() for ref in s.in_flight}
+        if not owners:  # every stage waits for a fuller task: the one with input runs anyway
+            for index, scheduler in running.items():
+                self._guarded(index, scheduler.submit_ready, True)
+            if not any(s.in_flight for s in running.values()):
+                self._stalled += 1
+                if self._stalled > 1000:  # a bug, not a state to wait in: say so
+                    raise RuntimeError("no running stage can make progress: " + "; ".join(
+                        f"{self.stages[i].name}: {s.available} waiting, open={s.open}"
+                        for i, s in running.items()))
+                time.sleep(0.001)
+            return
+        self._stalled = 0
+        scaling = any(s.autoscaler is not None for s in running.values())
+        refs = list(owners)
+        done = (self.backend.wait_any_for(refs, 0.1) if scaling else self.backend.wait_any(refs))
+        for ref in done:
+            index, scheduler = owners[ref]
+            self._guarded(index, scheduler.collect, ref)
+
+    def _feed(self, index: int, scheduler: StageScheduler, running) -> None:
+        """New lists of the stage's streamed inputs (their producers' finished tasks)."""
+        for transform_id, buffer_id in scheduler.streamed.items():
+            entries = self.buffers.get(buffer_id, [])
+            taken = scheduler.taken.get(transform_id, 0)
+            parts = [p[0] for p in entries[taken:] if p is not None and p[0].count]
+            scheduler.taken[transform_id] = len(entries)
+            if self.graph.sole_streamed_reader(buffer_id) == index and buffer_id not in self.keep:
+                for k in range(taken, len(entries)):  # the scheduler holds them until read
+                    entries[k] = None
+            scheduler.feed(transform_id, parts)
+        scheduler.open = not all(self.graph.complete(b, running)
+                                 for b in scheduler.streamed.values())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     def fetch(self, pcolls: dict[str, str]) -> dict[str, list]:
         """name -> the decoded elements of each PCollection id in ``pcolls`` (a retained
@@ -247,9 +362,10 @@ class _Execution:
             if buffer_id not in self.coders:
                 raise UnsupportedError(f"retained output {name!r} ({pcoll}) is written by no "
                                        "stage (a Flatten nothing reads?); retain its inputs")
-            parts = [p for task in self.buffers.get(buffer_id, []) for p in task if p.count]
+            parts = [p for task in self.buffers.get(buffer_id, []) if task is not None
+                     for p in task if p.count]
             lists = self.backend.get([p.ref for p in parts]) if parts else []
-            worker.check_inputs(f"retained output {name!r}", tuple(lists), _committed(parts))
+            worker.check_inputs(f"retained output {name!r}", tuple(lists), committed(parts))
             impl = self.coders[buffer_id].get_impl()
             out[name] = [impl.decode_nested(e).value for elements in lists for e in elements]
         return out
@@ -264,7 +380,9 @@ class _Execution:
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
             _log.warning("could not end run %s on every worker", self.run_id, exc_info=True)
 
-    def _run_stage(self, index: int) -> list[metrics_pb2.MonitoringInfo]:
+    def _run_stage(self, index: int) -> StageScheduler:
+        """Start stage ``index``: its plan, its whole inputs, and its scheduler (which the
+        driver loop feeds with the stage's streamed inputs)."""
         stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
@@ -280,31 +398,37 @@ class _Execution:
             input_transforms=[t.unique_name for t in stage.transforms
                               if t.spec.urn == bundle_processor.DATA_INPUT_URN],
             provided=list(provided))
+        resources = stage_resources(stage.transforms)
+        if self.has_pools and not resources:
+            plan.nice = self.options.preparation_nice
         side_inputs = self._side_inputs(stage)
-        self.reads[index] = {
-            *(self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms),
-            *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
-        for spec in plan.outputs:
-            self.writers[spec.buffer_id].add(index)
         side = [*provided.values(), *(self._side_state(t, tag) for t, tag in side_inputs)]
-        units, stream = self._inputs(manager, plan.input_transforms)
-        pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
-        scheduler = _StageScheduler(self, plan, side, pool)
-        started = time.perf_counter()
-        scheduler.run(units, stream)
-        _log.debug("stage %s: %d tasks in %.2f s", stage.name, len(scheduler.sizes),
-                   time.perf_counter() - started)
-        return scheduler.monitoring_infos()
+        streamed = {t: self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms
+                    if self.graph.streams(index, self.context.input_transform_to_buffer_id[t])}
+        units, stream = self._inputs(manager, [t for t in plan.input_transforms
+                                               if t not in streamed])
+        pool = self.backend.for_stage(stage.name, resources)
+        steps = dict.fromkeys(t.unique_name.split("/")[0] for t in stage.transforms
+                              if t.spec.urn not in (bundle_processor.DATA_INPUT_URN,
+                                                    bundle_processor.DATA_OUTPUT_URN))
+        report = self.pools[stage.name] = PoolReport(stage.name, pool.describe(),
+                                                     " + ".join(steps) or stage.name)
+        scheduler = StageScheduler(self, plan, side, pool, streamed=streamed, report=report)
+        if resources and pool.bounds[0] < pool.bounds[1]:
+            scheduler.autoscaler = Autoscaler(*pool.bounds, self.options.pool_idle_seconds)
+        scheduler.start(units, stream, open_inputs=bool(streamed))
+        return scheduler
 
     # ------------------------------------------------------------------ stage inputs
     def _inputs(self, manager, input_transforms):
-        """Fixed units (whole key shards) and splittable element streams, per input transform."""
-        units: list[tuple[str, list[_Part]]] = []
-        stream: list[tuple[str, _Part]] = []
+        """Fixed units (whole key shards) and splittable element streams, per input transform
+        read whole (not streamed)."""
+        units: list[tuple[str, list[Part]]] = []
+        stream: list[tuple[str, Part]] = []
         for transform_id in input_transforms:
             buffer_id = self.context.input_transform_to_buffer_id[transform_id]
             if buffer_id == translations.IMPULSE_BUFFER:
-                stream.append((transform_id, _literal_part([ENCODED_IMPULSE_VALUE])))
+                stream.append((transform_id, literal_part([ENCODED_IMPULSE_VALUE])))
                 continue
             kind, _ = translations.split_buffer_id(buffer_id)
             producers = self.buffers.get(buffer_id, [])
@@ -318,12 +442,9 @@ class _Execution:
                         units.append((transform_id, parts))
             else:
                 stream.extend((transform_id, p[0]) for p in producers if p[0].count)
-        if not units and not stream and input_transforms:
-            # No input at all: still run one (empty) bundle, as the FnApiRunner does.
-            stream.append((input_transforms[0], _literal_part([])))
         return units, stream
 
-    def _group(self, manager, transform_id, buffer_id, producers) -> list[_Part]:
+    def _group(self, manager, transform_id, buffer_id, producers) -> list[Part]:
         """Group each hash shard on a worker; parts of one encoded chunk per key."""
         grouping = manager.get_buffer(buffer_id, transform_id)
         self.context.pcoll_buffers.pop(buffer_id, None)
@@ -333,10 +454,10 @@ class _Execution:
             parts = [p[shard] for p in producers if p[shard].count]
             if parts:
                 grouped.append(self.backend.submit(
-                    worker.group_shards, args, _committed(parts), *(p.ref for p in parts),
+                    worker.group_shards, args, committed(parts), *(p.ref for p in parts),
                     worker=self._place(), num_returns=2))
-        committed = self.backend.get([meta for meta, _ in grouped])
-        return [_Part(ref, n, crc) for (_, ref), (n, crc) in zip(grouped, committed, strict=True)
+        metas = self.backend.get([meta for meta, _ in grouped])
+        return [Part(ref, n, crc) for (_, ref), (n, crc) in zip(grouped, metas, strict=True)
                 if n]
 
     def _place(self) -> int:
@@ -400,7 +521,7 @@ class _Execution:
                      if p[0].count]
             access = payload.side_inputs[tag].access_pattern.SerializeToString()
             self.side_states[(transform_id, tag)] = self.backend.submit(
-                worker.side_input_state, transform_id, tag, access, coder, _committed(parts),
+                worker.side_input_state, transform_id, tag, access, coder, committed(parts),
                 *(p.ref for p in parts), worker=None)[0]
         return self.side_states[(transform_id, tag)]
 
@@ -411,126 +532,6 @@ class _Execution:
                 memory_budget=self.backend.memory_budget, min_size=1, initial=1, growth=8.0,
                 max_size=max(1, self.options.max_bundle_size))
         return self.controllers[stage_name]
-
-
-class _StageScheduler:
-    """Submits one stage's tasks, sized by the stage's controller, and collects their outputs."""
-
-    def __init__(self, execution_run: _Execution, plan: worker.StagePlan, side: list,
-                 backend: Backend):
-        self.execution = execution_run
-        self.backend = backend  # the run's backend, or the stage's own worker pool
-        stage_name = plan.stage_name
-        self.plan = plan
-        self.side = side
-        self.controller = execution_run.controller(stage_name)
-        self.sizes = execution_run.bundle_sizes.setdefault(stage_name, [])
-        self.infos: list[metrics_pb2.MonitoringInfo] = []
-        self.in_flight: dict[Any, tuple[list, int, int]] = {}
-        self.load: collections.Counter = collections.Counter()
-        self.progress = get_progress()  # the driver's per-stage view of finished elements
-
-    def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
-        pending = collections.deque(units)
-        self.stream = collections.deque(stream)
-        self.offset = 0
-        total = sum(p.count for _, p in stream)
-        self.progress.update(self.plan.stage_name,
-                             total=total + sum(p.count for _, parts in units for p in parts))
-        #: at least one task per worker slot, however cheap the elements are
-        self.cap = max(1, math.ceil(total / max(1, self.backend.slots)))
-        max_in_flight = 2 * self.backend.slots
-        while pending or self.stream or self.in_flight:
-            while (pending or self.stream) and self._may_submit(max_in_flight):
-                if pending:  # a whole key shard: never split
-                    transform_id, parts = pending.popleft()
-                    slices = [(i, 0, None) for i in range(len(parts))]
-                    self._submit(transform_id, parts, slices, sum(p.count for p in parts))
-                elif not self.controller.batches and len(self.in_flight) >= self.backend.slots:
-                    break  # one small probe task per slot until the first one reports its cost
-                else:
-                    self._submit(*self._take(self._next_size()))
-            self._collect_one()
-
-    def _take(self, size: int) -> tuple[str, list, list, int]:
-        """The next ``size`` elements of one input transform's stream, as slices of parts."""
-        transform_id = self.stream[0][0]
-        parts, slices, taken = [], [], 0
-        while self.stream and taken < size and self.stream[0][0] == transform_id:
-            part = self.stream[0][1]
-            n = min(part.count - self.offset, size - taken)
-            slices.append((len(parts), self.offset, self.offset + n))
-            parts.append(part)
-            taken += n
-            self.offset += n
-            if self.offset >= part.count:
-                self.stream.popleft()
-                self.offset = 0
-        return transform_id, parts, slices, taken
-
-    def _next_size(self) -> int:
-        if not self.controller.batches:
-            return min(_PROBE_SIZE, self.cap)
-        return max(1, min(self.controller.next_size(), self.cap))
-
-    def _may_submit(self, max_in_flight: int) -> bool:
-        if len(self.in_flight) >= max_in_flight:
-            return False
-        per_element = self.controller.peak_bytes_per_element
-        if not per_element or not self.in_flight:
-            return True
-        elements = sum(v[1] for v in self.in_flight.values())
-        return elements * per_element < self.backend.memory_budget
-
-    def _submit(self, transform_id, parts: list[_Part], slices, elements) -> None:
-        target = min(range(self.backend.slots), key=lambda w: self.load[w])
-        self.load[target] += 1
-        outs = self.backend.submit(
-            worker.run_task, self.plan, transform_id, slices, _committed(parts),
-            len(self.side) - len(self.plan.provided),
-            *self.side, *(p.ref for p in parts), worker=target,
-            num_returns=1 + sum(o.shards if o.key_coder is not None else 1
-                                for o in self.plan.outputs))
-        self.sizes.append(elements)
-        self.in_flight[outs[0]] = (outs[1:], elements, target)
-
-    def _collect_one(self) -> None:
-        if not self.in_flight:
-            return
-        done = self.backend.wait_any(list(self.in_flight))
-        for ref in done:
-            outs, elements, target = self.in_flight.pop(ref)
-            self.load[target] -= 1
-            result: worker.TaskResult = self.backend.get([ref])[0]
-            self.controller.record(Measurement(
-                elements=max(1, result.elements), seconds=result.seconds,
-                input_bytes=result.input_bytes, output_bytes=result.output_bytes))
-            self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
-                              for b in result.monitoring_infos)
-            self._store(outs, result)
-            self.progress.update(self.plan.stage_name, done=result.elements)
-
-    def _store(self, outs: list, result: worker.TaskResult) -> None:
-        position = 0
-        for spec, counts, digests in zip(self.plan.outputs, result.counts, result.digests,
-                                         strict=True):
-            shards = [_Part(outs[position + i], n, crc)
-                      for i, (n, crc) in enumerate(zip(counts, digests, strict=True))]
-            position += len(counts)
-            self.execution.buffers[spec.buffer_id].append(shards)
-
-    def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
-        return list(consolidate_monitoring_infos(self.infos))
-
-
-def _literal_part(elements: list[bytes]) -> _Part:
-    """A part the driver holds itself (the impulse, an empty input)."""
-    return _Part(elements, len(elements), worker.digest(elements))
-
-
-def _committed(parts: list[_Part]) -> list[tuple[int, int]]:
-    """What the reading task checks its input lists against."""
-    return [(p.count, p.digest) for p in parts]
 
 
 def _pcollection_ids(proto, outputs: dict[str, tuple[str, str]]) -> dict[str, str]:

@@ -8,20 +8,35 @@ Execution is :mod:`mmbeam.runners.core`; this module only adapts ``distributed``
 reruns the tasks it was running and recomputes lost results from their lineage; the core accepts a
 recomputed list only if it equals the committed one, and re-runs the stages otherwise, or when
 ``distributed`` gives a task up (``KilledWorker``) or cancels a future.
+
+A stage whose steps ask for resources (a model's ``num_gpus``, ``num_cpus``, ``concurrency``)
+gets its own pool while the steps before it run on every worker thread: with ``num_gpus``, the
+workers declaring ``GPU`` (``dask worker --resources GPU=1``; tasks carry the resource
+restriction, so Dask runs no more of them at once than the GPUs allow), failing with
+:class:`~mmbeam.errors.ResourceUnavailableError` naming the step and the cluster's resources
+when none does; otherwise ``concurrency`` (or min of ``(min, max)``, growing to max while work
+waits) worker processes each run the model on a thread of their own (the task secedes from the
+worker's thread pool and hands the work to the process's model thread, as a Dask actor's
+thread), so the model does not wait behind the preparation tasks queued on its worker; it still
+shares that process's GIL with them.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import operator
+import os
+import threading
 from typing import Any
 
 from apache_beam.options import pipeline_options
 
 from mmbeam.autotune import default_memory_budget
-from mmbeam.errors import ConfigError
+from mmbeam.errors import ConfigError, ResourceUnavailableError
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.core import DistributedRunner
+from mmbeam.transforms.resources import StepResources
 
 __all__ = ["DaskBackend", "DaskOptions", "DaskRunner"]
 
@@ -53,8 +68,6 @@ class DaskBackend(Backend):
         self.lost_errors = (KilledWorker, FutureCancelledError)
         self._cluster = None
         if address is None:
-            import os
-
             self._cluster = LocalCluster(
                 n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
                 processes=True, dashboard_address=None, silence_logs=logging.WARNING)
@@ -72,6 +85,73 @@ class DaskBackend(Backend):
         self.slots = max(1, len(self._slots))
         memory = sum(info.get("memory_limit") or 0 for info in workers.values())
         self.memory_budget = int(memory * memory_fraction) or default_memory_budget()
+        self._workers = workers
+        self._restriction: dict[str, Any] = {}  # a stage pool's Dask resources
+        self._seceding = False
+        self._homes: list[str] = []  # worker processes an autoscaling pool may still add
+        self._grown = 0  # slots added since the last poll
+        self._bounds = (self.slots, self.slots)
+        self._stage_pools: dict[str, DaskBackend] = {}
+
+    def for_stage(self, stage_name: str, resources: StepResources) -> DaskBackend:
+        """The stage's own pool (see the module doc); this backend when nothing is asked."""
+        if not resources:
+            return self
+        if stage_name not in self._stage_pools:
+            pool = copy.copy(self)
+            pool._stage_pools = {}
+            if resources.num_gpus:
+                need = {"GPU": resources.num_gpus}
+                homes = [a for a, info in sorted(self._workers.items())
+                         for _ in range(int(info.get("resources", {}).get("GPU", 0)
+                                            // resources.num_gpus))]
+                if not homes:
+                    steps = ", ".join(repr(s) for s in resources.steps) or repr(stage_name)
+                    have = {a: info.get("resources", {}) for a, info in self._workers.items()}
+                    raise ResourceUnavailableError(
+                        f"step {steps} asks for num_gpus={resources.num_gpus:g}, but no Dask "
+                        f"worker declares a GPU resource (workers' resources: {have}); start "
+                        f"workers with `dask worker --resources GPU=1` or drop num_gpus")
+                pool._restriction = {"resources": need}
+            else:  # CPU model: worker processes, the model in a thread of its own
+                homes = sorted(self._workers)
+                pool._seceding = True
+            low, high = resources.bounds or (len(homes), len(homes))
+            low, high = min(low, len(homes)), min(high, len(homes))
+            pool._slots, pool._homes = homes[:low], homes[low:high]
+            pool.slots, pool._bounds = len(pool._slots), (low, high)
+            self._stage_pools[stage_name] = pool
+        return self._stage_pools[stage_name]
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self._bounds
+
+    def describe(self) -> str:
+        if not (self._restriction or self._seceding):
+            return f"Dask worker threads, {self.slots}"
+        kind = (f"Dask workers with {self._restriction['resources']}" if self._restriction
+                else "Dask worker processes (model thread)")
+        low, high = self._bounds
+        return f"{kind}, {low}" + (f"..{high}" if high != low else "")
+
+    def grow(self) -> bool:
+        if not self._homes:
+            return False
+        self._slots = self._slots + [self._homes.pop(0)]
+        self._grown += 1
+        return True
+
+    def poll(self) -> int:
+        added, self._grown = self._grown, 0
+        self.slots = len(self._slots)
+        return added
+
+    def shrink(self) -> None:
+        if len(self._slots) > 1:
+            self._homes.insert(0, self._slots[-1])
+            self._slots = self._slots[:-1]
+            self.slots = len(self._slots)
 
     def put(self, value: Any) -> Any:
         return self.client.scatter([value], hash=False)[0]
@@ -81,7 +161,9 @@ class DaskBackend(Backend):
         if worker is not None and self._slots:
             where = {"workers": [self._slots[worker % len(self._slots)]],
                      "allow_other_workers": True}
-        future = self.client.submit(fn, *args, pure=False, **where)
+        if self._seceding:
+            fn, args = _in_own_thread, (fn, *args)
+        future = self.client.submit(fn, *args, pure=False, **where, **self._restriction)
         if num_returns == 1:
             return [future]
         return [self.client.submit(operator.getitem, future, i, pure=False)
@@ -92,8 +174,26 @@ class DaskBackend(Backend):
 
         return list(self.client.sync(_wait, refs, return_when=FIRST_COMPLETED).done)
 
+    def wait_any_for(self, refs, timeout):
+        from distributed.client import FIRST_COMPLETED, _wait
+
+        try:
+            return list(self.client.sync(_wait, refs, timeout=timeout,
+                                         return_when=FIRST_COMPLETED).done)
+        except TimeoutError:
+            return []
+
     def get(self, refs):
-        return self.client.gather(refs)
+        try:
+            return self.client.gather(refs)
+        except AttributeError:  # ``distributed`` re-raising a cancellation that has no error
+            cancelled = [f for f in refs if f.status == "cancelled"]
+            if not cancelled:
+                raise
+            from distributed.client import FutureCancelledError
+
+            raise FutureCancelledError(cancelled[0].key, "its data was lost with a worker "
+                                       "and cannot be recomputed") from None
 
     def broadcast(self, fn, *args):
         self.client.run(fn, *args)
@@ -104,6 +204,28 @@ class DaskBackend(Backend):
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+
+
+_model_threads: dict[int, Any] = {}
+_model_threads_lock = threading.Lock()
+
+
+def _in_own_thread(fn, *args):
+    """Run ``fn`` on this worker process's model thread, after leaving the worker's thread pool
+    (``distributed.secede``): a model task holds no slot the preparation tasks queued on its
+    worker need, and its thread never runs (so never inherits the niceness of) a preparation
+    task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import secede
+
+    secede()
+    with _model_threads_lock:
+        pool = _model_threads.get(os.getpid())
+        if pool is None:
+            pool = _model_threads[os.getpid()] = ThreadPoolExecutor(
+                1, thread_name_prefix="mmbeam-model")
+    return pool.submit(fn, *args).result()
 
 
 class DaskRunner(DistributedRunner):

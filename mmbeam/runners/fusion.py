@@ -36,8 +36,10 @@ from apache_beam.utils import proto_utils
 from mmbeam.ops.rowchain import RowChain
 from mmbeam.transforms._base import ElementFn
 from mmbeam.transforms.options import MmbeamOptions
+from mmbeam.transforms.resources import ANNOTATION
 
-__all__ = ["create_stages", "fuse_element_fns", "fuses_elements", "with_element_fusion"]
+__all__ = ["create_stages", "fuse_element_fns", "fuses_elements", "split_at_resource_changes",
+           "with_element_fusion"]
 
 _log = logging.getLogger(__name__)
 _PAR_DO = common_urns.primitives.PAR_DO.urn
@@ -54,15 +56,18 @@ def with_element_fusion(phases: list, options: Any) -> list:
 
 
 def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool = False,
-                  after_fusion: tuple = ()):
+                  resource_roots: bool = False, after_fusion: tuple = ()):
     """What ``FnApiRunner.create_stages`` does, with :func:`fuse_element_fns` first (unless
     ``--no_fuse_elements``); ``stateful_roots`` makes every stateful DoFn start a stage, so the
-    distributed runners can hash-partition its input by key between stages; ``after_fusion``
+    distributed runners can hash-partition its input by key between stages; ``resource_roots``
+    starts a stage wherever the resource request changes (:func:`split_at_resource_changes`),
+    so a model runs on its own pool and its preparation on every worker; ``after_fusion``
     phases run right after Beam's greedy fusion (the distributed runners add data outputs for
     the PCollections they bring back to the driver)."""
     phases = [
         translations.annotate_downstream_side_inputs,
         *([translations.annotate_stateful_dofns_as_roots] if stateful_roots else []),
+        *([split_at_resource_changes] if resource_roots else []),
         translations.fix_side_input_pcoll_coders,
         translations.pack_combiners,
         translations.lift_combiners,
@@ -85,6 +90,26 @@ def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool 
                                      common_urns.primitives.GROUP_BY_KEY.urn]),
         use_state_iterables=runner._use_state_iterables,
         is_drain=runner._is_drain)
+
+
+def split_at_resource_changes(stages, pipeline_context):
+    """The phase (before Beam's greedy fusion): a transform whose resource request (the
+    :data:`~mmbeam.transforms.resources.ANNOTATION`, e.g. a model's ``num_gpus``) differs from
+    that of a producer of one of its inputs becomes a forced root, so Beam's fusion puts a
+    stage boundary (a data write and read) between them. Without it a model and the download,
+    decode and resize before it would be one stage, all of it on the model's few actors."""
+    stages = list(stages)
+    wants = {}  # pcollection -> the resource annotation of its producer
+    for stage in stages:
+        for transform in stage.transforms:
+            for pcoll in transform.outputs.values():
+                wants[pcoll] = transform.annotations.get(ANNOTATION, b"")
+    for stage in stages:
+        for transform in stage.transforms:
+            mine = transform.annotations.get(ANNOTATION, b"")
+            if any(wants.get(pcoll, mine) != mine for pcoll in transform.inputs.values()):
+                stage.forced_root = True
+    return stages
 
 
 def fuse_element_fns(stages, pipeline_context):

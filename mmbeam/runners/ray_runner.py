@@ -10,9 +10,12 @@ caller, the actor pool is kept for the next run in this process (actors start sl
 
 A stage whose steps ask for resources (``RunModel``/UDF ``concurrency``, ``num_cpus``,
 ``num_gpus``; see :mod:`mmbeam.transforms.resources`) runs on its own pool of ``concurrency``
-actors, each requesting those CPUs/GPUs from Ray, so the model loads once per actor. The pool
-lives for the run; if Ray cannot start it within ``--ray_actor_start_timeout`` seconds (no GPU
-on the cluster, say) the run fails with :class:`~mmbeam.errors.ResourceUnavailableError`
+actors, each requesting those CPUs/GPUs from Ray, so the model loads once per actor; the steps
+before it (download, decode, resize) run on the ordinary actors, one per CPU. With
+``concurrency=(min, max)`` the pool starts min actors and grows one at a time, while the
+cluster has the resources free, up to max (see :mod:`mmbeam.runners.pools`). The pool lives for
+the run; if Ray cannot start its first actors within ``--ray_actor_start_timeout`` seconds (no
+GPU on the cluster, say) the run fails with :class:`~mmbeam.errors.ResourceUnavailableError`
 instead of waiting forever.
 """
 
@@ -94,6 +97,9 @@ class RayBackend(Backend):
         self._next = 0
         self.actor_start_timeout = actor_start_timeout
         self._stage_pools: dict[str, RayBackend] = {}
+        self._resources: StepResources | None = None  # what each actor of a stage pool asks
+        self._bounds = (n, n)
+        self._starting: list[tuple[Any, Any]] = []  # (actor, its first call) on their way
 
     def _connect(self, address: str | None, attempts: int = 3) -> None:
         """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head is
@@ -115,21 +121,70 @@ class RayBackend(Backend):
             return self
         if stage_name not in self._stage_pools:
             pool = copy.copy(self)
-            pool.actors = self._start_pool(stage_name, resources)
+            low, high = resources.bounds or (None, None)
+            pool.actors = self._start_pool(stage_name, resources, low)
             pool.slots, pool._next, pool._stage_pools = len(pool.actors), 0, {}
+            pool._resources, pool._starting = resources, []
+            pool._bounds = (pool.slots, high or pool.slots)
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
 
-    def _start_pool(self, stage_name: str, resources: StepResources) -> list[Any]:
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self._bounds
+
+    def describe(self) -> str:
+        if self._resources is None:
+            return f"Ray actors (num_cpus=0), {self.slots}"
+        r = self._resources
+        low, high = self._bounds
+        return (f"Ray actor pool (num_cpus={r.num_cpus or 0:g}, num_gpus={r.num_gpus or 0:g}), "
+                f"{low}" + (f"..{high}" if high != low else ""))
+
+    def _actor_class(self, resources: StepResources) -> Any:
+        return self._ray.remote(num_cpus=resources.num_cpus or 0,
+                                num_gpus=resources.num_gpus or 0, max_restarts=-1,
+                                max_task_retries=-1)(_Slot)
+
+    def grow(self) -> bool:
+        """Start one more actor if the pool is below its max and the cluster has its CPUs and
+        GPUs free now (it joins the pool when :meth:`poll` sees it ready)."""
+        r = self._resources
+        if r is None or self.slots + len(self._starting) >= self._bounds[1]:
+            return False
+        free = self._ray.available_resources()
+        if any(free.get(k, 0) < v for k, v in (("CPU", r.num_cpus), ("GPU", r.num_gpus)) if v):
+            return False
+        actor = self._actor_class(r).remote()
+        self._starting.append((actor, actor.pid.remote()))
+        return True
+
+    def poll(self) -> int:
+        if not self._starting:
+            return 0
+        ready, _ = self._ray.wait([ref for _, ref in self._starting],
+                                  num_returns=len(self._starting), timeout=0)
+        added = [a for a, ref in self._starting if ref in ready]
+        self._starting = [(a, ref) for a, ref in self._starting if ref not in ready]
+        self.actors = self.actors + added
+        self.slots = len(self.actors)
+        return len(added)
+
+    def shrink(self) -> None:
+        if self.slots > 1:
+            self.actors, last = self.actors[:-1], self.actors[-1]
+            self.slots = len(self.actors)
+            self._ray.kill(last)
+
+    def _start_pool(self, stage_name: str, resources: StepResources,
+                    size: int | None) -> list[Any]:
         ray = self._ray
         cpus, gpus = resources.num_cpus or 0, resources.num_gpus or 0
-        size = resources.concurrency
         if size is None:  # as many as the cluster holds (at least one)
             total = ray.cluster_resources()
             fits = [int(total.get(k, 0) // v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v]
             size = max(1, min(fits)) if fits else self.slots
-        actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
-                           max_task_retries=-1)(_Slot)
+        actor = self._actor_class(resources)
         actors = [actor.remote() for _ in range(size)]
         ready, _ = ray.wait([a.pid.remote() for a in actors], num_returns=size,
                             timeout=self.actor_start_timeout)
@@ -160,6 +215,10 @@ class RayBackend(Backend):
         ready, _ = self._ray.wait(refs, num_returns=1)
         return ready
 
+    def wait_any_for(self, refs, timeout):
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
+        return ready
+
     def get(self, refs):
         return self._ray.get(refs)
 
@@ -169,7 +228,7 @@ class RayBackend(Backend):
 
     def close(self):
         for pool in self._stage_pools.values():  # frees their CPUs/GPUs for the next run
-            for actor in pool.actors:
+            for actor in pool.actors + [a for a, _ in pool._starting]:
                 self._ray.kill(actor)
         self._stage_pools.clear()
         if self._started:

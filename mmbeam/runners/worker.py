@@ -38,6 +38,7 @@ from apache_beam.runners.portability.fn_api_runner.execution import (
 from apache_beam.utils import proto_utils
 
 from mmbeam.errors import LostDataError, UnsupportedError
+from mmbeam.transforms import shared_model
 
 __all__ = [
     "OutputSpec",
@@ -51,6 +52,7 @@ __all__ = [
     "provided",
     "run_task",
     "side_input_state",
+    "yield_cpu",
 ]
 
 
@@ -92,6 +94,9 @@ class StagePlan:
     input_transforms: list[str] = field(default_factory=list)
     #: a stage re-run after lost data gets fresh DoFn instances and state in every process
     attempt: int = 0
+    #: the CPU niceness of the threads running this stage's tasks: a model's preparation
+    #: yields the CPU to the model's own pool on the same machine (see :func:`yield_cpu`)
+    nice: int = 0
     #: tokens of values the driver put in the engine for this stage (the first task arguments)
     provided: list[str] = field(default_factory=list)
 
@@ -109,6 +114,11 @@ class TaskResult:
     input_bytes: int
     output_bytes: int
     worker: str
+    #: encoded bytes of each output list (as ``counts``), for the runner's queue accounting
+    part_bytes: list[list[int]] = field(default_factory=list)
+    #: sizes of the model batches the task ran, and the elements its model wants next (0: none)
+    batches: list[int] = field(default_factory=list)
+    batch_hint: int = 0
 
 
 class _StageHandlers:
@@ -179,6 +189,19 @@ def end_run(run_id: str) -> int:
     return len(stages)
 
 
+def yield_cpu(nice: int) -> None:
+    """Lower this thread's CPU priority to ``nice`` (never raise it; Linux threads have their
+    own niceness). Preparation tasks run so when a model's pool shares their machine: the
+    model, the slowest stage, gets a CPU whenever it needs one, and the preparation every
+    cycle left over (backpressure keeps it from running ahead)."""
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):  # not Linux or not allowed: run at the usual priority
+        pass
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -212,6 +235,8 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     ``(arg index, start, stop)`` ranges of those lists as the bundle's input.
     """
     start = time.perf_counter()
+    if plan.nice:
+        yield_cpu(plan.nice)
     if plan.provided:
         with _runs_lock:
             _provided.setdefault(plan.run_id, {}).update(zip(plan.provided, args, strict=False))
@@ -231,24 +256,27 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     produced: dict[str, list[bytes]] = {o.transform_id: [] for o in plan.outputs}
     infos: list[bytes] = []
     handler = handlers.acquire()
+    shared_model.begin_task()
     try:
         pending = {input_transform: [b"".join(elements)]}
         while pending:
             pending = _one_bundle(handler, handlers.descriptor.id, plan, pending, produced, infos)
     finally:
+        batches, hint = shared_model.end_task()
         handlers.release(handler)
     outputs: list[list[bytes]] = []
     counts: list[list[int]] = []
     digests: list[list[int]] = []
-    out_bytes = 0
+    part_bytes: list[list[int]] = []
     for spec in plan.outputs:
         parts = _split(spec, produced[spec.transform_id])
         outputs.extend(parts)
         counts.append([len(p) for p in parts])
         digests.append([digest(p) for p in parts])
-        out_bytes += sum(len(e) for p in parts for e in p)
+        part_bytes.append([sum(map(len, p)) for p in parts])
     result = TaskResult(counts, digests, infos, len(elements), time.perf_counter() - start,
-                        in_bytes, out_bytes, worker_name())
+                        in_bytes, sum(map(sum, part_bytes)), worker_name(), part_bytes, batches,
+                        hint)
     return (result, *outputs) if outputs else result
 
 

@@ -24,7 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from mmbeam.errors import StageError
 from mmbeam.transforms import shared_model as sm
 from mmbeam.transforms._base import FAILED_TAG, ElementTransform, FailedRecord
-from mmbeam.transforms.resources import StepResources, requesting
+from mmbeam.transforms.resources import StepResources, max_concurrency, requesting
 
 __all__ = ["RunModel"]
 
@@ -47,7 +47,7 @@ class _RunModelFn(beam.DoFn):
 
     def setup(self):
         load, run = sm.model_protocol(self.model, self.init_args, self.init_kwargs)
-        self._shared = sm.acquire(self.token, load, self.concurrency)
+        self._shared = sm.acquire(self.token, load, max_concurrency(self.concurrency))
         self._invoker = sm.BatchInvoker(sm.name_of(self.model), self.stage, self._shared, run,
                                         self.batch_size, **self.tuning)
         self._ok = Metrics.counter(self.stage, "succeeded")
@@ -118,15 +118,18 @@ class RunModel(ElementTransform):
     list of values with ``to_numpy()``/``to_arrow()``. ``batch_size=None`` autotunes: batches
     take about ``target_seconds`` and stay under ``memory_budget`` bytes, up to
     ``max_batch_size``. ``concurrency`` caps instances per worker process (None: one, shared by
-    all threads); on the RayRunner the step runs on its own pool of ``concurrency`` actors, each
-    requesting ``num_cpus``/``num_gpus`` (one model per actor). Plus ``on_error``, ``keyed``
+    all threads); on the Dask and Ray runners the step runs on its own pool, apart from the
+    steps before it: ``concurrency`` Ray actors, each requesting ``num_cpus``/``num_gpus`` (one
+    model per actor), ``(min, max)`` for a pool that grows while elements wait and shrinks when
+    idle; on Dask, workers declaring the resources. Plus ``on_error``, ``keyed``
     and ``.with_exception_handling()`` as every mmbeam transform.
     """
 
     stage = "RunModel"
 
     def __init__(self, model: Any, batch_size: int | None = None, *, init_args: tuple = (),
-                 init_kwargs: dict | None = None, concurrency: int | None = None,
+                 init_kwargs: dict | None = None,
+                 concurrency: int | tuple[int, int] | None = None,
                  num_cpus: float | None = None, num_gpus: float | None = None,
                  target_seconds: float = 0.5, max_batch_size: int = 1024,
                  memory_budget: int | None = None, on_error: str = "raise",
@@ -141,7 +144,7 @@ class RunModel(ElementTransform):
             sm.check_batch_size(max_batch_size)
         self.init_args = tuple(init_args)
         self.init_kwargs = dict(init_kwargs or {})
-        self.concurrency = concurrency
+        self.concurrency = self.resources.concurrency
         self.tuning = {"target_seconds": target_seconds, "max_batch_size": max_batch_size,
                        "memory_budget": memory_budget}
         self.stage = stage

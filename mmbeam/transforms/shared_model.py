@@ -12,6 +12,9 @@
   afresh.
 - :class:`BatchInvoker` runs one batch, checks one output per row, and when a batch raises,
   reruns its rows one by one so that only the bad rows fail.
+- :func:`begin_task` / :func:`end_task` let a cluster runner's task learn the batch sizes its
+  models ran and the size they want next, so the runner sizes the model's tasks to whole
+  batches (a batch is never cut short at a task boundary, unlike Beam's ``BatchElements``).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ __all__ = [
     "BatchInvoker",
     "SharedModel",
     "acquire",
+    "begin_task",
     "check_batch_size",
+    "end_task",
     "instances",
     "loads_in_process",
     "model_protocol",
     "name_of",
     "new_token",
+    "note_batch_hint",
     "release",
 ]
 
@@ -211,6 +217,35 @@ def loads_in_process(token: str) -> int:
     return _loads.get(token, 0)
 
 
+# -- what one runner task saw (per thread: a task runs its bundle on one thread) ------------------
+_task = threading.local()
+
+
+def begin_task() -> None:
+    """Start recording the batches run on this thread (a cluster runner's task)."""
+    _task.sizes, _task.hint = [], 0
+
+
+def end_task() -> tuple[list[int], int]:
+    """The batch sizes run since :func:`begin_task` and the elements the model wants in its
+    next batch (0 when no model ran)."""
+    sizes, hint = getattr(_task, "sizes", None) or [], getattr(_task, "hint", 0)
+    _task.sizes, _task.hint = None, 0
+    return sizes, hint
+
+
+def _note_batch(size: int) -> None:
+    if getattr(_task, "sizes", None) is not None:
+        _task.sizes.append(size)
+
+
+def note_batch_hint(elements: int) -> None:
+    """The model wants ``elements`` input elements per batch next (the last call of a task
+    counts; a frame UDF converts rows to its Arrow-batch elements)."""
+    if getattr(_task, "sizes", None) is not None:
+        _task.hint = max(1, int(elements))
+
+
 # -- running batches ------------------------------------------------------------------------------
 def _nbytes(values: Sequence[Any]) -> int:
     total = 0
@@ -263,9 +298,9 @@ class BatchInvoker:
         self.controller = shared.controller
 
     def next_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return self.controller.next_size()
+        size = self.batch_size if self.batch_size is not None else self.controller.next_size()
+        note_batch_hint(size)
+        return size
 
     def call(self, columns: list[Batch]) -> list[Any]:
         """Outputs of one batch (one per row) or UdfError; ``columns`` are the model's inputs."""
@@ -289,6 +324,7 @@ class BatchInvoker:
         """
         n = len(columns[0]) if columns else 0
         self.sizes.append(n)
+        _note_batch(n)
         try:
             if self.controller is None:
                 return self.call(columns), []

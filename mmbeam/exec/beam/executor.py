@@ -91,7 +91,18 @@ class BeamExecutor(Executor):
                 + (f" ({self.why})" if self.why else "") + how)
         if show_all:
             text += "\n\n== Physical stages ==\n" + describe_stages(plan, self.options)
+            pools = last_run_pools()
+            if pools:
+                text += "\n\n== Pools (last run on the Dask/Ray runner) ==\n" + pools
         return text
+
+
+def last_run_pools() -> str:
+    """The pools of the last run on mmbeam's Dask or Ray runner in this process, one stage a
+    line: what ran it, its size over time, its model batches, the bytes queued on its input."""
+    from mmbeam.runners.pools import last_run
+
+    return "\n".join(f"* {report.describe()}" for report in last_run())
 
 
 def _runner_class(factory: Any) -> type | None:

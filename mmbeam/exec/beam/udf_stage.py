@@ -9,6 +9,7 @@ incoming batch with the output column added, under its own key, so row order is 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import apache_beam as beam
@@ -22,7 +23,7 @@ from mmbeam.expr.udf import UdfCall
 from mmbeam.plan.udfs import UdfApply
 from mmbeam.transforms import shared_model as sm
 from mmbeam.transforms.coders import KeyedBatch
-from mmbeam.transforms.resources import StepResources, requesting
+from mmbeam.transforms.resources import StepResources, max_concurrency, requesting
 from mmbeam.types import DataType, arrow_to_images
 
 __all__ = ["expand_udf_apply"]
@@ -46,7 +47,7 @@ class _Call:
     def __init__(self, out: str, call: UdfCall):
         udf = call.udf
         self.out, self.call, self.udf = out, call, udf
-        self.shared = sm.acquire(udf.token, udf.load_model, udf.concurrency)
+        self.shared = sm.acquire(udf.token, udf.load_model, max_concurrency(udf.concurrency))
         self.invoker = sm.BatchInvoker(udf.name, f"udf {udf.name}", self.shared, call.invoke,
                                        udf.batch_size)
         self.size = self.invoker.next_size()
@@ -101,8 +102,14 @@ class _UdfStageFn(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         self._pending.append((element, timestamp, window))
         self._rows += element[1].num_rows
+        self._hint(element[1].num_rows)
         if self._rows >= max(c.size for c in self._calls):
             yield from self._flush()
+
+    def _hint(self, rows_per_element: int) -> None:
+        """The cluster runner sizes this stage's tasks in elements (Arrow batches), not rows."""
+        wanted = max(c.size for c in self._calls)
+        sm.note_batch_hint(math.ceil(wanted / max(1, rows_per_element)))
 
     def finish_bundle(self):
         if self._pending:
@@ -114,6 +121,7 @@ class _UdfStageFn(beam.DoFn):
         table = inputs
         for c in self._calls:
             table = table.append_column(c.out, c.run(table))
+        self._hint(inputs.num_rows // len(pending))
         offset = 0
         for (key, batch), timestamp, window in pending:
             part = table.slice(offset, batch.num_rows)
