@@ -1,7 +1,7 @@
 """Automatic fusion of consecutive per-element transforms, as a FnApiRunner phase.
 
 Written the plain way, ``Download() | DecodeImage() | ResizeImage(...) | EncodeImage(...) |
-Upload(...)`` is five ParDos of :class:`~mmbeam.transforms._base.ElementFn`; Beam fuses them
+Upload(...)`` is five ParDos of :class:`~mmbeam.transforms.element.ElementFn`; Beam fuses them
 into one stage, but each still keeps its own window of rows in flight and blocks the one bundle
 thread on it, so the chain runs at about two thirds of ``mt.Fuse(...)``'s speed.
 :func:`fuse_element_fns` merges such a producer into its consumer before Beam's own phases run:
@@ -34,7 +34,7 @@ from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.utils import proto_utils
 
 from mmbeam.ops.rowchain import RowChain
-from mmbeam.transforms._base import ElementFn
+from mmbeam.transforms.element import ElementFn
 from mmbeam.transforms.options import MmbeamOptions
 
 __all__ = ["create_stages", "fuse_element_fns", "fuses_elements", "with_element_fusion"]

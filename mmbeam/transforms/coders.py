@@ -28,7 +28,7 @@ from apache_beam.coders import coder_impl
 from apache_beam.typehints import typehints
 
 import mmbeam.types  # noqa: F401 - registers the Arrow extension types the IPC reader needs
-from mmbeam.transforms._base import FailedRecord
+from mmbeam.transforms.element import FailedRecord
 
 __all__ = [
     "ArrowBatchCoder",

@@ -23,7 +23,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import StageError
 from mmbeam.transforms import shared_model as sm
-from mmbeam.transforms._base import FAILED_TAG, ElementTransform, FailedRecord
+from mmbeam.transforms.element import FAILED_TAG, ElementTransform, FailedRecord
 from mmbeam.transforms.resources import StepResources, requesting
 
 __all__ = ["RunModel"]
