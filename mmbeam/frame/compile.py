@@ -87,7 +87,9 @@ class _SliceTableFn(beam.DoFn):
                 self._loaded = pa.ipc.open_file(src).read_all()
 
     def process(self, i: int):
-        yield (i,), to_batch(self._loaded.slice(i * self._rows, self._rows))
+        start = i * self._rows  # clamped: a table without columns does not clamp its slices
+        yield (i,), to_batch(self._loaded.slice(start, min(self._rows,
+                                                           self._loaded.num_rows - start)))
 
 
 class _ScanFn(beam.DoFn):

@@ -149,9 +149,9 @@ def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool = 
 @_stream.register
 def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
-    rows = options.batch_rows
-    for start in range(0, max(plan.table.num_rows, 1), rows):
-        yield plan.table.slice(start, rows)
+    rows, total = options.batch_rows, plan.table.num_rows
+    for start in range(0, max(total, 1), rows):  # clamped: pyarrow 25 does not clamp a slice of
+        yield plan.table.slice(start, min(rows, total - start))  # a table without columns
 
 
 @_stream.register

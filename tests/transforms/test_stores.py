@@ -71,3 +71,21 @@ def test_upload_to_missing_bucket_fails_clearly(mmbeam_s3):
     assert good == [] and "s3://no-such-bucket-mmbeam/out/" in failed[0].error
     with pytest.raises(UploadError, match="Upload failed for <3 bytes>: .*bucket does not exist"):
         run_collect(lambda p: p | beam.Create([b"abc"]) | store)
+
+
+def test_upload_takes_255_byte_keys_and_refuses_symlinks_leading_outside(tmp_path):
+    outside, dest = tmp_path / "outside", tmp_path / "dest"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "link").symlink_to(outside)
+    long_key = "n" * 251 + ".png"
+    good, failed = run_collect(
+        lambda p: p
+        | beam.Create([(long_key, BLOBS["k0/img.png"]), ("link/x.png", BLOBS["k1/img.png"])])
+        | mt.Upload(str(dest), keyed=True).with_exception_handling()
+    ).outputs
+    assert good == [(long_key, str(dest / long_key))]
+    assert (dest / long_key).read_bytes() == BLOBS["k0/img.png"]
+    assert len(failed) == 1 and failed[0].stage == "Upload"
+    assert "outside the destination" in failed[0].error, failed[0].error
+    assert list(outside.iterdir()) == []
