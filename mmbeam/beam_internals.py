@@ -1,18 +1,19 @@
 """Every use of Apache Beam's internal (undocumented) APIs in mmbeam, behind one module.
 
-Beam's public API cannot tell which transforms read a PCollection, nor run its FnApiRunner's
-fusion phases, nor pickle a DoFn as the SDK does. mmbeam needs these for the reduced-scale decode
-(a decode learns whether only resizes read it) and for its runners; keeping them here means one
-file to check when Beam changes. The runners' Fn API plumbing (``runners/core.py``,
-``runners/worker.py``, ``runners/fusion.py``) imports Beam's runner modules, which are public
-modules, directly.
+Beam's public API cannot tell which transforms read a PCollection, nor rebuild a runner's
+grouping buffer on another worker, nor hand the FnApiRunner's own flags to its stage phases.
+mmbeam needs these for the reduced-scale decode (a decode learns whether only resizes read it)
+and for its Dask and Ray runners; every private attribute of Beam that mmbeam touches is read
+here, so there is one file to check when Beam changes. (The runners import Beam's runner
+modules, such as ``fn_api_runner.translations``, directly: those are modules, not private
+names.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["consumers"]
+__all__ = ["consumers", "grouped_keys", "grouping_args", "stage_flags"]
 
 
 def consumers(pcoll: Any) -> list[Any]:
@@ -32,3 +33,19 @@ def consumers(pcoll: Any) -> list[Any]:
         if any(r is pcoll for r in reads):
             found.append(node)
     return found
+
+
+def grouping_args(grouping: Any) -> tuple[Any, Any, Any]:
+    """What rebuilds a FnApiRunner ``GroupingBuffer`` elsewhere: its pre- and post-grouping
+    coders and its windowing (private attributes of the buffer)."""
+    return grouping._pre_grouped_coder, grouping._post_grouped_coder, grouping._windowing
+
+
+def grouped_keys(buffer: Any) -> int:
+    """The number of keys a ``GroupingBuffer`` holds (its private table)."""
+    return len(buffer._table)
+
+
+def stage_flags(runner: Any) -> dict[str, bool]:
+    """The FnApiRunner's own flags for ``create_and_optimize_stages`` (private attributes)."""
+    return {"use_state_iterables": runner._use_state_iterables, "is_drain": runner._is_drain}

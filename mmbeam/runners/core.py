@@ -51,6 +51,7 @@ from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController, Measurement
+from mmbeam.beam_internals import grouping_args
 from mmbeam.errors import LostDataError
 from mmbeam.progress import get_progress
 from mmbeam.runners import worker
@@ -267,7 +268,7 @@ class _Execution:
         """Group each hash shard on a worker; parts of one encoded chunk per key."""
         grouping = manager.get_buffer(buffer_id, transform_id)
         self.context.pcoll_buffers.pop(buffer_id, None)
-        args = (grouping._pre_grouped_coder, grouping._post_grouped_coder, grouping._windowing)
+        args = grouping_args(grouping)
         grouped = []
         for shard in range(self.shards):
             parts = [p[shard] for p in producers if p[shard].count]

@@ -33,6 +33,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.utils import proto_utils
 
+from mmbeam.beam_internals import stage_flags
 from mmbeam.ops.rowchain import RowChain
 from mmbeam.transforms.element import ElementFn
 from mmbeam.transforms.options import MmbeamOptions
@@ -79,8 +80,7 @@ def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool 
         phases=with_element_fusion(phases, options),
         known_runner_urns=frozenset([common_urns.primitives.FLATTEN.urn,
                                      common_urns.primitives.GROUP_BY_KEY.urn]),
-        use_state_iterables=runner._use_state_iterables,
-        is_drain=runner._is_drain)
+        **stage_flags(runner))
 
 
 def fuse_element_fns(stages, pipeline_context):
