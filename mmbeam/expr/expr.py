@@ -37,6 +37,7 @@ class Expr:
         return ir.output_name(self._node)
 
     def alias(self, name: str) -> Expr:
+        """The same expression under the output name ``name``."""
         node = self._node.child if isinstance(self._node, ir.Alias) else self._node
         return Expr(ir.Alias(node, str(name)))
 
@@ -123,6 +124,7 @@ class Expr:
         return Expr(ir.UnaryOp("abs", self._node))
 
     def abs(self) -> Expr:
+        """The absolute value."""
         return Expr(ir.UnaryOp("abs", self._node))
 
     __hash__ = object.__hash__
@@ -133,12 +135,15 @@ class Expr:
 
     # -- null handling and conditionals ---------------------------------------------------------
     def is_null(self) -> Expr:
+        """True where the value is null."""
         return Expr(ir.UnaryOp("is_null", self._node))
 
     def not_null(self) -> Expr:
+        """True where the value is not null."""
         return Expr(ir.UnaryOp("not_null", self._node))
 
     def fill_null(self, fill_value: Any) -> Expr:
+        """The value, with nulls replaced by ``fill_value``."""
         return Expr(ir.FillNull(self._node, ir.as_node(fill_value)))
 
     def if_else(self, if_true: Any, if_false: Any) -> Expr:
@@ -146,30 +151,38 @@ class Expr:
         return Expr(ir.IfElse(self._node, ir.as_node(if_true), ir.as_node(if_false)))
 
     def is_in(self, values: list) -> Expr:
+        """True where the value is one of ``values``."""
         return Expr(ir.Function("is_in", (self._node,), (("values", tuple(values)),)))
 
     def cast(self, dtype: DataType) -> Expr:
+        """The value converted to ``dtype`` (a DataType)."""
         if not isinstance(dtype, DataType):
             raise ConfigError(f"cast() takes a DataType such as DataType.int64(), got {dtype!r}")
         return Expr(ir.Cast(self._node, dtype))
 
     # -- aggregations (for groupby().agg and Frame.agg) -----------------------------------------
     def count(self) -> Expr:
+        """Aggregation: the number of non-null values."""
         return Expr(ir.Agg("count", self._node))
 
     def sum(self) -> Expr:
+        """Aggregation: the sum."""
         return Expr(ir.Agg("sum", self._node))
 
     def mean(self) -> Expr:
+        """Aggregation: the mean."""
         return Expr(ir.Agg("mean", self._node))
 
     def min(self) -> Expr:
+        """Aggregation: the smallest value."""
         return Expr(ir.Agg("min", self._node))
 
     def max(self) -> Expr:
+        """Aggregation: the largest value."""
         return Expr(ir.Agg("max", self._node))
 
     def agg_list(self) -> Expr:
+        """Aggregation: the values of each group as a list."""
         return Expr(ir.Agg("list", self._node))
 
     # -- namespaces -----------------------------------------------------------------------------

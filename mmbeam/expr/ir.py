@@ -45,6 +45,7 @@ class Node:
     """Base of every IR node."""
 
     def children(self) -> tuple[Node, ...]:
+        """The direct child nodes."""
         out: list[Node] = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -68,11 +69,13 @@ class Node:
 
 @dataclass(frozen=True)
 class Column(Node):
+    """A reference to the column ``name``."""
     name: str
 
 
 @dataclass(frozen=True, eq=False)
 class Literal(Node):
+    """A constant of type ``dtype``."""
     value: Any
     dtype: DataType
 
@@ -93,12 +96,14 @@ class Literal(Node):
 
 @dataclass(frozen=True)
 class Alias(Node):
+    """``child`` under the output name ``name``."""
     child: Node
     name: str
 
 
 @dataclass(frozen=True)
 class Cast(Node):
+    """``child`` converted to ``dtype``."""
     child: Node
     dtype: DataType
 
@@ -122,12 +127,14 @@ class UnaryOp(Node):
 
 @dataclass(frozen=True)
 class FillNull(Node):
+    """``child`` with nulls replaced by ``fill``."""
     child: Node
     fill: Node
 
 
 @dataclass(frozen=True)
 class IfElse(Node):
+    """``then`` where ``predicate`` is true, else ``otherwise``."""
     predicate: Node
     then: Node
     otherwise: Node
@@ -154,6 +161,7 @@ class Function(Node):
     options: tuple[tuple[str, Any], ...] = ()
 
     def option(self, key: str, default: Any = None) -> Any:
+        """The option ``key``, or ``default``."""
         for k, v in self.options:
             if k == key:
                 return v

@@ -81,10 +81,12 @@ class UDF:
 
     @property
     def name(self) -> str:
+        """The wrapped function's or class's name."""
         return str(getattr(self.fn, "__name__", "udf"))
 
     @property
     def is_class(self) -> bool:
+        """True when the UDF wraps a class (instantiated once per worker)."""
         return isinstance(self.fn, type)
 
     def _copy(self, **changes: Any) -> UDF:
@@ -112,6 +114,7 @@ class UDF:
         return self._copy(**options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Expr:
+        """An expression applying this UDF to the given columns and values."""
         nodes: list[ir.Node] = []
         layout = []
         for key, value in [(None, a) for a in args] + list(kwargs.items()):
@@ -131,6 +134,7 @@ class UDF:
         return self.fn(*self.init_args, **self.init_kwargs) if self.is_class else self.fn
 
     def run_inference(self, batch: Any, model: Any) -> Any:
+        """Run ``model`` on one batch."""
         return model(batch)
 
     def __repr__(self) -> str:

@@ -47,6 +47,7 @@ class S3Config:
     anonymous: bool = False
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         opts: dict[str, Any] = {"anon": self.anonymous}
         if self.key_id is not None:
             opts["key"] = self.key_id
@@ -78,6 +79,7 @@ class GCSConfig:
     anonymous: bool = False
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         opts: dict[str, Any] = {}
         if self.endpoint_url is not None:
             opts["endpoint_url"] = self.endpoint_url
@@ -103,6 +105,7 @@ class HTTPConfig:
     user_agent: str = "mmbeam"
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         headers = {"User-Agent": self.user_agent, **dict(self.headers)}
         if self.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self.bearer_token}"

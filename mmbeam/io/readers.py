@@ -209,6 +209,7 @@ class ParquetSource(_FileSource):
     @staticmethod
     def create(path: str | Sequence[str], io_config: Any = None,
                hive_partitioning: bool = True) -> ParquetSource:
+        """A source for ``path`` (a file, a folder, a glob or a list of them)."""
         protocol, files, bases = list_files(path, io_config)
         parts: list[tuple[str, DataType]] = []
         if hive_partitioning:
@@ -235,6 +236,7 @@ class ParquetSource(_FileSource):
         return self._counts[task.path]
 
     def tasks(self, limit: int | None = None) -> list[FileTask]:
+        """One read task per file (or row group), at most ``limit`` rows' worth when given."""
         if limit is None:
             return list(self.files)
         out, total = [], 0
@@ -246,6 +248,7 @@ class ParquetSource(_FileSource):
         return out
 
     def count_rows(self) -> int | None:
+        """The number of rows, from metadata only (None when unknown without reading)."""
         return sum(self._file_rows(t) for t in self.files)
 
     def read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
@@ -379,6 +382,7 @@ class CsvSource(_FileSource):
     @staticmethod
     def create(path: str | Sequence[str], io_config: Any = None, hive_partitioning: bool = True,
                delimiter: str = ",", has_headers: bool = True) -> CsvSource:
+        """A source for ``path`` (a file, a folder, a glob or a list of them)."""
         protocol, files, bases = list_files(path, io_config)
         parts: list[tuple[str, DataType]] = []
         if hive_partitioning:
@@ -410,6 +414,7 @@ class CsvSource(_FileSource):
             raise SchemaError(f"cannot read CSV {self.label!r}: {exc}") from exc
 
     def read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+        """The ``columns`` of one task, as tables of at most ``rows`` rows."""
         with _naming(self.protocol, task.path):
             yield from self._read(task, columns, rows)
 
@@ -429,17 +434,21 @@ class GlobSource(_FileSource):
 
     @staticmethod
     def create(pattern: str, io_config: Any = None) -> GlobSource:
+        """A source for ``path`` (a file, a folder, a glob or a list of them)."""
         protocol, files, _ = list_files(pattern, io_config)
         schema = Schema([("path", DataType.string()), ("size", DataType.int64())])
         return GlobSource(protocol, tuple(files), schema, (), io_config, label=pattern)
 
     def tasks(self, limit: int | None = None) -> list[Any]:
+        """One read task per file (or row group), at most ``limit`` rows' worth when given."""
         return [None]
 
     def count_rows(self) -> int | None:
+        """The number of rows, from metadata only (None when unknown without reading)."""
         return len(self.files)
 
     def read(self, task: Any, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+        """The ``columns`` of one task, as tables of at most ``rows`` rows."""
         paths = [_url(self.protocol, f.path) for f in self.files]
         sizes = [f.size for f in self.files]
         table = pa.table({"path": pa.array(paths, pa.large_string()),

@@ -120,7 +120,7 @@ class Fetcher:
         return delay * (0.5 + random.random() / 2)
 
 
-class _NoAiohttp(Exception):
+class _NoAiohttp(Exception):  # noqa: N818 - stands in for aiohttp classes
     """Stands in for aiohttp's exception classes while aiohttp is not imported (it is only
     imported by the s3/gs/fsspec-http clients, so no exception can come from it before)."""
 

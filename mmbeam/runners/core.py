@@ -110,18 +110,22 @@ class DistributedRunner(FnApiRunner):
     """
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> Backend:
+        """The engine backend for ``options``."""
         raise NotImplementedError
 
     def run_pipeline(self, pipeline, options):
+        """Run ``pipeline`` (Beam's entry point)."""
         self._options = options
         return super().run_pipeline(pipeline, options)
 
     def create_stages(self, pipeline_proto):
         # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
+        """The pipeline's fused stages, with mmbeam's element fusion first."""
         return create_stages(self, pipeline_proto, getattr(self, "_options", None),
                              stateful_roots=True)
 
     def run_stages(self, stage_context, stages):
+        """Run the stages on the backend's workers."""
         options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()
         backend = self.make_backend(options)
         handlers = WorkerHandlerManager(stage_context.components.environments,

@@ -74,9 +74,11 @@ class DaskBackend(Backend):
         self.memory_budget = int(memory * memory_fraction) or default_memory_budget()
 
     def put(self, value: Any) -> Any:
+        """Place ``value`` in the engine's object store; returns a reference to it."""
         return self.client.scatter([value], hash=False)[0]
 
     def submit(self, fn, *args, worker=None, num_returns=1):
+        """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
         if worker is not None and self._slots:
             where = {"workers": [self._slots[worker % len(self._slots)]],
@@ -88,17 +90,22 @@ class DaskBackend(Backend):
                 for i in range(num_returns)]
 
     def wait_any(self, refs):
-        from distributed.client import FIRST_COMPLETED, _wait
+        """Wait until at least one of ``refs`` is done: (done, pending)."""
+        # Client.sync takes the coroutine; distributed.wait would use the default client
+        from distributed.client import FIRST_COMPLETED, _wait  # noqa: PLC2701
 
         return list(self.client.sync(_wait, refs, return_when=FIRST_COMPLETED).done)
 
     def get(self, refs):
+        """The values behind ``refs``."""
         return self.client.gather(refs)
 
     def broadcast(self, fn, *args):
+        """Run ``fn(*args)`` once on every worker; their results."""
         self.client.run(fn, *args)
 
     def close(self):
+        """Release the engine's resources (a cluster this backend started is shut down)."""
         try:
             self.client.close()
         finally:
@@ -117,6 +124,7 @@ class DaskRunner(DistributedRunner):
         self.threads_per_worker = threads_per_worker
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> DaskBackend:
+        """The engine backend for ``options``."""
         flags = options.view_as(DaskOptions)
         return DaskBackend(
             address=self.address or flags.dask_address,

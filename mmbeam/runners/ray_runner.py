@@ -142,9 +142,11 @@ class RayBackend(Backend):
         return actors
 
     def put(self, value: Any) -> Any:
+        """Place ``value`` in the engine's object store; returns a reference to it."""
         return self._ray.put(value)
 
     def submit(self, fn, *args, worker=None, num_returns=1):
+        """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         if worker is None:
             self._next += 1
             worker = self._next
@@ -153,17 +155,21 @@ class RayBackend(Backend):
         return [refs] if num_returns == 1 else list(refs)
 
     def wait_any(self, refs):
+        """Wait until at least one of ``refs`` is done: (done, pending)."""
         ready, _ = self._ray.wait(refs, num_returns=1)
         return ready
 
     def get(self, refs):
+        """The values behind ``refs``."""
         return self._ray.get(refs)
 
     def broadcast(self, fn, *args):
+        """Run ``fn(*args)`` once on every worker; their results."""
         actors = self.actors + [a for p in self._stage_pools.values() for a in p.actors]
         self._ray.get([a.call.remote(fn, *args) for a in actors])
 
     def close(self):
+        """Release the engine's resources (a cluster this backend started is shut down)."""
         for pool in self._stage_pools.values():  # frees their CPUs/GPUs for the next run
             for actor in pool.actors:
                 self._ray.kill(actor)
@@ -183,6 +189,7 @@ class RayRunner(DistributedRunner):
         self.num_workers = num_workers
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> RayBackend:
+        """The engine backend for ``options``."""
         flags = options.view_as(RayOptions)
         return RayBackend(address=self.address or flags.ray_address,
                           num_workers=self.num_workers or flags.ray_num_workers,

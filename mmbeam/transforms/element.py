@@ -104,6 +104,7 @@ class ElementFn(beam.DoFn):
         return state
 
     def setup(self):
+        """Once per DoFn instance on a worker: build what the bundles share."""
         stages = self.chain.stages
         self._ok = {s: Metrics.counter(s, "succeeded") for s in stages}
         self._failed = {s: Metrics.counter(s, "failed") for s in stages}
@@ -116,11 +117,13 @@ class ElementFn(beam.DoFn):
         self._progress = get_progress()
 
     def start_bundle(self):
+        """Start a bundle with nothing in flight."""
         self._done: collections.deque = collections.deque()
         self._ready = threading.Semaphore(0)
         self._held = 0
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        """Handle one element (see the class docstring)."""
         try:
             key, value = self._split(element)
         except StageError as err:
@@ -141,6 +144,7 @@ class ElementFn(beam.DoFn):
         self._ready.release()
 
     def finish_bundle(self):
+        """Emit what is still in flight, then report the bundle's metrics."""
         yield from self._drain(block=True)
         for stage, counts in self.window.counts.take().items():
             for name, metric in (("succeeded", self._ok), ("failed", self._failed),
@@ -263,6 +267,7 @@ class ElementTransform(beam.PTransform):
         return results.good, results[FAILED_TAG]
 
     def expand(self, pcoll):
+        """Apply this transform (see the class docstring)."""
         return self.apply_pardo(pcoll, beam.ParDo(self.make_fn(memory_budget_of(pcoll.pipeline))))
 
 
@@ -297,12 +302,14 @@ class FunctionTransform(ElementTransform):
         return self.on_error == "null" and not self._failures
 
     def make_fn(self, memory_budget: int | None = None) -> ElementFn:
+        """This transform's DoFn."""
         steps = chain_steps([self.call()], nullable=[self.nullable()])
         return ElementFn(RowChain(steps), keyed=self.keyed, failures=self._failures,
                          memory_budget=memory_budget or default_memory_budget(),
                          calls=(self.call(),))
 
     def expand(self, pcoll):
+        """Apply this transform (see the class docstring)."""
         pardo = beam.ParDo(self.make_fn(memory_budget_of(pcoll.pipeline)))
         out = self.apply_pardo(pcoll, pardo)
         if self.function.box_option is not None and not self._failures:

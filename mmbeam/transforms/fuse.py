@@ -49,5 +49,6 @@ class Fuse(ElementTransform):
                            nullable=[p.on_error == "null" for p in self.parts])
 
     def make_fn(self, memory_budget: int | None = None) -> ElementFn:
+        """This transform's DoFn."""
         return ElementFn(RowChain(self.steps()), keyed=self.keyed, failures=self._failures,
                          memory_budget=memory_budget or default_memory_budget())

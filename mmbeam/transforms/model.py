@@ -148,6 +148,7 @@ class RunModel(ElementTransform):
         self.token = getattr(model, "token", None) or sm.new_token(model)
 
     def expand(self, pcoll):
+        """Apply this transform (see the class docstring)."""
         with requesting(pcoll.pipeline, self.resources):
             return super().expand(pcoll)
 

@@ -48,10 +48,12 @@ class StepResources:
         return any(v is not None for v in (self.concurrency, self.num_cpus, self.num_gpus))
 
     def encode(self) -> bytes:
+        """These requests as bytes (a stage annotation)."""
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> StepResources:
+        """The requests encoded by :meth:`encode`."""
         fields = json.loads(data)
         return cls(**{**fields, "steps": tuple(fields.get("steps", ()))})
 

@@ -11,7 +11,7 @@ import mmbeam.transforms as mt
 from mmbeam import col
 from mmbeam.errors import ConfigError
 from mmbeam.expr import ir
-from mmbeam.ops import functions as F
+from mmbeam.ops import functions as fns
 from mmbeam.ops.engine import RowWindow, chain_steps, reduced_box
 from mmbeam.ops.registry import FRAME, TRANSFORM, Call, registered
 from mmbeam.ops.rowchain import RowChain
@@ -52,7 +52,7 @@ def test_one_format_list_gif_fails_when_built_on_both_surfaces():
         col("i").image.encode("GIF")
     with pytest.raises(ConfigError, match="GIF"):
         mt.EncodeImage("GIF")
-    assert "GIF" not in F.ENCODE_FORMATS
+    assert "GIF" not in fns.ENCODE_FORMATS
 
 
 def test_download_options_are_checked_when_built_and_native_downloader_warns():
@@ -89,31 +89,31 @@ def test_crop_by_a_column_is_an_argument_checked_by_type():
 
 
 def test_reduced_box_comes_from_what_reads_the_decode():
-    resize = Call(F.RESIZE, F.RESIZE.bind(TRANSFORM, (64, 48), {}))
-    tall = Call(F.RESIZE, F.RESIZE.bind(TRANSFORM, (32, 100), {"mode": "fit"}))
-    encode = Call(F.ENCODE, F.ENCODE.bind(TRANSFORM, (), {}))
+    resize = Call(fns.RESIZE, fns.RESIZE.bind(TRANSFORM, (64, 48), {}))
+    tall = Call(fns.RESIZE, fns.RESIZE.bind(TRANSFORM, (32, 100), {"mode": "fit"}))
+    encode = Call(fns.ENCODE, fns.ENCODE.bind(TRANSFORM, (), {}))
     assert reduced_box([resize, tall]) == (64, 100)
     assert reduced_box([resize, encode]) is None  # the encoder needs every pixel
     assert reduced_box([resize, None]) is None  # an unknown reader (a beam.Map)
     assert reduced_box([]) is None
-    decode = Call(F.DECODE, F.DECODE.bind(TRANSFORM, (), {}))
+    decode = Call(fns.DECODE, fns.DECODE.bind(TRANSFORM, (), {}))
     (step, _) = chain_steps([decode, resize])
     assert step.fn.keywords["min_size"] == (64, 48)
-    given = Call(F.DECODE, F.DECODE.bind(TRANSFORM, (), {"min_size": (10, 10)}))
+    given = Call(fns.DECODE, fns.DECODE.bind(TRANSFORM, (), {"min_size": (10, 10)}))
     assert chain_steps([given, resize])[0].fn.keywords["min_size"] == (10, 10)
 
 
 def test_calls_and_steps_pickle_by_declaration():
-    call = Call(F.RESIZE, F.RESIZE.bind(TRANSFORM, (8, 8), {}))
+    call = Call(fns.RESIZE, fns.RESIZE.bind(TRANSFORM, (8, 8), {}))
     again = pickle.loads(pickle.dumps(call))
-    assert again.function is F.RESIZE and again.options == call.options
+    assert again.function is fns.RESIZE and again.options == call.options
     chain = pickle.loads(pickle.dumps(RowChain(chain_steps([call]))))
     out = chain.submit(np.zeros((20, 30, 3), np.uint8)).result()
     assert out.value.shape == (8, 8, 3)
 
 
 def test_frame_steps_take_per_row_options_and_never_name_by_row_index(tmp_path):
-    upload = Call(F.UPLOAD, F.UPLOAD.bind(FRAME, (str(tmp_path),), {}))
+    upload = Call(fns.UPLOAD, fns.UPLOAD.bind(FRAME, (str(tmp_path),), {}))
     data = [encode_sample(make_image(16, 16, seed=i)) for i in range(3)]
     named = RowWindow(RowChain(chain_steps([upload], rows=[{"name": ["a.jpg", "b.jpg", None]}])))
     paths = [o.value for o in named.run(data, ["r0", "r1", "r2"])]
@@ -125,8 +125,8 @@ def test_frame_steps_take_per_row_options_and_never_name_by_row_index(tmp_path):
 
 
 def test_window_size_rule_is_one_for_every_driver():
-    download = Call(F.DOWNLOAD, F.DOWNLOAD.bind(TRANSFORM, (8,), {}))
-    decode = Call(F.DECODE, F.DECODE.bind(TRANSFORM, (), {}))
+    download = Call(fns.DOWNLOAD, fns.DOWNLOAD.bind(TRANSFORM, (8,), {}))
+    decode = Call(fns.DECODE, fns.DECODE.bind(TRANSFORM, (), {}))
     io_only = RowWindow(RowChain(chain_steps([download])))
     mixed = RowWindow(RowChain(chain_steps([download, decode])))
     assert (io_only.workers, io_only.headroom) == (8, 1.5)
