@@ -48,6 +48,7 @@ setup(
         "fsspec>=2024.6",
         "aiohttp>=3.9",
         "tqdm>=4.66",
+        "urllib3>=2.2,<3",
     ],
     extras_require={
         "s3": S3,

@@ -19,7 +19,7 @@ import numpy as np
 from mmbeam.errors import ConfigError
 from mmbeam.ops.decode import DECODE_MODES, DEFAULT_MAX_PIXELS, check_mode, decode_image
 from mmbeam.ops.encode import ENCODE_FORMATS, check_format, encode_image
-from mmbeam.ops.fetch import Fetcher, check_on_error
+from mmbeam.ops.fetch import DEFAULT_MAX_BYTES, Fetcher, check_on_error, check_schemes
 from mmbeam.ops.image import crop, to_mode
 from mmbeam.ops.registry import FRAME, Function, Kernel, Option, register
 from mmbeam.ops.resize import RESIZE_MODES, resize_image
@@ -113,7 +113,8 @@ def _fetch_blocking(fetcher: Fetcher, url: str, key: Any) -> bytes:
 
 
 def _fetcher(o: Mapping[str, Any]) -> Fetcher:
-    return Fetcher(o["io_config"], timeout_s=o["timeout_s"], retries=o["retries"])
+    return Fetcher(o["io_config"], timeout_s=o["timeout_s"], retries=o["retries"],
+                   max_bytes=o["max_bytes"], allowed_schemes=o["allowed_schemes"])
 
 
 def _build_download(o: Mapping[str, Any]) -> Kernel:
@@ -207,11 +208,20 @@ def _same_image(dtype: DataType, o: Mapping[str, Any]) -> DataType:
 DOWNLOAD = register(Function(
     name="url.download", stage="Download",
     doc="The bytes at each URL (http(s)://, s3://, gs://, file://, a local path), with at "
-        "most max_connections requests in flight per worker; transient failures (429, 5xx, "
-        "reset, truncated body, timeout) are retried `retries` times with exponential backoff.",
+        "most max_connections requests in flight per worker. timeout_s bounds each attempt as "
+        "a whole; transient failures (408, 425, 429, 5xx, reset, truncated body, timeout) are "
+        "retried `retries` times with exponential backoff. A body over max_bytes (default 256 "
+        "MiB) fails without being read further. Redirects are followed to http(s) only, and "
+        "configured headers go to the URL's own origin only. allowed_schemes (e.g. ('http', "
+        "'https')) refuses other URLs, local paths included.",
     options=(CONNECTIONS, ON_ERROR, IO_CONFIG,
              Option("timeout_s", 60.0, None, "seconds per attempt"),
              Option("retries", 3, None, "extra attempts after a transient failure"),
+             Option("max_bytes", DEFAULT_MAX_BYTES, check_positive("max_bytes"),
+                    "the largest body read", keyword=True),
+             Option("allowed_schemes", None, check_schemes,
+                    "schemes a URL may use (None: all; 'file' covers local paths)",
+                    keyword=True),
              Option("use_native_downloader", None, _native_downloader,
                     "accepted for Daft compatibility; does nothing (warns)",
                     surfaces=(FRAME,), keyword=True, keep=False)),
