@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from difflib import get_close_matches
 from typing import Any
 
 import numpy as np
@@ -431,8 +432,6 @@ class Schema:
         try:
             return self._fields[name]
         except KeyError:
-            from difflib import get_close_matches
-
             near = get_close_matches(name, list(self._fields), n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise SchemaError(f"column {name!r} not found.{hint} Available columns: "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 from typing import Any
 
 from apache_beam.options import pipeline_options
@@ -53,8 +54,6 @@ class DaskBackend(Backend):
         self.lost_errors = (KilledWorker, FutureCancelledError)
         self._cluster = None
         if address is None:
-            import os
-
             self._cluster = LocalCluster(
                 n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
                 processes=True, dashboard_address=None, silence_logs=logging.WARNING)
