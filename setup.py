@@ -20,6 +20,7 @@ MODEL = [
 ]
 TEST = [
     "pytest>=8",
+    "pytest-timeout>=2.3",
     "ruff>=0.6",
     "pandas>=2.1",
     "moto[server]>=5.0",

@@ -10,6 +10,7 @@
     ├── LostDataError          a worker died with data a stage needed; the runner re-runs
     ├── ResourceUnavailableError  the cluster cannot give a step the CPUs/GPUs it asks for
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
+        ├── CastError          a value cannot become the target type of a cast
         ├── DownloadError
         │   └── UnsupportedSchemeError
         ├── ImageError

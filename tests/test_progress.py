@@ -18,14 +18,6 @@ import pytest
 from mmbeam.progress import Progress, progress_mode
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 class FakeTerminal(io.StringIO):
     def isatty(self):
         return True
@@ -43,8 +35,8 @@ def test_mode_follows_the_stream_and_the_environment(monkeypatch):
         Progress(io.StringIO(), mode="fancy")
 
 
-def test_log_mode_writes_a_summary_at_most_every_interval_and_a_last_one():
-    out, clock = io.StringIO(), Clock()
+def test_log_mode_writes_a_summary_at_most_every_interval_and_a_last_one(clock):
+    out = io.StringIO()
     progress = Progress(out, mode="log", log_interval=30.0, clock=clock)
     progress.update("Download", done=1, total=100)
     for _ in range(20):  # 20 s of updates: no summary yet

@@ -45,10 +45,16 @@ class S3Config:
     access_key: str | None = None
     session_token: str | None = None
     anonymous: bool = False
+    #: attempts botocore makes per request (None: botocore's default); mmbeam's own retries
+    #: (``Download(retries=...)``) come on top of these
+    num_tries: int | None = None
 
     def storage_options(self) -> dict[str, Any]:
         """The fsspec storage options for this filesystem."""
         opts: dict[str, Any] = {"anon": self.anonymous}
+        if self.num_tries is not None:
+            opts["config_kwargs"] = {"retries": {"total_max_attempts": self.num_tries,
+                                                 "mode": "standard"}}
         if self.key_id is not None:
             opts["key"] = self.key_id
         if self.access_key is not None:

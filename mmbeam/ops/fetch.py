@@ -217,13 +217,29 @@ def _retry_delay(exc: BaseException) -> float | None:
             return None
         headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
         return _retry_after(headers.get("retry-after"))
-    status = getattr(exc, "code", None) or getattr(exc, "status", None)  # gcsfs HttpError
-    if isinstance(status, int):
+    status = _store_status(exc)
+    if status is not None:
         return 0.0 if status in _RETRY_STATUS else None
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return None
     if isinstance(exc, (TimeoutError, _aiohttp("ClientError"), ConnectionError)):
         return 0.0
+    return None
+
+
+def _store_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an object store's error: gcsfs's ``HttpError.code``, or the
+    botocore ``ClientError`` that s3fs turned into an ``OSError`` (503 SlowDown becomes
+    ``OSError(EBUSY)``, kept as its ``__cause__``)."""
+    for err in (exc, exc.__cause__):
+        status = getattr(err, "code", None) or getattr(err, "status", None)
+        if isinstance(status, int):
+            return status
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
     return None
 
 

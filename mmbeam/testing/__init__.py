@@ -22,11 +22,13 @@ if TYPE_CHECKING:
         sample_images,
         truncated,
     )
+    from mmbeam.testing.proxy import FaultProxy
     from mmbeam.testing.ray_cluster import RayHead, init_local_ray
     from mmbeam.testing.s3 import S3Server
 
 __all__ = [
     "Collected",
+    "FaultProxy",
     "FaultServer",
     "GCSServer",
     "RayHead",
@@ -42,6 +44,7 @@ __all__ = [
 
 _HOME = {
     "FaultServer": "http_server",
+    "FaultProxy": "proxy",
     "GCSServer": "gcs",
     "S3Server": "s3",
     "RayHead": "ray_cluster",

@@ -156,13 +156,10 @@ def test_where_filter_and_limit(engine):
 
 def test_limit_keeps_source_order_across_batches(engine):
     mf.context.set_execution_config(batch_rows=7)
-    try:
-        df = mf.from_pydict({"i": list(range(100))})
-        assert df.limit(30).to_pydict()["i"] == list(range(30))
-        assert df.where(col("i") % 3 == 0).limit(5).to_pydict()["i"] == [0, 3, 6, 9, 12]
-        assert df.to_pydict()["i"] == list(range(100))
-    finally:
-        mf.context.set_execution_config(batch_rows=131_072)
+    df = mf.from_pydict({"i": list(range(100))})
+    assert df.limit(30).to_pydict()["i"] == list(range(30))
+    assert df.where(col("i") % 3 == 0).limit(5).to_pydict()["i"] == [0, 3, 6, 9, 12]
+    assert df.to_pydict()["i"] == list(range(100))
 
 
 def test_len_getitem_iter_rows_and_sinks():

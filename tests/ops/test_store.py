@@ -264,3 +264,41 @@ def test_sigkilled_writer_leaves_only_complete_files_and_a_rerun_completes(tmp_p
     assert _visible_files(folder) == sorted(expected)
     for name, data in expected.items():
         assert open(os.path.join(folder, name), "rb").read() == data
+
+
+def _write_under_a_file_size_limit(folder, name, data, limit, result):
+    """In a child process: cap file sizes at ``limit`` bytes (a full disk or quota, really
+    enforced by the kernel: EFBIG) and write ``data``; report what the write raised."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        Store(folder).write_local(name, data)
+        result.put("written")
+    except UploadError as exc:
+        result.put(f"UploadError: {exc}")
+
+
+@pytest.mark.parametrize("existing", [None, b"old whole file"], ids=["new", "overwrite"])
+def test_write_failing_half_way_leaves_no_partial_file(tmp_path, existing):
+    """The kernel refuses the write after 64 KB: no reader may then find 64 KB of a 1 MB
+    image under the name, and a file already there stays whole."""
+    import multiprocessing
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if existing is not None:
+        (folder / "big.bin").write_bytes(existing)
+    result = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_under_a_file_size_limit,
+        args=(str(folder), "big.bin", os.urandom(1 << 20), 64 << 10, result))
+    child.start()
+    outcome = result.get(timeout=60)
+    child.join(timeout=60)
+    assert outcome.startswith("UploadError: writing") and "big.bin failed" in outcome
+    assert os.listdir(folder) == ([] if existing is None else ["big.bin"])
+    if existing is not None:
+        assert (folder / "big.bin").read_bytes() == existing
