@@ -35,7 +35,7 @@ from mmbeam.errors import ConfigError, StageError
 from mmbeam.ops.engine import MAX_WINDOW, RowWindow, chain_steps
 from mmbeam.ops.fetch import check_on_error
 from mmbeam.ops.registry import TRANSFORM, Call, Function
-from mmbeam.ops.rowchain import RowChain
+from mmbeam.ops.rowchain import RowChain, Step
 from mmbeam.progress import get_progress
 from mmbeam.transforms.options import memory_budget_of
 
@@ -301,10 +301,15 @@ class FunctionTransform(ElementTransform):
         """True when a failure becomes None (``on_error="null"`` without exception handling)."""
         return self.on_error == "null" and not self._failures
 
+    def step(self, nullable: bool) -> Step:
+        """This transform's work on one value as a row step (``nullable``: a failure gives
+        None)."""
+        return chain_steps([self.call()], nullable=[nullable])[0]
+
     def make_fn(self, memory_budget: int | None = None) -> ElementFn:
         """This transform's DoFn."""
-        steps = chain_steps([self.call()], nullable=[self.nullable()])
-        return ElementFn(RowChain(steps), keyed=self.keyed, failures=self._failures,
+        return ElementFn(RowChain([self.step(self.nullable())]), keyed=self.keyed,
+                         failures=self._failures,
                          memory_budget=memory_budget or default_memory_budget(),
                          calls=(self.call(),))
 
