@@ -190,9 +190,17 @@ class RowWindow:
         return future
 
     def run(self, values: Sequence[Any], names: Sequence[Any]) -> list[RowOutcome]:
-        """Every value through the chain (keys are row indexes); the outcomes in order."""
-        futures = [self.submit(value, i, names[i]) for i, value in enumerate(values)]
-        concurrent.futures.wait(futures)
+        """Every value through the chain (keys are row indexes); the outcomes in order, each
+        already counted (a future's waiters wake before its callbacks run, so this waits for
+        a callback registered after the window's own)."""
+        finished = threading.Semaphore(0)
+        futures = []
+        for i, value in enumerate(values):
+            future = self.submit(value, i, names[i])
+            future.add_done_callback(lambda _: finished.release())
+            futures.append(future)
+        for _ in futures:
+            finished.acquire()
         return [f.result() for f in futures]
 
     def take_sizes(self) -> list[int]:
