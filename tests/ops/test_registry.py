@@ -131,3 +131,44 @@ def test_window_size_rule_is_one_for_every_driver():
     mixed = RowWindow(RowChain(chain_steps([download, decode])))
     assert (io_only.workers, io_only.headroom) == (8, 1.5)
     assert mixed.headroom == 2.0 and mixed.size == mixed.chain.min_window()
+
+
+class _Gauge:
+    """Counts rows inside a step at once (the peak)."""
+
+    def __init__(self):
+        import threading
+
+        self.lock, self.now, self.peak = threading.Lock(), 0, 0
+
+    def __call__(self, value, key):
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(0.01)
+        with self.lock:
+            self.now -= 1
+        return value
+
+
+async def _never(value, key):  # the blocking form runs instead
+    raise AssertionError
+
+
+def test_row_window_bounds_rows_learns_and_resizes():
+    from mmbeam.ops.rowchain import Step
+
+    gauge = _Gauge()
+    window = RowWindow(RowChain([Step("Wait", "io", _never, limit=3, blocking=gauge)]),
+                       max_window=5)
+    assert window.size == window.floor == min(5, window.chain.min_window())
+    outcomes = window.run(list(range(40)), [f"r{i}" for i in range(40)])
+    assert [o.value for o in outcomes] == list(range(40))
+    assert gauge.peak <= 3  # the step's limit: its own threads
+    assert window.held == 0
+    assert len(window.take_sizes()) == 40 // 8  # a size chosen every 8 rows
+    assert window.controller.seconds_per_element > 0.005
+    assert window.counts.take() == {"Wait": {"succeeded": 40, "failed": 0, "nulls": 0,
+                                             "bytes": 0}}
