@@ -133,7 +133,7 @@ def _name(data: bytes, key: Any, name: Any) -> tuple[str, bool]:
     if name is not None:
         return str(name), False
     if key is not None:
-        return key, False
+        return str(key), False
     return content_name(data), True
 
 
