@@ -197,10 +197,6 @@ class Function:
                 shown.append((opt.name, value))
         return shown
 
-    def check_input(self, dtype: DataType) -> bool:
-        """True when ``dtype`` (or a null column) is an input this function accepts."""
-        return dtype.is_null() or self.accepts(dtype)
-
     def step(self, options: Mapping[str, Any], nullable: bool,
              rows: Mapping[str, Sequence[Any]] | None = None) -> Step:
         """This function's row step with ``options``.
