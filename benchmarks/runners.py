@@ -8,8 +8,15 @@ engine is reported as start-up, then the full corpus is timed as steady state. E
 folder is checked (one 256x256 JPEG per image). Prints images/s and the bundle sizes the runner
 chose for the image stage.
 
+The frame rows (``frame-local``, ``frame-dask``, ``frame-ray``) run the same chain as a frame
+(``from_pydict`` of the URLs → ``url.download → image.decode → image.resize → image.encode →
+url.upload`` → ``to_pydict``): in this process, and on Dask and Ray clusters of 2 single-thread
+worker processes (``--namespaced``: workers in their own mount namespace, as on other machines,
+see :mod:`mmbeam.testing.namespaced`), results coming back through the engine.
+
     python benchmarks/runners.py --count 256 --latency 0.05
     python benchmarks/runners.py --runners local,dask1,dask2,ray
+    python benchmarks/runners.py --runners frame-local,frame-dask,frame-ray --namespaced
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from contenders import SIZE, thumbnail_parts  # noqa: E402
 from corpus import corpus  # noqa: E402
 
-RUNNERS = ("local", "dask1", "dask2", "ray")
+RUNNERS = ("local", "dask1", "dask2", "ray", "frame-local", "frame-dask", "frame-ray")
 
 
 def _engine(name: str):
@@ -50,6 +57,73 @@ def _engine(name: str):
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return RayRunner, ray.shutdown
+
+
+def _frame_engine(name: str, namespaced: bool):
+    """(set the frame context, close) for a frame row."""
+    import mmbeam
+
+    if name == "frame-local":
+        return mmbeam.context.set_runner_local, lambda: None
+    if namespaced:
+        from mmbeam.testing import namespaced as ns
+
+        cluster = (ns.NamespacedDask() if name == "frame-dask" else ns.NamespacedRay()).start()
+        if name == "frame-dask":
+            return (lambda: mmbeam.context.set_runner_dask(cluster.address)), cluster.close
+        import ray
+
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        return mmbeam.context.set_runner_ray, lambda: (ray.shutdown(), cluster.close())
+    if name == "frame-dask":
+        from distributed import LocalCluster
+
+        local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                             dashboard_address=None, silence_logs=logging.ERROR)
+        return (lambda: mmbeam.context.set_runner_dask(local.scheduler_address)), local.close
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return mmbeam.context.set_runner_ray, ray.shutdown
+
+
+def _run_frame(pairs, out) -> list[str]:
+    """The written paths (the frame's upload names files by content: equal images, one file)."""
+    import mmbeam
+    from mmbeam import col
+
+    df = mmbeam.from_pydict({"name": [n for n, _ in pairs], "url": [u for _, u in pairs]})
+    df = df.with_column("path", col("url").url.download().image.decode()
+                        .image.resize(*SIZE).image.encode("JPEG").url.upload(out))
+    return df.select("name", "path").to_pydict()["path"]
+
+
+def bench_frame(name: str, pairs: list[tuple[str, str]], namespaced: bool) -> dict:
+    import mmbeam
+
+    start = time.perf_counter()
+    use, close = _frame_engine(name, namespaced)
+    try:
+        use()
+        # namespaced workers have their own /tmp: write where they and this process both see
+        shared = "/dev/shm" if namespaced and os.path.isdir("/dev/shm") else None
+        warm = tempfile.mkdtemp(prefix=f"mmbeam-runners-{name}-warm-", dir=shared)
+        _run_frame(pairs[:1], warm)
+        startup = time.perf_counter() - start
+        out = tempfile.mkdtemp(prefix=f"mmbeam-runners-{name}-", dir=shared)
+        begin = time.perf_counter()
+        paths = _run_frame(pairs, out)
+        steady = time.perf_counter() - begin
+        assert len(paths) == len(pairs) and None not in paths
+        _check(out, len(set(paths)))
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(warm, ignore_errors=True)
+        return {"runner": name, "startup_s": startup, "steady_s": steady,
+                "ips": len(pairs) / steady, "bundles": []}
+    finally:
+        mmbeam.context.set_runner_local()
+        close()
 
 
 def _run(factory, pairs, out) -> object:
@@ -100,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
     parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument("--namespaced", action="store_true",
+                        help="frame-dask/frame-ray workers in their own mount namespace")
     args = parser.parse_args(argv)
     from mmbeam.testing import FaultServer
 
@@ -108,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     with FaultServer(latency_s=args.latency) as server:
         pairs = [(name, server.add(name, data)) for name, data in sorted(images.items())]
         for name in args.runners.split(","):
-            rows.append(bench(name, pairs))
+            rows.append(bench_frame(name, pairs, args.namespaced) if name.startswith("frame-")
+                        else bench(name, pairs))
             row = rows[-1]
             print(f"{name:>6}: {row['ips']:7.1f} images/s steady ({row['steady_s']:.1f} s), "
                   f"start-up {row['startup_s']:.1f} s, image-stage bundles {row['bundles']}",

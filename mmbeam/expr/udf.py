@@ -12,7 +12,7 @@
     df.with_column("label", ClassifyImages(col("urls")))
 
 Calling a UDF only builds a :class:`UdfCall` node; the frame compiler runs it as its own batched
-stage (:mod:`mmbeam.frame.udf_stage`). Expression arguments arrive as a ``Batch`` (a list with
+stage (:mod:`mmbeam.exec.beam.udf_stage`). Expression arguments arrive as a ``Batch`` (a list with
 ``to_numpy()``/``to_arrow()``); other arguments are passed as they are. A UDF is also a Beam-style
 model handler (``load_model``/``run_inference``), so ``mmbeam.transforms.RunModel(ClassifyImages)``
 runs it in a raw Beam pipeline.

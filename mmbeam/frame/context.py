@@ -1,8 +1,9 @@
 """Where frames run: the runner choice and execution sizes, in one process-wide context.
 
-``mmbeam.context.set_runner_local()`` (the default) runs on Beam's in-process FnApiRunner;
-other runners plug in with :func:`set_runner` (a factory returning a Beam runner), which is what
-``set_runner_dask`` / ``set_runner_ray`` build on.
+``mmbeam.context.set_runner_local()`` (the default) runs plans in this process, or on Beam's
+in-process FnApiRunner when they need Beam; other runners plug in with :func:`set_runner` (a
+factory returning a Beam runner), which is what ``set_runner_dask`` / ``set_runner_ray`` build
+on. :meth:`Context.executor` is what frames ask to run their plans (:mod:`mmbeam.exec`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmbeam.errors import ConfigError
+from mmbeam.exec.base import Executor
+from mmbeam.exec.options import ExecOptions
 
 __all__ = [
     "Context",
     "ExecOptions",
+    "get_executor",
     "get_context",
     "get_runner",
     "pipeline_options",
@@ -26,29 +30,6 @@ __all__ = [
     "set_runner_local",
     "set_runner_ray",
 ]
-
-
-@dataclass(frozen=True)
-class ExecOptions:
-    """Sizes the compiled pipeline uses: rows per tabular batch, per multimodal batch, and the
-    number of hash partitions for joins, group-bys and distinct."""
-
-    batch_rows: int = 131_072
-    #: rows per batch of URL/image work; None: chosen by an autotune controller at run time
-    multimodal_batch_rows: int | None = None
-    num_partitions: int = 4
-    #: shuffle hash partitions as Arrow files in a staging folder, passing only their paths
-    #: through GroupByKey (None: only on the local runner, whose workers share this disk)
-    shuffle_files: bool | None = None
-    #: run purely tabular plans in this process with the same Arrow operators, without a Beam
-    #: pipeline (None: whenever the runner is the local default; False: always Beam)
-    in_process: bool | None = None
-    #: a join whose right side is known to be at most this many bytes (in memory, or files
-    #: of up to an eighth of it) sends it to every worker instead of shuffling both sides
-    broadcast_bytes: int = 64 << 20
-
-    def use_shuffle_files(self, runner_name: str) -> bool:
-        return runner_name == "local" if self.shuffle_files is None else self.shuffle_files
 
 
 def _local_runner() -> Any:
@@ -65,6 +46,23 @@ class Context:
     runner_factory: Callable[[], Any] = _local_runner
     exec_options: ExecOptions = field(default_factory=ExecOptions)
     pipeline_flags: dict[str, Any] = field(default_factory=dict)
+    #: credentials for the pipeline's --temp_location (portable runners pass results there)
+    io_config: Any = None
+
+    def executor(self) -> Executor:
+        """The executor for this context: in this process when the runner is the local default
+        and the plan allows, else a Beam pipeline on the runner (Beam imported only then)."""
+        from mmbeam.exec.local import LocalExecutor
+
+        def beam_executor(why: str = "") -> Executor:
+            from mmbeam.exec.beam import BeamExecutor
+
+            return BeamExecutor(self.runner_factory, self.runner_name, self.pipeline_flags,
+                                self.exec_options, self.io_config, why)
+
+        if self.runner_name != "local":
+            return beam_executor()
+        return LocalExecutor(self.exec_options, beam_executor)
 
 
 _lock = threading.Lock()
@@ -80,14 +78,25 @@ def get_runner() -> Any:
     return _context.runner_factory()
 
 
-def set_runner(factory: Callable[[], Any], name: str, **pipeline_flags: Any) -> Context:
-    """Run frames on the runner ``factory()`` returns; ``pipeline_flags`` become options."""
+def get_executor() -> Executor:
+    """The executor frames run their plans on now (see :meth:`Context.executor`)."""
+    return _context.executor()
+
+
+def set_runner(factory: Callable[[], Any], name: str, io_config: Any = None,
+               **pipeline_flags: Any) -> Context:
+    """Run frames on the runner ``factory()`` returns; ``pipeline_flags`` become options.
+
+    On a runner whose workers may not share this machine's disk (portable, Flink, Dataflow),
+    frames pass inputs and results through ``temp_location`` (a ``gs://``, ``s3://`` or shared
+    folder), reached with ``io_config``'s credentials.
+    """
     global _context
     if not callable(factory):
         raise ConfigError(f"set_runner needs a callable returning a Beam runner, got {factory!r}")
     with _lock:
         _context = replace(_context, runner_name=name, runner_factory=factory,
-                           pipeline_flags=dict(pipeline_flags))
+                           pipeline_flags=dict(pipeline_flags), io_config=io_config)
     return _context
 
 

@@ -13,10 +13,13 @@ from typing import Any
 import pyarrow as pa
 
 from mmbeam.errors import ConfigError, UnsupportedError
+from mmbeam.exec.base import Collect, WriteFiles
 from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, suggest_attribute
-from mmbeam.frame import plan as P
+from mmbeam.frame.context import get_context
 from mmbeam.frame.display import Preview
+from mmbeam.plan import nodes as P
+from mmbeam.plan.optimizer import optimize
 from mmbeam.types import Schema, arrow_to_images
 
 __all__ = ["Frame", "GroupedFrame"]
@@ -237,12 +240,9 @@ class Frame:
     # -- running --------------------------------------------------------------------------------
     def _run(self) -> pa.Table:
         if self._result is None:
-            from mmbeam.frame.inprocess import run
-            from mmbeam.frame.optimizer import optimize
-
-            table, counts = run(optimize(self._plan))
-            self._result = table.select(self.column_names)
-            self._counts = counts
+            outcome = get_context().executor().run(optimize(self._plan), Collect())
+            self._result = outcome.table.select(self.column_names)
+            self._counts = outcome.nulled
         return self._result
 
     def collect(self) -> Frame:
@@ -285,24 +285,13 @@ class Frame:
         return Preview(rows, self.schema(), total)
 
     def explain(self, show_all: bool = False) -> None:
-        """Print the plan and which engine runs it (in this process, or a Beam pipeline); with
-        ``show_all`` also the optimized plan and the stages."""
-        from mmbeam.frame.context import get_context
-        from mmbeam.frame.inprocess import execution_path
-        from mmbeam.frame.optimizer import optimize
-
-        ctx = get_context()
+        """Print the plan and how the context's executor runs it (in this process, or a Beam
+        pipeline on which runner); with ``show_all`` also the optimized plan and the stages."""
         opt = optimize(self._plan)
-        local, why = execution_path(opt, ctx.exec_options, ctx.runner_name)
         text = "== Logical plan ==\n" + P.render(self._plan)
-        text += "\n\n== Execution ==\n" + (
-            "in-process: the stages' Arrow operators stream batches in this process (joins, "
-            "group-bys, sorts and distinct materialize their input), no Beam pipeline"
-            if local else f"Beam pipeline on the {ctx.runner_name!r} runner") + f" ({why})"
         if show_all:
             text += "\n\n== Optimized plan ==\n" + P.render(opt)
-            text += "\n\n== Physical stages ==\n" + _stages(opt, ctx.exec_options)
-        print(text)
+        print(text + "\n\n" + get_context().executor().explain(opt, show_all))
 
     def to_arrow(self) -> pa.Table:
         """The rows as an Arrow table (image columns use the ``mmbeam.image`` extension type)."""
@@ -356,18 +345,16 @@ class Frame:
         for c in cols:
             self._plan.schema[c]
         spec = WriteSpec(fmt, root, cols, io_config)
-        from mmbeam.frame.inprocess import write
-        from mmbeam.frame.optimizer import optimize
-
         written = P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names))
-        return Frame(P.InMemory(write(optimize(written), spec)))
+        outcome = get_context().executor().run(optimize(written), WriteFiles(spec))
+        return Frame(P.InMemory(outcome.table))
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""
-        from mmbeam.frame.compile import expand_rows
-        from mmbeam.frame.optimizer import optimize
+        from mmbeam.exec.beam.compile import expand_rows
 
-        return expand_rows(optimize(self._plan), pipeline, batches=batches)
+        return expand_rows(optimize(self._plan), pipeline, get_context().exec_options,
+                           batches=batches)
 
     # -- python protocol ------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
@@ -518,47 +505,3 @@ def _in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-def _stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
-    from mmbeam.frame.operators import broadcast_right
-
-    pad = "  " * depth
-    if isinstance(plan, (P.Project, P.Filter, P.Explode)):
-        ops = []
-        node = plan
-        while isinstance(node, (P.Project, P.Filter, P.Explode)):
-            ops.append(node.describe())
-            node = node.inputs()[0]
-        from mmbeam.frame.operators import has_multimodal
-
-        mm = any(has_multimodal(n.exprs) for n in P.walk(plan) if isinstance(n, P.Project)
-                 and n in _chain_nodes(plan))
-        size = options.multimodal_batch_rows if mm else options.batch_rows
-        what = f"batches of {size} rows" if size else "autotuned batches, fused per-row kernel"
-        head = f"{pad}* RowStage (one DoFn, {what}): " + " -> ".join(reversed(ops))
-        if mm and not size:
-            from mmbeam.autotune import chosen_sizes
-
-            chosen = [v for k, v in chosen_sizes().items() if k.startswith("frame:")]
-            head += "".join(f"\n{pad}    autotune (last run) {line}" for line in chosen)
-        return head + "\n" + _stages(node, options, depth + 1)
-    if isinstance(plan, P.Join) and broadcast_right(plan, options):
-        head = f"{pad}* {plan.describe()} [broadcast: the small right side is a side input]"
-    elif isinstance(plan, (P.Join, P.Aggregate, P.Distinct)):
-        first = "partial aggregates per bundle, then " if isinstance(plan, P.Aggregate) else ""
-        head = f"{pad}* {plan.describe()} [{first}hash-partitioned x{options.num_partitions}, " \
-               f"{'CoGroupByKey' if isinstance(plan, P.Join) else 'GroupByKey'}]"
-    elif isinstance(plan, (P.Limit, P.Sort)):
-        head = f"{pad}* {plan.describe()} [gathered with GroupByKey]"
-    else:
-        head = f"{pad}* {plan.describe()} [source, batches of {options.batch_rows} rows]"
-    return "\n".join([head] + [_stages(c, options, depth + 1) for c in plan.inputs()])
-
-
-def _chain_nodes(plan: P.Plan) -> list[P.Plan]:
-    out = []
-    while isinstance(plan, (P.Project, P.Filter, P.Explode)):
-        out.append(plan)
-        plan = plan.inputs()[0]
-    return out

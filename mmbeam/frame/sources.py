@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from mmbeam.errors import ConfigError, SchemaError
-from mmbeam.frame import plan as P
+from mmbeam.exec.arrow import column_to_arrow, is_image
 from mmbeam.frame.frame import Frame
-from mmbeam.types import DataType, Schema, image_mode_of, images_to_arrow, normalize_table
+from mmbeam.plan import nodes as P
+from mmbeam.types import DataType, Schema, normalize_table
 
 __all__ = [
     "column_to_arrow",
@@ -24,32 +24,6 @@ __all__ = [
     "read_csv",
     "read_parquet",
 ]
-
-
-def _is_image(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.dtype.kind in "uf"
-
-
-def column_to_arrow(values: Any, dtype: DataType | None = None) -> pa.Array | pa.ChunkedArray:
-    """An Arrow column of canonical type from a list, numpy array or Arrow array."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        arr = values
-    elif dtype is not None and dtype.is_image():
-        arr = images_to_arrow(list(values), dtype.image_mode)
-    elif isinstance(values, np.ndarray) and values.ndim == 1:
-        arr = pa.array(values)
-    else:
-        values = list(values)
-        if dtype is None and any(_is_image(v) for v in values):
-            modes = {image_mode_of(np.asarray(v)) for v in values if v is not None}
-            arr = images_to_arrow(values, modes.pop() if len(modes) == 1 else None)
-        else:
-            try:
-                arr = pa.array(values, type=None if dtype is None else dtype.to_arrow())
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise SchemaError(f"cannot build a column from these values: {exc}") from exc
-    table = normalize_table(pa.table({"c": arr}))
-    return table.column("c")
 
 
 def from_pydict(data: Mapping[str, Any]) -> Frame:
@@ -94,7 +68,7 @@ def from_pandas(df: Any) -> Frame:
     data = {}
     for name in df.columns:
         series = df[name]
-        if series.dtype == object and any(_is_image(v) for v in series):
+        if series.dtype == object and any(is_image(v) for v in series):
             data[str(name)] = column_to_arrow(list(series))
         else:
             data[str(name)] = column_to_arrow(pa.Array.from_pandas(series))

@@ -28,12 +28,14 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 @dataclass(frozen=True)
 class WriteSpec:
-    """Where and how to write: format (``parquet``/``csv``), root folder, partition columns."""
+    """Where and how to write: format (``parquet``/``csv``), root folder, partition columns;
+    ``name_prefix`` starts every file name (a run's token, so the run can find its own files)."""
 
     format: str
     root: str
     partition_cols: tuple[str, ...] = ()
     io_config: Any = None
+    name_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.format not in ("parquet", "csv"):
@@ -103,7 +105,7 @@ def write_table(table: pa.Table, spec: WriteSpec) -> list[str]:
     protocol, root = split_protocol(spec.root)
     fs = filesystem_for(protocol, spec.io_config)
     ext = "parquet" if spec.format == "parquet" else "csv"
-    name = f"{uuid.uuid4().hex}-0.{ext}"
+    name = f"{spec.name_prefix}{uuid.uuid4().hex}-0.{ext}"
     groups: list[tuple[str, pa.Table]] = []
     if spec.partition_cols:
         keys = table.select(list(spec.partition_cols))

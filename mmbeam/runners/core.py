@@ -27,6 +27,12 @@ if that stage's own inputs turn out lost as well, it goes back further, up to th
 attempt, never a mix: a re-run stage's outputs replace, never add to, the earlier attempt's. A
 DoFn's own side effects may run again (as on any Beam runner); sinks are idempotent (Upload writes
 by key, WriteToText finalizes one attempt's temporary files).
+
+The driver can also exchange values with a run through the engine, with no file anywhere:
+:meth:`DistributedRunner.retain` brings a PCollection's elements back (the committed attempt's
+only, from the buffers above), and :meth:`DistributedRunner.provide` puts a value in the engine
+once (``ray.put``, Dask ``scatter``) for the tasks of one transform's stage (mmbeam's frames use
+both for their inputs and results).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.beam_internals import grouping_args
-from mmbeam.errors import LostDataError
+from mmbeam.errors import LostDataError, UnsupportedError
 from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
@@ -96,10 +102,12 @@ class DistributedResult(RunnerResult):
     sizes the runner chose and how often it re-ran the stages after losing data."""
 
     def __init__(self, state, monitoring_infos_by_stage, bundle_sizes: dict[str, list[int]],
-                 recoveries: int = 0):
+                 recoveries: int = 0, retained: dict[str, list] | None = None):
         super().__init__(state, monitoring_infos_by_stage)
         self.bundle_sizes = bundle_sizes
         self.recoveries = recoveries
+        #: name -> the elements of a PCollection passed to :meth:`DistributedRunner.retain`
+        self.retained = retained or {}
 
 
 class DistributedRunner(FnApiRunner):
@@ -109,9 +117,32 @@ class DistributedRunner(FnApiRunner):
     lifting, metrics) is Beam's own.
     """
 
+    _retain: dict[str, tuple[str, str]] | None = None
+    _provide: dict[str, tuple[Any, str]] | None = None
+
     def make_backend(self, options: pipeline_options.PipelineOptions) -> Backend:
         """The engine backend for ``options``."""
         raise NotImplementedError
+
+    def retain(self, pcoll: Any, name: str) -> None:
+        """Bring ``pcoll``'s elements back to the driver through the engine: after the run they
+        are ``result.retained[name]`` (values without windows, in no defined order), from the
+        committed attempt of their stage only, so a recovered run never repeats one."""
+        if self._retain is None:
+            self._retain = {}
+        self._retain[name] = (pcoll.producer.full_label,
+                              "None" if pcoll.tag is None else str(pcoll.tag))
+
+    def provide(self, value: Any, label: str) -> str:
+        """Put ``value`` in the engine once when the run starts (``ray.put``, Dask ``scatter``),
+        for the tasks of the stage running the transform labelled ``label`` (its full label, or
+        its label inside a composite); a DoFn there reads
+        it with :func:`mmbeam.runners.worker.provided` ``(token)``. Returns the token."""
+        if self._provide is None:
+            self._provide = {}
+        token = uuid.uuid4().hex
+        self._provide[token] = (value, label)
+        return token
 
     def run_pipeline(self, pipeline, options):
         """Run ``pipeline`` (Beam's entry point)."""
@@ -119,10 +150,12 @@ class DistributedRunner(FnApiRunner):
         return super().run_pipeline(pipeline, options)
 
     def create_stages(self, pipeline_proto):
-        # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
         """The pipeline's fused stages, with mmbeam's element fusion first."""
+        # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
+        self._retained_ids = _pcollection_ids(pipeline_proto, self._retain or {})
+        extra = (_retain_phase(set(self._retained_ids.values())),) if self._retained_ids else ()
         return create_stages(self, pipeline_proto, getattr(self, "_options", None),
-                             stateful_roots=True)
+                             stateful_roots=True, after_fusion=extra)
 
     def run_stages(self, stage_context, stages):
         """Run the stages on the backend's workers."""
@@ -138,11 +171,14 @@ class DistributedRunner(FnApiRunner):
             execution_run = _Execution(context, stages, backend,
                                        options.view_as(DistributedRunnerOptions))
             try:
+                execution_run.provided = {token: (backend.put(value), label) for token, (
+                    value, label) in (self._provide or {}).items()}
                 infos = execution_run.run()
+                retained = execution_run.fetch(getattr(self, "_retained_ids", {}))
             finally:
                 execution_run.close()
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
-                                     execution_run.recoveries)
+                                     execution_run.recoveries, retained)
         finally:
             get_progress().close()
             handlers.close_all()
@@ -170,6 +206,9 @@ class _Execution:
         self.controllers: dict[str, BatchSizeController] = {}
         self._stateful_buffers = self._buffers_read_by_stateful_stages()
         self._next_worker = 0
+        #: buffer id -> the coder of its elements; token -> (engine ref, transform label)
+        self.coders: dict[bytes, Any] = {}
+        self.provided: dict[str, tuple[Any, str]] = {}
 
     # ------------------------------------------------------------------ driver loop
     def run(self) -> dict[str, list[metrics_pb2.MonitoringInfo]]:
@@ -204,10 +243,27 @@ class _Execution:
                 index = restart
         return infos
 
+    def fetch(self, pcolls: dict[str, str]) -> dict[str, list]:
+        """name -> the decoded elements of each PCollection id in ``pcolls`` (a retained
+        output), checked against what their tasks committed."""
+        out = {}
+        for name, pcoll in pcolls.items():
+            buffer_id = translations.create_buffer_id(pcoll)
+            if buffer_id not in self.coders:
+                raise UnsupportedError(f"retained output {name!r} ({pcoll}) is written by no "
+                                       "stage (a Flatten nothing reads?); retain its inputs")
+            parts = [p for task in self.buffers.get(buffer_id, []) for p in task if p.count]
+            lists = self.backend.get([p.ref for p in parts]) if parts else []
+            worker.check_inputs(f"retained output {name!r}", tuple(lists), _committed(parts))
+            impl = self.coders[buffer_id].get_impl()
+            out[name] = [impl.decode_nested(e).value for elements in lists for e in elements]
+        return out
+
     def close(self) -> None:
         """Tear down DoFns in every worker process and release the run's data."""
         self.buffers.clear()
         self.side_states.clear()
+        self.provided.clear()
         try:
             self.backend.broadcast(worker.end_run, self.run_id)
         except Exception:  # noqa: BLE001 - a dead cluster must not hide the run's own error
@@ -217,6 +273,9 @@ class _Execution:
         stage = self.stages[index]
         manager = self.context.bundle_manager_for(stage)
         descriptor = manager.process_bundle_descriptor
+        names = [part for t in stage.transforms for part in t.unique_name.split("+")]
+        provided = {token: ref for token, (ref, label) in self.provided.items()
+                    if any(n == label or n.endswith(f"/{label}") for n in names)}
         plan = worker.StagePlan(
             run_id=self.run_id, stage_name=stage.name, attempt=self.recoveries,
             descriptor=descriptor.SerializeToString(),
@@ -224,14 +283,15 @@ class _Execution:
                      for t, b in manager.stage_data_outputs.items()],
             input_for=self._input_for(manager, descriptor),
             input_transforms=[t.unique_name for t in stage.transforms
-                              if t.spec.urn == bundle_processor.DATA_INPUT_URN])
+                              if t.spec.urn == bundle_processor.DATA_INPUT_URN],
+            provided=list(provided))
         side_inputs = self._side_inputs(stage)
         self.reads[index] = {
             *(self.context.input_transform_to_buffer_id[t] for t in plan.input_transforms),
             *(translations.create_buffer_id(t.inputs[tag]) for t, tag in side_inputs)}
         for spec in plan.outputs:
             self.writers[spec.buffer_id].add(index)
-        side = [self._side_state(t, tag) for t, tag in side_inputs]
+        side = [*provided.values(), *(self._side_state(t, tag) for t, tag in side_inputs)]
         units, stream = self._inputs(manager, plan.input_transforms)
         pool = self.backend.for_stage(stage.name, stage_resources(stage.transforms))
         scheduler = _StageScheduler(self, plan, side, pool)
@@ -290,8 +350,11 @@ class _Execution:
 
     # ------------------------------------------------------------------ stage outputs
     def _output_spec(self, manager, transform_id: str, buffer_id: bytes) -> worker.OutputSpec:
-        coder = self._coder(beam_fn_api_pb2.RemoteGrpcPort.FromString(
-            manager.process_bundle_descriptor.transforms[transform_id].spec.payload).coder_id)
+        coder_id = beam_fn_api_pb2.RemoteGrpcPort.FromString(
+            manager.process_bundle_descriptor.transforms[transform_id].spec.payload).coder_id
+        coder = self._coder(coder_id)
+        # the SDK's own coder (the runner's "safe" one may see elements as opaque bytes)
+        self.coders[buffer_id] = self.context.pipeline_context.coders[coder_id]
         kind, _ = translations.split_buffer_id(buffer_id)
         if kind == "group" or buffer_id in self._stateful_buffers:
             return worker.OutputSpec(transform_id, buffer_id, coder, coder.key_coder(), self.shards)
@@ -428,7 +491,8 @@ class _StageScheduler:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
         self.load[target] += 1
         outs = self.backend.submit(
-            worker.run_task, self.plan, transform_id, slices, _committed(parts), len(self.side),
+            worker.run_task, self.plan, transform_id, slices, _committed(parts),
+            len(self.side) - len(self.plan.provided),
             *self.side, *(p.ref for p in parts), worker=target,
             num_returns=1 + sum(o.shards if o.key_coder is not None else 1
                                 for o in self.plan.outputs))
@@ -472,3 +536,40 @@ def _literal_part(elements: list[bytes]) -> _Part:
 def _committed(parts: list[_Part]) -> list[tuple[int, int]]:
     """What the reading task checks its input lists against."""
     return [(p.count, p.digest) for p in parts]
+
+
+def _pcollection_ids(proto, outputs: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """name -> PCollection id of each (transform label, output tag) in ``outputs``."""
+    by_label = {t.unique_name: t for t in proto.components.transforms.values()}
+    found = {}
+    for name, (label, tag) in outputs.items():
+        transform = by_label.get(label)
+        if transform is None or tag not in transform.outputs:
+            raise UnsupportedError(f"cannot retain output {tag!r} of {label!r}: no such "
+                                   "transform output in the pipeline")
+        found[name] = transform.outputs[tag]
+    return found
+
+
+def _retain_phase(pcolls: set[str]):
+    """A fusion phase giving each of ``pcolls`` a data output in the stage producing it (if it
+    has none yet), so its elements stay in the run's buffers until the driver fetches them."""
+
+    def retain_outputs(stages, pipeline_context):
+        stages = list(stages)
+        for stage in stages:
+            produced = {o for t in stage.transforms for o in t.outputs.values()}
+            written = {t.spec.payload for t in stage.transforms
+                       if t.spec.urn == bundle_processor.DATA_OUTPUT_URN}
+            for pcoll in sorted(pcolls & produced):
+                buffer_id = translations.create_buffer_id(pcoll)
+                if buffer_id in written:
+                    continue
+                pipeline_context.length_prefix_pcoll_coders(pcoll)
+                stage.transforms.append(beam_runner_api_pb2.PTransform(
+                    unique_name=f"{pcoll}/Retain", inputs={"in": pcoll},
+                    spec=beam_runner_api_pb2.FunctionSpec(
+                        urn=bundle_processor.DATA_OUTPUT_URN, payload=buffer_id)))
+        return stages
+
+    return retain_outputs

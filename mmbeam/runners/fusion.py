@@ -54,10 +54,13 @@ def with_element_fusion(phases: list, options: Any) -> list:
     return [fuse_element_fns, *phases] if fuses_elements(options) else list(phases)
 
 
-def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool = False):
+def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool = False,
+                  after_fusion: tuple = ()):
     """What ``FnApiRunner.create_stages`` does, with :func:`fuse_element_fns` first (unless
     ``--no_fuse_elements``); ``stateful_roots`` makes every stateful DoFn start a stage, so the
-    distributed runners can hash-partition its input by key between stages."""
+    distributed runners can hash-partition its input by key between stages; ``after_fusion``
+    phases run right after Beam's greedy fusion (the distributed runners add data outputs for
+    the PCollections they bring back to the driver)."""
     phases = [
         translations.annotate_downstream_side_inputs,
         *([translations.annotate_stateful_dofns_as_roots] if stateful_roots else []),
@@ -68,6 +71,7 @@ def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool 
         translations.expand_gbk,
         translations.sink_flattens,
         translations.greedily_fuse,
+        *after_fusion,
         translations.read_to_impulse,
         translations.impulse_to_input,
         translations.sort_stages,

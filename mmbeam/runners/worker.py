@@ -49,6 +49,7 @@ __all__ = [
     "digest",
     "end_run",
     "group_shards",
+    "provided",
     "run_task",
     "side_input_state",
 ]
@@ -92,6 +93,8 @@ class StagePlan:
     input_transforms: list[str] = field(default_factory=list)
     #: a stage re-run after lost data gets fresh DoFn instances and state in every process
     attempt: int = 0
+    #: tokens of values the driver put in the engine for this stage (the first task arguments)
+    provided: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -154,10 +157,24 @@ def _handlers(plan: StagePlan) -> _StageHandlers:
         return stages[key]
 
 
+#: run id -> token -> a value the driver provided (see ``DistributedRunner.provide``)
+_provided: dict[str, dict[str, Any]] = {}
+
+
+def provided(token: str) -> Any:
+    """The value the driver provided to this stage under ``token`` (for a DoFn to read)."""
+    with _runs_lock:
+        for values in _provided.values():
+            if token in values:
+                return values[token]
+    raise LookupError(f"no value provided under token {token!r} in this worker process")
+
+
 def end_run(run_id: str) -> int:
     """Tear down every DoFn of a run in this process and drop its state; returns stages closed."""
     with _runs_lock:
         stages = _runs.pop(run_id, {})
+        _provided.pop(run_id, None)
     for handlers in stages.values():
         handlers.shutdown()
     return len(stages)
@@ -191,11 +208,15 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     """Run one bundle of ``plan``'s stage; returns ``(TaskResult, *output lists)`` (or the
     result alone when the stage has no outputs).
 
-    ``args`` holds ``n_side`` side-input state lists, then element lists, each checked against
-    its ``committed`` (length, digest); ``slices`` picks ``(arg index, start, stop)`` ranges of
-    those lists as the bundle's input.
+    ``args`` holds the values ``plan.provided`` names, ``n_side`` side-input state lists, then
+    element lists, each checked against its ``committed`` (length, digest); ``slices`` picks
+    ``(arg index, start, stop)`` ranges of those lists as the bundle's input.
     """
     start = time.perf_counter()
+    if plan.provided:
+        with _runs_lock:
+            _provided.setdefault(plan.run_id, {}).update(zip(plan.provided, args, strict=False))
+        args = args[len(plan.provided):]
     side, lists = args[:n_side], args[n_side:]
     check_inputs(f"stage {plan.stage_name!r}", lists, committed)
     handlers = _handlers(plan)

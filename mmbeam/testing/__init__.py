@@ -1,9 +1,10 @@
 """Test support for mmbeam pipelines: sample images and real servers on loopback, no mocks.
 
 ``FaultServer`` (HTTP with faults), ``S3Server`` (moto), ``GCSServer`` (gcp-storage-emulator),
-``RayHead`` and ``init_local_ray`` (a real local Ray), sample and broken images, and pytest
-fixtures in :mod:`mmbeam.testing.plugin`. Names load on first use, so ``import mmbeam.testing``
-(done by the pytest plugin in every run) stays cheap.
+``RayHead`` and ``init_local_ray`` (a real local Ray), Dask/Ray/Beam-pool clusters whose workers
+run as on another machine (``NamespacedDask``, ``NamespacedRay``, ``NamespacedBeamPool``), sample
+and broken images, and pytest fixtures in :mod:`mmbeam.testing.plugin`. Names load on first
+use, so ``import mmbeam.testing`` (done by the pytest plugin in every run) stays cheap.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
         sample_images,
         truncated,
     )
+    from mmbeam.testing.namespaced import NamespacedBeamPool, NamespacedDask, NamespacedRay
     from mmbeam.testing.proxy import FaultProxy
     from mmbeam.testing.ray_cluster import RayHead, init_local_ray
     from mmbeam.testing.s3 import S3Server
@@ -31,6 +33,9 @@ __all__ = [
     "FaultProxy",
     "FaultServer",
     "GCSServer",
+    "NamespacedBeamPool",
+    "NamespacedDask",
+    "NamespacedRay",
     "RayHead",
     "S3Server",
     "decompression_bomb",
@@ -47,6 +52,9 @@ _HOME = {
     "FaultProxy": "proxy",
     "GCSServer": "gcs",
     "S3Server": "s3",
+    "NamespacedBeamPool": "namespaced",
+    "NamespacedDask": "namespaced",
+    "NamespacedRay": "namespaced",
     "RayHead": "ray_cluster",
     "init_local_ray": "ray_cluster",
     "Collected": "collect",

@@ -1,14 +1,20 @@
-"""Run a pipeline and get its outputs back as Python lists, on any runner that shares a disk.
+"""Run a pipeline and get its outputs back as Python lists.
 
 ``run_collect(lambda p: p | beam.Create(urls) | Download())`` builds the pipeline on a fresh
-``beam.Pipeline``, writes every element of the returned PCollection(s) to pickle files in a
-temporary folder (one file per bundle, so it works with worker processes too), runs it, and
-reads them back. The builder may return one PCollection, a tuple, or a dict of them; the result
-has the same shape. Order is not defined, as in Beam.
+``beam.Pipeline``, runs it and returns every element of the returned PCollection(s). The builder
+may return one PCollection, a tuple, or a dict of them; the result has the same shape. Order is
+not defined, as in Beam.
+
+Each element comes back once, even when a task was retried or a worker lost: on mmbeam's Dask
+and Ray runners the outputs come back through the engine from the committed attempts
+(``DistributedRunner.retain``); on other runners each bundle writes a pickle file named per
+attempt in a temporary folder on this machine's disk (so those runners' workers must share it),
+a last step lists the files of committed bundles, and only those are read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -20,12 +26,16 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 __all__ = ["Collected", "run_collect"]
 
 
 class _SpillFn(beam.DoFn):
-    """Appends elements to a per-bundle pickle file named after the output."""
+    """Appends elements to a pickle file per bundle attempt, named after the output; emits the
+    file's name when the bundle finishes."""
 
     def __init__(self, folder: str, name: str):
         self.folder = folder
@@ -39,10 +49,23 @@ class _SpillFn(beam.DoFn):
 
     def finish_bundle(self):
         if self._items:
-            path = os.path.join(self.folder, f"{self.name}-{uuid.uuid4().hex}.pkl")
-            with open(path, "wb") as f:
+            file = f"{self.name}-{uuid.uuid4().hex}.pkl"
+            with open(os.path.join(self.folder, file), "wb") as f:
                 pickle.dump(self._items, f)
+            yield WindowedValue(file, MIN_TIMESTAMP, [GlobalWindow()])
         self._items = []
+
+
+class _ManifestFn(beam.DoFn):
+    """Writes the names of the committed spill files of one output."""
+
+    def __init__(self, folder: str, name: str):
+        self.folder = folder
+        self.name = name
+
+    def process(self, files):
+        with open(os.path.join(self.folder, f"manifest-{self.name}.json"), "w") as f:
+            json.dump(sorted(files), f)
 
 
 class Collected:
@@ -69,14 +92,23 @@ def run_collect(
         from mmbeam.runners.direct import local_runner
 
         runner = local_runner()
+    from mmbeam.runners.core import DistributedRunner
+
     folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
     try:
         pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
         built = build(pipeline)
-        names = _attach(built, folder)
+        if isinstance(runner, DistributedRunner):
+            for name, pcoll in _items(built):
+                runner.retain(pcoll, name)
+        else:
+            _attach(built, folder)
         result = pipeline.run()
         result.wait_until_finish()
-        read = {name: _read(folder, name) for name in names}
+        if isinstance(runner, DistributedRunner):
+            read = result.retained
+        else:
+            read = {name: _read(folder, name) for name, _ in _items(built)}
         return Collected(_reshape(built, read), result)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -90,20 +122,22 @@ def _items(built: Any) -> list[tuple[str, Any]]:
     return [("out", built)]
 
 
-def _attach(built: Any, folder: str) -> list[str]:
-    names = []
+def _attach(built: Any, folder: str) -> None:
     for name, pcoll in _items(built):
-        pcoll | f"Collect[{name}]" >> beam.ParDo(_SpillFn(folder, name))
-        names.append(name)
-    return names
+        _ = (pcoll | f"Unwindowed[{name}]" >> beam.WindowInto(GlobalWindows())
+             | f"Collect[{name}]" >> beam.ParDo(_SpillFn(folder, name))
+             | f"Committed[{name}]" >> beam.combiners.ToList()
+             | f"Manifest[{name}]" >> beam.ParDo(_ManifestFn(folder, name)))
 
 
 def _read(folder: str, name: str) -> list:
+    """The elements in the committed spill files of output ``name``."""
+    with open(os.path.join(folder, f"manifest-{name}.json")) as f:
+        files = json.load(f)
     items: list = []
-    for file in sorted(os.listdir(folder)):
-        if file.startswith(f"{name}-"):
-            with open(os.path.join(folder, file), "rb") as f:
-                items.extend(pickle.load(f))
+    for file in files:
+        with open(os.path.join(folder, file), "rb") as f:
+            items.extend(pickle.load(f))
     return items
 
 

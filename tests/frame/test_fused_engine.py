@@ -10,8 +10,8 @@ from PIL import Image
 import mmbeam.frame as mf
 from mmbeam.expr import ir
 from mmbeam.frame import col, context
-from mmbeam.frame import plan as P
-from mmbeam.frame.optimizer import optimize
+from mmbeam.plan import nodes as P
+from mmbeam.plan.optimizer import optimize
 from mmbeam.testing.http_server import FaultServer
 from mmbeam.testing.images import encode_sample, make_image
 

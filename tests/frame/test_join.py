@@ -10,8 +10,8 @@ import pytest
 
 import mmbeam.frame as mf
 from mmbeam.errors import ConfigError, SchemaError
+from mmbeam.exec.physical import hash_columns, partition_table
 from mmbeam.frame import col
-from mmbeam.frame.physical import hash_columns, partition_table
 
 
 def _random(seed: int, n: int, name: str):
@@ -100,8 +100,8 @@ def test_join_errors_before_running(runs):
 
 
 def test_filters_push_into_join_sides():
-    from mmbeam.frame import plan as P
-    from mmbeam.frame.optimizer import optimize
+    from mmbeam.plan import nodes as P
+    from mmbeam.plan.optimizer import optimize
 
     left = mf.from_pydict({"id": [1, 2, 3], "x": [5, 6, 7]})
     right = mf.from_pydict({"id": [1, 2, 3], "y": [7, 8, 9]})

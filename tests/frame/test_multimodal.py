@@ -12,8 +12,8 @@ import mmbeam.ops.decode as decode_mod
 from mmbeam.errors import DecodeError, DownloadError, SchemaError
 from mmbeam.expr import ir
 from mmbeam.frame import DataType, col
-from mmbeam.frame import plan as P
-from mmbeam.frame.optimizer import optimize
+from mmbeam.plan import nodes as P
+from mmbeam.plan.optimizer import optimize
 from mmbeam.testing.images import encode_sample, make_image
 
 

@@ -12,8 +12,9 @@ import pytest
 
 import mmbeam.frame as mf
 from mmbeam.errors import SchemaError
-from mmbeam.frame import col, context, lit, physical
-from mmbeam.frame.compile import _PartialAggregateFn
+from mmbeam.exec import physical
+from mmbeam.exec.beam.compile import _PartialAggregateFn
+from mmbeam.frame import col, context, lit
 from mmbeam.testing import run_collect
 
 
@@ -191,7 +192,7 @@ def test_expression_keys_fail_before_running_naming_the_column():
 def test_new_dofns_survive_pickling():
     import pickle
 
-    from mmbeam.frame.compile import _AggregateFn, _BroadcastJoinFn
+    from mmbeam.exec.beam.compile import _AggregateFn, _BroadcastJoinFn
 
     left = mf.from_pydict({"k": [1, 2], "v": [1.0, None]})
     right = mf.from_pydict({"k": [1], "w": ["a"]})

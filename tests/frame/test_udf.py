@@ -12,8 +12,9 @@ from apache_beam.internal import pickler
 import mmbeam
 from mmbeam import DataType, col
 from mmbeam.errors import ConfigError, SchemaError, UdfError
+from mmbeam.exec.beam.udf_stage import _UdfStageFn
 from mmbeam.frame import context
-from mmbeam.frame.udf_stage import UdfApply, _UdfStageFn, split_udfs
+from mmbeam.plan.udfs import UdfApply, split_udfs
 from mmbeam.transforms import shared_model as sm
 
 PAIR = DataType.fixed_size_list(dtype=DataType.string(), size=2)
@@ -186,22 +187,22 @@ class HeldTables:
         self.seen: list[int] = []
 
     def __call__(self, images):
-        from mmbeam.frame import compile as fc
+        from mmbeam.exec.beam.channel import held_tables
 
-        self.seen.append(len(fc._HELD))
+        self.seen.append(held_tables())
         return [int(img.sum() % 251) for img in images]
 
 
 def test_big_in_memory_table_is_read_by_reference_on_the_local_runner_and_released():
-    from mmbeam.frame import compile as fc
+    from mmbeam.exec.beam.channel import held_tables
 
     images = [np.full((200, 200, 3), i, np.uint8) for i in range(16)]  # ~1.9 MB: not inlined
     frame = mmbeam.from_pydict({"image": images})
     got = frame.with_column("s", HeldTables(col("image"))).select("s").to_pydict()["s"]
     assert got == [int(img.sum() % 251) for img in images]
     (instance,) = sm.instances(HeldTables.token)
-    assert instance.seen == [1, 1]  # the table was held in memory, not staged
-    assert fc._HELD == {}
+    assert instance.seen == [2, 2]  # the table and the result list, held in memory: no file
+    assert held_tables() == 0
 
     @mmbeam.udf(return_dtype=DataType.int64())
     def broken(images):
@@ -209,4 +210,4 @@ def test_big_in_memory_table_is_read_by_reference_on_the_local_runner_and_releas
 
     with pytest.raises(UdfError, match="no"):
         frame.with_column("s", broken(col("image"))).collect()
-    assert fc._HELD == {}
+    assert held_tables() == 0

@@ -13,9 +13,9 @@ import pytest
 import mmbeam.frame as mf
 from mmbeam.errors import ConfigError, ReadError, SchemaError
 from mmbeam.frame import DataType, col
-from mmbeam.frame import plan as P
-from mmbeam.frame.optimizer import optimize
 from mmbeam.io.readers import list_files
+from mmbeam.plan import nodes as P
+from mmbeam.plan.optimizer import optimize
 
 
 def _write(path, table):
@@ -65,7 +65,7 @@ def test_partition_filters_prune_files_and_columns_are_pruned(hive):
     opt = optimize(df.select("id")._plan)
     scan = next(n for n in P.walk(opt) if isinstance(n, P.Scan))
     assert scan.predicate is not None and scan.columns == ("id",)
-    from mmbeam.frame.operators import prune_tasks
+    from mmbeam.exec.operators import prune_tasks
 
     assert len(prune_tasks(scan, scan.source.tasks())) == 2
     assert sorted(df.select("id").to_pydict()["id"]) == ["2023-FR-1", "2024-FR-1"]

@@ -355,20 +355,24 @@ def test_frame_to_pcollection_inside_a_portable_pipeline(frame_data):
 
 
 @pytest.mark.distributed
-def test_frame_results_invisible_to_the_launcher_fail_instead_of_losing_rows(tmp_path):
-    from mmbeam.errors import UnsupportedError
-    from mmbeam.frame.compile import _WriteIpcFn, check_collected
+@pytest.mark.parametrize("sink", ["to_pydict", "write_parquet"])
+def test_frame_sink_on_a_runner_without_shared_disk_needs_temp_location(sink, tmp_path):
+    """Workers of an EXTERNAL environment may be other machines: without --temp_location the
+    run is refused before anything starts (no job, no file), naming the option."""
+    from mmbeam.errors import ConfigError
 
-    batches = [((i,), pa.record_batch({"n": [i]})) for i in range(3)]
-    pipeline = beam.Pipeline(runner=PortableRunner(), options=PipelineOptions(**PORTABLE_FLAGS))
-    _ = (pipeline | beam.Create(batches).with_output_types(mc.KeyedBatch)
-         | beam.ParDo(_WriteIpcFn(str(tmp_path))))
-    result = pipeline.run()
-    result.wait_until_finish()
-    assert len(os.listdir(tmp_path)) == 3
-    check_collected(result, 3)  # all visible: fine
-    with pytest.raises(UnsupportedError, match="wrote 3 result file.s. but only 1 are visible"):
-        check_collected(result, 1)  # what a cluster whose workers have their own disks gives
+    context.set_runner(PortableRunner, "portable", job_endpoint="embed",
+                       environment_type="EXTERNAL", environment_config="localhost:1")
+    frame = mf.from_pydict({"n": [1, 2, 3]}).where(col("n") > 1)
+    try:
+        with pytest.raises(ConfigError, match="--temp_location"):
+            if sink == "to_pydict":
+                frame.to_pydict()
+            else:
+                frame.write_parquet(str(tmp_path / "out"))
+    finally:
+        context.set_runner_local()
+    assert not (tmp_path / "out").exists()
 
 
 def test_frame_pcollections_carry_arrow_batches_not_pickles(frame_data):

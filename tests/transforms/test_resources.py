@@ -53,15 +53,13 @@ def test_run_model_request_reaches_its_fused_stage_only():
 
 
 def test_frame_udf_request_is_annotated_on_its_stage():
-    from mmbeam.frame.compile import expand_rows
-
     @mmbeam.udf(return_dtype=DataType.int64(), concurrency=2, num_gpus=1)
     def plus_one(values):
         return [v + 1 for v in values]
 
     df = mmbeam.from_pydict({"v": [1, 2]}).with_column("w", plus_one(col("v")))
     pipeline = beam.Pipeline()
-    expand_rows(df._plan, pipeline)
+    df.to_pcollection(pipeline)
     found = [stage_resources(stage.transforms) for stage in _fused_stages(pipeline)]
     asked = [(r.concurrency, r.num_cpus, r.num_gpus, set(r.steps)) for r in found if r]
     assert asked == [(2, None, 1, {"udf plus_one"})]

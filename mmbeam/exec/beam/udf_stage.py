@@ -1,9 +1,7 @@
 """UDF calls as their own batched Beam stage.
 
-Before compiling, :func:`split_udfs` rewrites every projection or filter that calls a UDF into
-three steps: a projection computing the UDF's arguments into columns, a :class:`UdfApply` node
-running the UDFs, and the original projection (or filter) reading the UDF's output column. Nested
-UDFs become one ``UdfApply`` per level. ``UdfApply`` compiles to :class:`_UdfStageFn`, which
+:func:`mmbeam.plan.udfs.split_udfs` moves every UDF call into a :class:`~mmbeam.plan.udfs.UdfApply`
+node; ``UdfApply`` compiles to :class:`_UdfStageFn`, which
 gathers rows from incoming Arrow batches into UDF batches (``batch_size`` or autotuned), runs them
 on the worker process's shared instance (:mod:`mmbeam.transforms.shared_model`), and emits each
 incoming batch with the output column added, under its own key, so row order is kept.
@@ -11,8 +9,6 @@ incoming batch with the output column added, under its own key, so row order is 
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -21,119 +17,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import MmbeamError, UdfError
-from mmbeam.expr import ir
+from mmbeam.exec.arrow import column_to_arrow, concat_tables, to_batch
 from mmbeam.expr.udf import UdfCall
-from mmbeam.frame import plan as P
+from mmbeam.plan.udfs import UdfApply
 from mmbeam.transforms import shared_model as sm
 from mmbeam.transforms.coders import KeyedBatch
 from mmbeam.transforms.resources import StepResources, requesting
-from mmbeam.types import DataType, Schema, arrow_to_images
+from mmbeam.types import DataType, arrow_to_images
 
-__all__ = ["UdfApply", "expand_udf_apply", "split_udfs"]
-
-
-@dataclass(frozen=True, eq=False)
-class UdfApply(P.Plan):
-    """Adds one column per UDF call; each call's arguments are columns of ``child``."""
-
-    child: P.Plan
-    calls: tuple[tuple[str, UdfCall], ...]
-
-    def _schema(self) -> Schema:
-        extra = [(out, call.udf.return_dtype) for out, call in self.calls]
-        return Schema(list(self.child.schema.items()) + extra)
-
-    def describe(self) -> str:
-        return "UdfStage: " + ", ".join(f"{out}={call!r}" for out, call in self.calls)
-
-
-# -- plan rewrite ---------------------------------------------------------------------------------
-def _has_udf(node: ir.Node) -> bool:
-    return any(isinstance(n, UdfCall) for n in ir.walk(node))
-
-
-def _innermost(nodes: tuple[ir.Node, ...]) -> list[UdfCall]:
-    found: dict[int, UdfCall] = {}
-    for node in nodes:
-        for n in ir.walk(node):
-            if isinstance(n, UdfCall) and not any(_has_udf(a) for a in n.args):
-                found.setdefault(id(n), n)
-    return list(found.values())
-
-
-def _replace(node: ir.Node, mapping: dict[int, str]) -> ir.Node:
-    if id(node) in mapping:
-        return ir.Column(mapping[id(node)])
-    return node.map_children(lambda c: _replace(c, mapping))
-
-
-def _lift(child: P.Plan, exprs: tuple[ir.Node, ...]) -> tuple[P.Plan, tuple[ir.Node, ...]]:
-    """``child`` extended with the innermost UDF calls of ``exprs`` as columns, and ``exprs``
-    reading those columns instead."""
-    taken = set(child.schema.names())
-    counter = itertools.count()
-
-    def fresh(stem: str) -> str:
-        while True:
-            name = f"__{stem}{next(counter)}"
-            if name not in taken:
-                taken.add(name)
-                return name
-
-    extra: list[ir.Node] = []
-    calls, mapping = [], {}
-    for call in _innermost(exprs):
-        args = []
-        for arg in call.args:
-            if isinstance(arg, ir.Column):
-                args.append(arg)
-            else:
-                name = fresh("udf_arg")
-                extra.append(ir.Alias(arg, name))
-                args.append(ir.Column(name))
-        out = fresh("udf_out")
-        calls.append((out, replace(call, args=tuple(args))))
-        mapping[id(call)] = out
-    if extra:
-        child = P.Project(child, tuple(ir.Column(c) for c in child.schema.names()) + tuple(extra))
-    new = []
-    for e in exprs:
-        body = _replace(e, mapping)
-        name = ir.output_name(e)
-        new.append(body if ir.output_name(body) == name else ir.Alias(body, name))
-    return UdfApply(child, tuple(calls)), tuple(new)
-
-
-def _split(plan: P.Plan) -> P.Plan:
-    if isinstance(plan, P.Project) and any(_has_udf(e) for e in plan.exprs):
-        child, exprs = _lift(plan.child, plan.exprs)
-        return _split(P.Project(child, exprs))
-    if isinstance(plan, P.Filter) and _has_udf(plan.predicate):
-        names = plan.child.schema.names()
-        child, (pred,) = _lift(plan.child, (plan.predicate,))
-        return P.Project(_split(P.Filter(child, pred)), tuple(ir.Column(c) for c in names))
-    return plan
-
-
-def split_udfs(plan: P.Plan) -> P.Plan:
-    """``plan`` with every UDF call moved into a :class:`UdfApply` stage (unchanged if none)."""
-    if not any(_has_udf(e) for node in P.walk(plan) for e in _exprs(node)):
-        return plan
-    return _rewrite(plan)
-
-
-def _rewrite(plan: P.Plan) -> P.Plan:
-    if plan.inputs():
-        plan = plan.with_inputs(*(_rewrite(c) for c in plan.inputs()))
-    return _split(plan)
-
-
-def _exprs(node: P.Plan) -> tuple[ir.Node, ...]:
-    if isinstance(node, P.Project):
-        return node.exprs
-    if isinstance(node, P.Filter):
-        return (node.predicate,)
-    return ()
+__all__ = ["expand_udf_apply"]
 
 
 # -- execution ------------------------------------------------------------------------------------
@@ -162,8 +54,6 @@ class _Call:
         self.nulled = Metrics.counter("mmbeam", f"udf {udf.name}.nulled")
 
     def run(self, table: pa.Table) -> pa.ChunkedArray | pa.Array:
-        from mmbeam.frame.sources import column_to_arrow
-
         columns = [table.column(a.name) for a in self.call.args]
         values = [_python(c) for c in columns]
         outputs: list[Any] = []
@@ -219,10 +109,8 @@ class _UdfStageFn(beam.DoFn):
             yield from self._flush()
 
     def _flush(self):
-        from mmbeam.frame.compile import _concat, to_batch
-
         pending, self._pending, self._rows = self._pending, [], 0
-        inputs = _concat([batch for (_, batch), _, _ in pending], self._schema)
+        inputs = concat_tables([batch for (_, batch), _, _ in pending], self._schema)
         table = inputs
         for c in self._calls:
             table = table.append_column(c.out, c.run(table))
@@ -234,10 +122,10 @@ class _UdfStageFn(beam.DoFn):
 
 
 def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
-    """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.frame.compile`)."""
+    """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.exec.beam.compile`)."""
     names = "+".join(call.udf.name for _, call in plan.calls)
     fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow())
-    child = c.expand(plan.child)
+    child = c.spread(c.expand(plan.child))
     resources = StepResources()
     for _, call in plan.calls:
         udf = call.udf

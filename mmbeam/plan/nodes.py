@@ -1,6 +1,6 @@
 """The logical plan: immutable nodes, each knowing its output schema.
 
-Frames build these; :mod:`mmbeam.frame.optimizer` rewrites them; :mod:`mmbeam.frame.compile`
+Frames build these; :mod:`mmbeam.plan.optimizer` rewrites them; :mod:`mmbeam.exec.beam.compile`
 turns them into Beam transforms. Nothing here imports Beam or touches data beyond the in-memory
 table a source may hold.
 """

@@ -1,6 +1,6 @@
 """Arrow kernels for the shuffle operators: hash partitioning, join, aggregate, sort, distinct.
 
-Pure functions over ``pyarrow.Table``; :mod:`mmbeam.frame.compile` runs them inside Beam DoFns
+Pure functions over ``pyarrow.Table``; :mod:`mmbeam.exec.beam.compile` runs them inside Beam DoFns
 (one call per hash partition after a GroupByKey / CoGroupByKey), and tests call them directly.
 """
 
@@ -218,7 +218,7 @@ def partial_aggregate(table: pa.Table, keys: Sequence[str], aggs: Sequence[ir.No
     its state: a count, a sum, a min/max, a list, or (sum, count) for a mean. Partials of many
     tables merge with :func:`merge_partials`; :func:`finish_aggregate` turns them into results.
     """
-    from mmbeam.frame.evaluate import EvalContext, project
+    from mmbeam.exec.evaluate import EvalContext, project
 
     exprs: list[ir.Node] = [ir.Column(k) for k in keys]
     specs: list = []

@@ -1,7 +1,7 @@
 """Evaluate expressions over an Arrow table, vectorised with ``pyarrow.compute``.
 
 One ``functools.singledispatch`` function per node type; a node this backend cannot run raises
-UnsupportedError. URL and image functions are handed to :mod:`mmbeam.frame.kernels`, which runs
+UnsupportedError. URL and image functions are handed to :mod:`mmbeam.exec.kernels`, which runs
 whole chains of them fused per row.
 """
 
@@ -250,7 +250,7 @@ def _(node: ir.Function, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar
         value = evaluate(node.args[0], table, ctx)
         return pc.is_in(value, value_set=pa.array(list(node.option("values"))))
     if node.name.startswith(("url.", "image.")):
-        from mmbeam.frame.kernels import evaluate_multimodal
+        from mmbeam.exec.kernels import evaluate_multimodal
 
         return evaluate_multimodal(node, table, ctx)
     raise UnsupportedError(f"function {node.name!r} is not supported by the Arrow evaluator")

@@ -3,36 +3,37 @@
 On the local runner a Beam pipeline costs a fixed ~1 s or more (importing Beam, FnApiRunner
 start-up, stage fusion, encoding every batch between stages) however small the work. So on the
 local default runner every plan without a UDF or a PCollection input runs here: this module
-drives the very same operators the Beam DoFns call (:mod:`mmbeam.frame.operators`,
-:mod:`mmbeam.frame.physical`, the fused URL/image kernel of :mod:`mmbeam.frame.kernels`) as a
+drives the very same operators the Beam DoFns call (:mod:`mmbeam.exec.operators`,
+:mod:`mmbeam.exec.physical`, the fused URL/image kernel of :mod:`mmbeam.exec.kernels`) as a
 pull-based stream: the source yields batches, each stage's row operations run per batch (URL/image
 stages per autotuned sub-batch, as on Beam) and a ``limit`` stops pulling once it has its rows, so
 memory stays flat and ``show(2)`` downloads two rows. Blocking operators (join, aggregate, sort,
 distinct) materialize their input. Everything else, and every non-local runner, compiles to Beam
-(imported only then). ``explain()`` says which path a plan takes;
-``set_execution_config(in_process=False)`` forces Beam.
+(imported only then): :class:`LocalExecutor` hands such plans to its fallback executor.
+``explain()`` says which path a plan takes; ``set_execution_config(in_process=False)`` forces Beam.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import singledispatch
 from typing import Any
 
 import pyarrow as pa
 
 from mmbeam.errors import UnsupportedError
+from mmbeam.exec import operators, physical
+from mmbeam.exec.arrow import concat_tables as _concat
+from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles
+from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.options import ExecOptions
+from mmbeam.exec.stages import describe_stages
 from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
-from mmbeam.frame import operators, physical
-from mmbeam.frame import plan as P
-from mmbeam.frame.context import ExecOptions
-from mmbeam.frame.evaluate import EvalContext
+from mmbeam.plan import nodes as P
 
-__all__ = ["execution_path", "run", "run_in_process", "write"]
+__all__ = ["LocalExecutor", "execution_path", "run_in_process", "write_in_process"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,36 +67,52 @@ def _exprs(node: P.Plan) -> tuple:
     return ()
 
 
-def run(plan: P.Plan) -> tuple[pa.Table, dict[str, int]]:
-    """Run an (optimized) plan on the context's runner: here when it can, else on Beam."""
-    from mmbeam.frame import context
+class LocalExecutor(Executor):
+    """Runs plans in this process when :func:`execution_path` allows, else on ``fallback(why)``
+    (the Beam executor of the local runner, made only when a plan needs it)."""
 
-    ctx = context.get_context()
-    if execution_path(plan, ctx.exec_options, ctx.runner_name)[0]:
-        return run_in_process(plan, ctx.exec_options)
-    from mmbeam.frame.compile import run_plan
+    def __init__(self, options: ExecOptions, fallback: Callable[[str], Executor],
+                 runner_name: str = "local"):
+        self.options = options
+        self.fallback = fallback
+        self.runner_name = runner_name
 
-    return run_plan(plan, ctx.exec_options)
+    def _here(self, plan: P.Plan) -> tuple[bool, str]:
+        return execution_path(plan, self.options, self.runner_name)
+
+    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        here, why = self._here(plan)
+        if not here:
+            return self.fallback(why).run(plan, sink)
+        if isinstance(sink, WriteFiles):
+            return write_in_process(plan, sink.spec, self.options)
+        assert isinstance(sink, Collect)
+        return run_in_process(plan, self.options)
+
+    def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        here, why = self._here(plan)
+        if not here:
+            return self.fallback(why).explain(plan, show_all)
+        text = ("== Execution ==\nin-process: the stages' Arrow operators stream batches in this "
+                "process (joins, group-bys, sorts and distinct materialize their input), no "
+                f"Beam pipeline ({why})")
+        if show_all:
+            text += "\n\n== Physical stages ==\n" + describe_stages(plan, self.options)
+        return text
 
 
-def run_in_process(plan: P.Plan, options: ExecOptions) -> tuple[pa.Table, dict[str, int]]:
+def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
     """The rows of an (optimized) plan and the counts of rows nulled per operation."""
     ctx = EvalContext()
     table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
-    return table, _counted(ctx)
+    return Outcome(table, _counted(ctx))
 
 
-def write(plan: P.Plan, spec: Any) -> pa.Table:
-    """Run an (optimized) ``plan`` writing its rows as files (here: as the rows come, files of up
-    to ``batch_rows`` rows; else on Beam); the table of written paths."""
-    from mmbeam.frame import context
+def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
+    """Run an (optimized) ``plan`` here writing its rows as files as they come (files of up to
+    ``batch_rows`` rows); the table of written paths."""
     from mmbeam.io.writers import write_table
 
-    options = context.get_context().exec_options
-    if not execution_path(plan, options, context.get_context().runner_name)[0]:
-        from mmbeam.frame.compile import run_write
-
-        return run_write(plan, spec)
     ctx = EvalContext()
     paths: list[str] = []
     pending: list[pa.Table] = []
@@ -112,8 +129,7 @@ def write(plan: P.Plan, spec: Any) -> pa.Table:
             flush()
     if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
         flush()
-    _counted(ctx)
-    return pa.table({"path": pa.array(paths, pa.large_string())})
+    return Outcome(pa.table({"path": pa.array(paths, pa.large_string())}), _counted(ctx))
 
 
 def _counted(ctx: EvalContext) -> dict[str, int]:
@@ -123,13 +139,6 @@ def _counted(ctx: EvalContext) -> dict[str, int]:
             _log.warning(
                 "%s: %d row(s) set to null by on_error='null'", op, n)
     return dict(ctx.errors)
-
-
-def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return pa.Table.from_batches([operators.empty_batch(schema)])
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
@@ -180,28 +189,9 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
         return out, sub
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
-    for out, sub in _in_order(run, parts, 2 if ahead else 1):
+    for out, sub in operators.in_order(run, parts, 2 if ahead else 1):
         ctx.errors.update(sub.errors)
         yield out
-
-
-def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
-    the next sub-batch's rows fill the kernel's window while the current one drains."""
-    if depth == 1:
-        yield from map(fn, items)
-        return
-    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) == depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _stream.register(P.Project, _rows)

@@ -149,7 +149,7 @@ def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[RowChain,
 
 
 def _python(node: ir.Node, table: pa.Table, ctx: Any) -> list[Any]:
-    from mmbeam.frame.evaluate import _as_array, evaluate
+    from mmbeam.exec.evaluate import _as_array, evaluate
 
     dtype = infer(node, Schema.from_arrow(table.schema))
     arr = _as_array(evaluate(node, table, ctx), table.num_rows, dtype.to_arrow())
@@ -276,7 +276,7 @@ def evaluate_multimodal(node: ir.Function, table: pa.Table, ctx: Any) -> pa.Arra
     if node.name in ("image.width", "image.height"):
         inner = node.args[0]
         if not (isinstance(inner, ir.Function) and inner.name in ROW_OPS):
-            from mmbeam.frame.evaluate import evaluate
+            from mmbeam.exec.evaluate import evaluate
 
             arr = evaluate(inner, table, ctx)
             if isinstance(arr, pa.ChunkedArray):

@@ -1,4 +1,4 @@
-"""Compile an optimized plan to Beam transforms over Arrow record batches, and run it.
+"""Compile an optimized plan to Beam transforms over Arrow record batches.
 
 Every PCollection here holds ``(key, pyarrow.RecordBatch)`` pairs. ``key`` is a tuple of ints
 that orders batches (source file, batch number ...) so collected rows come back in source
@@ -10,83 +10,47 @@ CoGroupByKey, then work inside each partition with Arrow. Every stage emits at l
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 import uuid
 from functools import singledispatch
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from mmbeam.errors import MmbeamError, UnsupportedError
-from mmbeam.frame import operators, physical, udf_stage
-from mmbeam.frame import plan as P
-from mmbeam.frame.context import ExecOptions
-from mmbeam.frame.evaluate import EvalContext
+from mmbeam.errors import UnsupportedError
+from mmbeam.exec import operators, physical
+from mmbeam.exec.arrow import as_table as _table
+from mmbeam.exec.arrow import column_to_arrow, empty_batch, to_batch
+from mmbeam.exec.arrow import concat_tables as _concat
+from mmbeam.exec.beam import udf_stage
+from mmbeam.exec.beam.channel import Channel, held, hold
+from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.options import ExecOptions
+from mmbeam.plan import nodes as P
+from mmbeam.plan.udfs import UdfApply, split_udfs
 from mmbeam.transforms.coders import KeyedBatch
 
-__all__ = ["ExecOptions", "Compiler", "run_plan", "to_batch"]
-
-log = logging.getLogger("mmbeam.frame")
-
-
-def to_batch(table: pa.Table) -> pa.RecordBatch:
-    """One record batch holding all of ``table`` (an empty one when it has no rows)."""
-    if table.num_rows == 0:
-        return _empty_batch(table.schema)
-    batches = table.combine_chunks().to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]  # pragma: no cover
-
-
-_empty_batch = operators.empty_batch
-
-
-def _table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-
-
-def _concat(batches: list, schema: pa.Schema) -> pa.Table:
-    tables = [_table(b) for b in batches if b.num_rows]
-    if not tables:
-        return pa.Table.from_batches([_empty_batch(schema)])
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+__all__ = ["Compiler", "expand_rows"]
 
 
 # -- DoFns --------------------------------------------------------------------------------------
-# Tables too big to inline that an in-process runner reads by reference (key -> table); entries
-# live for one run_plan (released in its ``finally``).
-_HELD: dict[str, pa.Table] = {}
-
-
 class _SliceTableFn(beam.DoFn):
-    """Emit slice ``i`` of an in-memory table: held inline when small; else, on a runner in this
-    process, looked up by key in this process's ``_HELD`` tables (no copy); else read from a
-    staged Arrow IPC file (memory-mapped), so big tables never go through Beam's pickled graph."""
+    """Emit slice ``i`` of an in-memory table, found through its channel's source (inline Arrow
+    IPC, a table held in this process, an engine object, or a file under --temp_location)."""
 
-    def __init__(self, table: pa.Table | None, path: str | None, rows: int):
-        self._table = table
-        self._path = path
+    def __init__(self, source: Any, rows: int):
+        self._source = source
         self._rows = rows
 
     def setup(self):
-        if self._table is not None:
-            self._loaded = self._table
-        elif self._path in _HELD:
-            self._loaded = _HELD[self._path]
-        else:
-            with pa.memory_map(self._path) as src:
-                self._loaded = pa.ipc.open_file(src).read_all()
+        self._loaded = None
 
     def process(self, i: int):
+        if self._loaded is None:  # read when first needed: engine values arrive with the task
+            self._loaded = self._source.load()
         start = i * self._rows  # clamped: a table without columns does not clamp its slices
         yield (i,), to_batch(self._loaded.slice(start, min(self._rows,
                                                            self._loaded.num_rows - start)))
@@ -130,6 +94,16 @@ class _RowStageFn(beam.DoFn):
     def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
         return operators.run_row_ops(table, self._ops, ctx)
 
+    def _run_part(self, item: tuple[pa.Table, EvalContext]) -> tuple[pa.Table, EvalContext]:
+        """One sub-batch (measured for the autotuner) and the context it counted nulls in."""
+        part, sub = item
+        if self._sizer is None:
+            return self._run(part, sub), sub
+        with self._sizer.measure(part.num_rows) as cost:
+            out = self._run(part, sub)
+            cost.output_bytes = out.nbytes
+        return out, sub
+
     def _slices(self, rows: int):
         """(start, length) of each sub-batch; lengths come from the controller when "auto"."""
         start = 0
@@ -148,28 +122,49 @@ class _RowStageFn(beam.DoFn):
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
-            for j, (start, size) in enumerate(self._slices(table.num_rows)):
-                part = table.slice(start, size)
-                if self._sizer is None:
-                    out = self._run(part, ctx)
-                else:
-                    with self._sizer.measure(part.num_rows) as cost:
-                        out = self._run(part, ctx)
-                        cost.output_bytes = out.nbytes
+            # two sub-batches at once: the next one fills the kernel's window while one drains
+            parts = ((table.slice(start, size), EvalContext(ctx.chains))  # chains shared
+                     for start, size in self._slices(table.num_rows))
+            for j, (out, sub) in enumerate(operators.in_order(self._run_part, parts, 2)):
+                ctx.errors.update(sub.errors)
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
 
 
-class _PartitionFn(beam.DoFn):
-    """Hash-partition a batch; with a staging folder, emit the path of an Arrow file per part
-    (shuffle by reference) instead of the batch itself."""
+#: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
+#: of the batch, within these bounds (small pieces balance, big ones keep each kernel's window
+#: of rows in flight full)
+SPREAD_ROWS = (64, 1024)
 
-    def __init__(self, columns: tuple[str, ...], parts: int, staging: str | None = None):
+
+class _SplitFn(beam.DoFn):
+    """Cut each batch into pieces of an eighth of it (within ``bounds`` rows), keyed
+    ``key + (piece,)``."""
+
+    def __init__(self, bounds: tuple[int, int]):
+        self._bounds = bounds
+
+    def process(self, element):
+        key, batch = element
+        low, high = self._bounds
+        rows = min(high, max(low, -(-batch.num_rows // 8)))
+        if batch.num_rows <= rows:
+            yield key + (0,), batch
+            return
+        for j, start in enumerate(range(0, batch.num_rows, rows)):
+            yield key + (j,), batch.slice(start, rows)
+
+
+class _PartitionFn(beam.DoFn):
+    """Hash-partition a batch; with ``hold_prefix`` (workers in this process), hold each part in
+    this process and emit its key (shuffle by reference) instead of the batch itself."""
+
+    def __init__(self, columns: tuple[str, ...], parts: int, hold_prefix: str | None = None):
         self._columns = columns
         self._parts = parts
-        self._staging = staging
-        self.with_output_types(tuple[int, pa.RecordBatch if staging is None else str])
+        self._hold = hold_prefix
+        self.with_output_types(tuple[int, pa.RecordBatch if hold_prefix is None else str])
 
     def process(self, element):
         _, batch = element
@@ -177,13 +172,10 @@ class _PartitionFn(beam.DoFn):
 
     def _emit(self, table: pa.Table):
         for pid, part in physical.partition_table(table, self._columns, self._parts):
-            if self._staging is None:
+            if self._hold is None:
                 yield pid, to_batch(part)
             else:
-                path = os.path.join(self._staging, f"shuffle-{pid}-{uuid.uuid4().hex}.arrow")
-                with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, part.schema) as w:
-                    w.write_table(part)
-                yield pid, path
+                yield pid, hold(self._hold, part)
 
 
 class _PartialAggregateFn(_PartitionFn):
@@ -193,8 +185,8 @@ class _PartialAggregateFn(_PartitionFn):
 
     MERGE_EVERY = 16
 
-    def __init__(self, agg: P.Aggregate, parts: int, staging: str | None = None):
-        super().__init__(tuple(agg.keys) or (physical.GLOBAL_KEY,), parts, staging)
+    def __init__(self, agg: P.Aggregate, parts: int, hold_prefix: str | None = None):
+        super().__init__(tuple(agg.keys) or (physical.GLOBAL_KEY,), parts, hold_prefix)
         self._keys = agg.keys
         self._aggs = agg.aggs
 
@@ -220,11 +212,8 @@ class _PartialAggregateFn(_PartitionFn):
 
 
 def _load(item: Any) -> pa.Table | pa.RecordBatch:
-    """A shuffled batch, or the table in a shuffle file (memory-mapped, no copy)."""
-    if isinstance(item, str):
-        with pa.memory_map(item) as src:
-            return pa.ipc.open_file(src).read_all()
-    return item
+    """A shuffled batch, or the part held in this process under that key."""
+    return held(item) if isinstance(item, str) else item
 
 
 class _JoinFn(beam.DoFn):
@@ -268,7 +257,7 @@ class _AggregateFn(beam.DoFn):
     def __init__(self, agg: P.Aggregate):
         self._keys = agg.keys
         self._aggs = agg.aggs
-        empty = pa.Table.from_batches([_empty_batch(agg.child.schema.to_arrow())])
+        empty = pa.Table.from_batches([empty_batch(agg.child.schema.to_arrow())])
         self._schema = physical.partial_aggregate(empty, agg.keys, agg.aggs).schema
         self._out = agg.schema
 
@@ -299,7 +288,7 @@ class _GatherFn(beam.DoFn):
         else:
             table = physical.sort_table(table, *self._sort)
         if table.num_rows == 0:
-            yield (0,), _empty_batch(self._schema)
+            yield (0,), empty_batch(self._schema)
         for i, start in enumerate(range(0, table.num_rows, self._rows)):
             yield (i,), to_batch(table.slice(start, self._rows))
 
@@ -337,29 +326,11 @@ class _RowsToBatchFn(beam.DoFn):
 
 
 def _from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    from mmbeam.frame.sources import column_to_arrow
     from mmbeam.types import DataType
 
     cols = [column_to_arrow([r.get(f.name) for r in rows], DataType.from_arrow(f.type))
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-class _WriteIpcFn(beam.DoFn):
-    """Write each batch as an Arrow IPC file named by its key, for the driver to read back."""
-
-    def __init__(self, folder: str):
-        self._folder = folder
-
-    def process(self, element):
-        import fsspec
-
-        key, batch = element
-        name = "-".join(f"{k:019d}" for k in key) + f".{uuid.uuid4().hex}.arrow"
-        with fsspec.open(f"{self._folder}/{name}", "wb") as f:
-            with pa.ipc.new_file(f, batch.schema) as writer:
-                writer.write_batch(batch)
-        beam.metrics.Metrics.counter("mmbeam", COLLECTED_FILES).inc()
 
 
 def _batches_to_rows(element):
@@ -369,17 +340,14 @@ def _batches_to_rows(element):
 
 # -- plan -> PCollection ------------------------------------------------------------------------
 class Compiler:
-    """Expands plan nodes into a pipeline; each node is expanded once."""
+    """Expands plan nodes into a pipeline; each node is expanded once. In-memory tables reach
+    the workers through ``channel`` (see :mod:`mmbeam.exec.beam.channel`)."""
 
-    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions,
-                 staging: str | None = None, shuffle_files: bool = False,
-                 in_process: bool = False):
+    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions, channel: Channel):
         self.pipeline = pipeline
         self.options = options
-        self.staging = staging
-        self.in_process = in_process
-        self.held: list[str] = []
-        self._shuffle_files = shuffle_files and staging is not None
+        self.channel = channel
+        self._by_reference = options.shuffle_by_reference(channel.in_process)
         self._count = 0
         # several frames may expand into one user pipeline: keep their labels apart
         frames = getattr(pipeline, "_mmbeam_frames", 0) + 1
@@ -387,35 +355,20 @@ class Compiler:
         self.prefix = "" if frames == 1 else f"Frame{frames}/"
         self._prepared = False
 
-    def shuffle_dir(self) -> str | None:
-        """Where partition files go when shuffling by reference (None: shuffle values)."""
-        if not self._shuffle_files:
-            return None
-        os.makedirs(self.staging, exist_ok=True)
-        return self.staging
+    def hold_prefix(self) -> str | None:
+        """Where hash partitions are held when shuffled by reference (None: by value)."""
+        return self.channel.token if self._by_reference else None
 
-    def stage(self, table: pa.Table) -> str:
-        """Write ``table`` as an Arrow IPC file the workers read; returns its path. On a runner
-        in this process the table is held by reference instead (writing and re-reading a big
-        table cost more than the rest of a short pipeline's start-up); :meth:`release` drops it."""
-        if self.in_process:
-            key = f"held:{uuid.uuid4().hex}"
-            _HELD[key] = table
-            self.held.append(key)
-            return key
-        if self.staging is None:
-            self.staging = tempfile.mkdtemp(prefix="mmbeam-stage-")
-        os.makedirs(self.staging, exist_ok=True)
-        path = os.path.join(self.staging, f"input-{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        return path
-
-    def release(self) -> None:
-        """Drop the tables :meth:`stage` held by reference."""
-        for key in self.held:
-            _HELD.pop(key, None)
-        self.held.clear()
+    def spread(self, pcoll: beam.PCollection) -> beam.PCollection:
+        """``pcoll``'s batches cut into pieces (see :data:`SPREAD_ROWS`) and redistributed,
+        before slow per-row work (URL/image functions, UDFs), so a cluster runs it on all its
+        workers even when the source is one file or one table; a no-op when the workers are in
+        this process. Keys grow by the piece's index, so row order is kept."""
+        if self.channel.in_process:
+            return pcoll
+        return (pcoll | self.label("Split") >> beam.ParDo(_SplitFn(SPREAD_ROWS))
+                .with_output_types(KeyedBatch)
+                | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
 
     def label(self, what: str) -> str:
         self._count += 1
@@ -424,7 +377,7 @@ class Compiler:
     def expand(self, plan: P.Plan) -> beam.PCollection:
         if not self._prepared:  # once, at the root: UDF calls become their own stages
             self._prepared = True
-            plan = udf_stage.split_udfs(plan)
+            plan = split_udfs(plan)
         out = _expand(plan, self)
         out.element_type = KeyedBatch  # what every stage emits; Beam codes it with Arrow IPC
         return out
@@ -435,19 +388,14 @@ def _expand(plan: P.Plan, c: Compiler) -> beam.PCollection:
     raise UnsupportedError(f"the Beam compiler has no rule for {type(plan).__name__}")
 
 
-INLINE_BYTES = 1 << 20
-
-
 @_expand.register
 def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
     rows = c.options.batch_rows
     n = max(1, -(-plan.table.num_rows // rows))
-    if plan.table.nbytes <= INLINE_BYTES:
-        fn = _SliceTableFn(plan.table, None, rows)
-    else:
-        fn = _SliceTableFn(None, c.stage(plan.table), rows)
-    return (c.pipeline | c.label("Create") >> beam.Create(list(range(n)))
-            | c.label("Slice") >> beam.ParDo(fn).with_output_types(KeyedBatch))
+    create, slice_label = c.label("Create"), c.label("Slice")
+    fn = _SliceTableFn(c.channel.table_source(plan.table, slice_label), rows)
+    return (c.pipeline | create >> beam.Create(list(range(n)))
+            | slice_label >> beam.ParDo(fn).with_output_types(KeyedBatch))
 
 
 @_expand.register
@@ -464,13 +412,11 @@ def _(plan: P.FromPCollection, c: Compiler) -> beam.PCollection:
             | c.label("ToArrow") >> beam.ParDo(_RowsToBatchFn(plan.schema.to_arrow())))
 
 
-def _is_row(plan: P.Plan) -> bool:
-    return isinstance(plan, (P.Project, P.Filter, P.Explode))
-
-
 def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     ops, node, multimodal = operators.row_ops(plan)
     source = c.expand(node)
+    if multimodal:
+        source = c.spread(source)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
     fn = _RowStageFn(ops, sub, plan.schema.to_arrow())
     return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)
@@ -493,7 +439,7 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
                                                         c.options.batch_rows)))
 
 
-_expand.register(udf_stage.UdfApply, udf_stage.expand_udf_apply)
+_expand.register(UdfApply, udf_stage.expand_udf_apply)
 _expand.register(P.Limit, _gather)
 _expand.register(P.Sort, _gather)
 
@@ -506,9 +452,9 @@ def _(plan: P.Join, c: Compiler) -> beam.PCollection:
             _BroadcastJoinFn(plan), right_batches=beam.pvalue.AsList(right))
     parts = c.options.num_partitions
     left = c.expand(plan.left) | c.label("HashLeft") >> beam.ParDo(
-        _PartitionFn(plan.left_on, parts, c.shuffle_dir()))
+        _PartitionFn(plan.left_on, parts, c.hold_prefix()))
     right = c.expand(plan.right) | c.label("HashRight") >> beam.ParDo(
-        _PartitionFn(plan.right_on, parts, c.shuffle_dir()))
+        _PartitionFn(plan.right_on, parts, c.hold_prefix()))
     return ({"l": left, "r": right} | c.label("CoGroup") >> beam.CoGroupByKey()
             | c.label("Join") >> beam.ParDo(_JoinFn(plan)))
 
@@ -518,7 +464,7 @@ def _(plan: P.Aggregate, c: Compiler) -> beam.PCollection:
     child = c.expand(plan.child)
     parts = c.options.num_partitions if plan.keys else 1
     hashed = child | c.label("PartialAgg") >> beam.ParDo(
-        _PartialAggregateFn(plan, parts, c.shuffle_dir()))
+        _PartialAggregateFn(plan, parts, c.hold_prefix()))
     return (hashed
             | c.label("GroupAgg") >> beam.GroupByKey()
             | c.label("Aggregate") >> beam.ParDo(_AggregateFn(plan)))
@@ -529,130 +475,29 @@ def _(plan: P.Distinct, c: Compiler) -> beam.PCollection:
     child = c.expand(plan.child)
     cols = plan.on or tuple(plan.child.schema.names())
     return (child | c.label("HashDistinct") >> beam.ParDo(
-        _PartitionFn(cols, c.options.num_partitions, c.shuffle_dir()))
+        _PartitionFn(cols, c.options.num_partitions, c.hold_prefix()))
             | c.label("GroupDistinct") >> beam.GroupByKey()
             | c.label("Distinct") >> beam.ParDo(_DistinctFn(plan, plan.schema.to_arrow())))
 
 
-# -- running ------------------------------------------------------------------------------------
-def _pipeline_of(plan: P.Plan) -> beam.Pipeline | None:
-    found = {id(n.pcoll.pipeline): n.pcoll.pipeline for n in P.walk(plan)
-             if isinstance(n, P.FromPCollection)}
-    if len(found) > 1:
-        raise UnsupportedError("a frame can only read PCollections of one pipeline")
-    return next(iter(found.values()), None)
+# -- a frame inside a user's pipeline ---------------------------------------------------------
+def expand_rows(plan: P.Plan, pipeline: beam.Pipeline, options: ExecOptions,
+                batches: bool = False) -> beam.PCollection:
+    """The plan's rows as a PCollection in ``pipeline`` (dicts, or RecordBatches); its tables
+    travel inline, or through the engine on mmbeam's runners."""
+    from mmbeam.exec.beam.channel import input_channel_for
 
-
-def _unwrap(exc: BaseException) -> BaseException:
-    seen = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, MmbeamError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return exc
-
-
-def run_plan(plan: P.Plan, options: ExecOptions | None = None, tail: Any = None,
-             schema: pa.Schema | None = None) -> tuple[pa.Table, dict]:
-    """Run an (optimized) plan as a Beam pipeline on the context's runner; the result table and
-    error counts (:func:`mmbeam.frame.inprocess.run` decides which path a plan takes).
-
-    ``tail`` (PCollection -> PCollection of keyed batches with ``schema``) adds a last stage.
-    """
-    from mmbeam.frame import context
-
-    options = options or context.get_context().exec_options
-    folder = tempfile.mkdtemp(prefix="mmbeam-collect-")
-    compiler = None
-    try:
-        pipeline = _pipeline_of(plan) or beam.Pipeline(runner=context.get_runner(),
-                                                       options=context.pipeline_options())
-        ctx = context.get_context()
-        files = _pipeline_of(plan) is None and options.use_shuffle_files(ctx.runner_name)
-        in_process = (_pipeline_of(plan) is None and ctx.runner_name == "local"
-                      and ctx.pipeline_flags.get("direct_running_mode") != "multi_processing")
-        compiler = Compiler(pipeline, options, staging=folder + "-stage", shuffle_files=files,
-                            in_process=in_process)
-        out = compiler.expand(plan)
-        if tail is not None:
-            out = tail(out)
-        _ = out | "Collect" >> beam.ParDo(_WriteIpcFn(folder))
-        try:
-            result = pipeline.run()
-            result.wait_until_finish()
-        except Exception as exc:  # noqa: BLE001 - re-raised as the mmbeam error inside
-            inner = _unwrap(exc)
-            if inner is exc:
-                raise
-            raise inner from exc
-        counts = _null_counts(result)
-        names = sorted(os.listdir(folder), key=lambda n: tuple(
-            int(k) for k in n.split(".")[0].split("-")))
-        check_collected(result, len(names))
-        batches = []
-        for name in names:
-            with pa.memory_map(os.path.join(folder, name)) as src:
-                batches.extend(pa.ipc.open_file(src).read_all().to_batches())
-        schema = schema if schema is not None else plan.schema.to_arrow()
-        table = pa.Table.from_batches([b for b in batches if b.num_rows] or [_empty_batch(schema)])
-        return table, counts
-    finally:
-        if compiler is not None:
-            compiler.release()
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(folder + "-stage", ignore_errors=True)
-
-
-COLLECTED_FILES = "collect.files"
-
-
-def check_collected(result: Any, found: int) -> None:
-    """Fail, rather than return too few rows, when the workers wrote result files that this
-    process cannot see (a cluster runner whose workers do not share this machine's disk)."""
-    try:
-        query = result.metrics().query(MetricsFilter().with_name(COLLECTED_FILES))
-        written = sum(int(m.committed or m.attempted or 0) for m in query["counters"])
-    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
-        return
-    if written > found:
-        raise UnsupportedError(
-            f"the runner's workers wrote {written} result file(s) but only {found} are visible "
-            "to this process: collect()/show()/to_*()/write_*() need workers that share this "
-            "machine's disk (in-process, PortableRunner with LOOPBACK, local Dask/Ray); on a "
-            "cluster use frame.to_pcollection(pipeline) with a sink (see docs/runners.md)")
-
-
-def _null_counts(result: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    try:
-        for m in result.metrics().query()["counters"]:
-            if m.key.metric.namespace == "mmbeam" and m.key.metric.name.endswith(".nulled"):
-                op = m.key.metric.name[: -len(".nulled")]
-                counts[op] = counts.get(op, 0) + int(m.committed or m.attempted or 0)
-    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
-        return counts
-    for op, n in counts.items():
-        if n:
-            log.warning("%s: %d row(s) set to null by on_error='null'", op, n)
-    return counts
-
-
-def expand_rows(plan: P.Plan, pipeline: beam.Pipeline, batches: bool = False,
-                options: ExecOptions | None = None) -> beam.PCollection:
-    """The plan's rows as a PCollection in ``pipeline`` (dicts, or RecordBatches)."""
-    from mmbeam.frame import context
-
-    options = options or context.get_context().exec_options
-    compiler = Compiler(pipeline, options)
+    compiler = Compiler(pipeline, options, input_channel_for(pipeline))
     out = compiler.expand(plan)
     if batches:
         return out | compiler.label("Batches") >> beam.Map(lambda kb: kb[1])
     return out | compiler.label("Rows") >> beam.FlatMap(_batches_to_rows)
 
 
-class _WriteFilesFn(beam.DoFn):
+class WriteFilesFn(beam.DoFn):
+    """Write each keyed batch as files (a :class:`~mmbeam.io.writers.WriteSpec`); emit the
+    batch of written paths under the same key."""
+
     def __init__(self, spec: Any):
         self._spec = spec
 
@@ -662,12 +507,3 @@ class _WriteFilesFn(beam.DoFn):
         key, batch = element
         paths = write_table(_table(batch), self._spec)
         yield key, pa.record_batch({"path": pa.array(paths, pa.large_string())})
-
-
-def run_write(plan: P.Plan, spec: Any) -> pa.Table:
-    """Run an (optimized) ``plan`` as a Beam pipeline writing its batches as files; the table of
-    written paths."""
-    schema = pa.schema([("path", pa.large_string())])
-    table, _ = run_plan(plan, tail=lambda pc: pc | "Write" >> beam.ParDo(
-        _WriteFilesFn(spec)).with_output_types(KeyedBatch), schema=schema)
-    return table

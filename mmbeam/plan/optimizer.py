@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mmbeam.expr import ir
-from mmbeam.frame import plan as P
+from mmbeam.plan import nodes as P
 
 __all__ = ["optimize"]
 

@@ -1,0 +1,61 @@
+"""The executor interface: what a frame asks of whatever runs its plans.
+
+A frame hands its optimized plan and a sink to the context's :class:`Executor`: ``run`` gives
+back an :class:`Outcome` (the rows, or the table of written paths, and the rows nulled per
+operation); ``explain`` says how the plan would run. The frame knows no runner: in-process
+streams (:mod:`mmbeam.exec.local`) and Beam pipelines (:mod:`mmbeam.exec.beam`) sit behind this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from mmbeam.plan import nodes as P
+
+__all__ = ["Collect", "Executor", "Outcome", "Sink", "WriteFiles"]
+
+
+@dataclass(frozen=True)
+class Collect:
+    """Bring every row back to the caller (``collect``, ``show``, ``to_*``, ``count_rows``)."""
+
+
+@dataclass(frozen=True)
+class WriteFiles:
+    """Write the rows as files (a :class:`~mmbeam.io.writers.WriteSpec`); bring back the table
+    of written paths (one ``path`` column)."""
+
+    spec: Any
+
+
+Sink = Collect | WriteFiles
+
+PATHS_SCHEMA = pa.schema([("path", pa.large_string())])
+
+
+@dataclass
+class Outcome:
+    """What a run gives back: the result table and the rows nulled per operation."""
+
+    table: pa.Table
+    nulled: dict[str, int] = field(default_factory=dict)
+
+
+class Executor:
+    """Runs optimized plans into sinks; subclasses implement both methods."""
+
+    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        raise NotImplementedError
+
+    def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        """How an optimized plan runs: the ``== Execution ==`` section of ``Frame.explain``, and
+        with ``show_all`` a ``== Physical stages ==`` section."""
+        raise NotImplementedError
+
+
+def result_schema(plan: P.Plan, sink: Sink) -> pa.Schema:
+    """The Arrow schema of what ``sink`` gives back for ``plan``."""
+    return PATHS_SCHEMA if isinstance(sink, WriteFiles) else plan.schema.to_arrow()

@@ -1,0 +1,177 @@
+"""Run an optimized plan as a Beam pipeline on any runner; inputs and results go through the
+run's channel (:mod:`mmbeam.exec.beam.channel`), never through the driver's disk.
+
+A write (``write_parquet``/``write_csv``) names its files after the run, and keeps only those in
+the written-path table that came back from committed attempts: files of a failed or retried task
+attempt are removed after the run (on failure, all of the run's files are).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from mmbeam.errors import MmbeamError, UnsupportedError
+from mmbeam.exec.arrow import empty_batch
+from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, result_schema
+from mmbeam.exec.beam.channel import channel_for, describe_channel
+from mmbeam.exec.beam.compile import Compiler, WriteFilesFn
+from mmbeam.exec.options import ExecOptions
+from mmbeam.exec.stages import describe_stages
+from mmbeam.io.filesystems import filesystem_for, split_protocol
+from mmbeam.plan import nodes as P
+from mmbeam.transforms.coders import KeyedBatch
+
+__all__ = ["BeamExecutor"]
+
+_log = logging.getLogger("mmbeam.frame")
+
+
+class BeamExecutor(Executor):
+    """Plans as Beam pipelines on ``runner_factory()`` with ``pipeline_flags`` as options;
+    ``io_config`` reaches ``--temp_location`` when the run goes through it."""
+
+    def __init__(self, runner_factory: Callable[[], Any], runner_name: str,
+                 pipeline_flags: dict[str, Any], options: ExecOptions, io_config: Any = None,
+                 why: str = ""):
+        self.runner_factory = runner_factory
+        self.runner_name = runner_name
+        self.pipeline_flags = dict(pipeline_flags)
+        self.options = options
+        self.io_config = io_config
+        self.why = why
+
+    def _pipeline(self, plan: P.Plan) -> beam.Pipeline:
+        user = _pipeline_of(plan)
+        if user is not None:
+            return user
+        return beam.Pipeline(runner=self.runner_factory(),
+                             options=PipelineOptions([], **self.pipeline_flags))
+
+    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        pipeline = self._pipeline(plan)
+        channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
+        written: WriteFiles | None = None
+        committed: set[str] = set()
+        try:
+            out = Compiler(pipeline, self.options, channel).expand(plan)
+            if isinstance(sink, WriteFiles):
+                written = WriteFiles(dataclasses.replace(sink.spec,
+                                                         name_prefix=f"{channel.token}-"))
+                out = out | "Write" >> beam.ParDo(WriteFilesFn(written.spec)).with_output_types(
+                    KeyedBatch)
+            channel.attach(out)
+            result = _run(pipeline)
+            batches = [b for _, b in channel.read(result) if b.num_rows]
+            table = pa.Table.from_batches(batches or [empty_batch(result_schema(plan, sink))])
+            if written is not None:
+                committed = set(table.column("path").to_pylist())
+            return Outcome(table, _null_counts(result))
+        finally:
+            channel.close()
+            if written is not None:
+                _remove_uncommitted(written.spec, committed)
+
+    def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        user = _pipeline_of(plan)
+        if user is not None:
+            runner, options = user.runner, user._options
+        else:  # no runner is made to explain a plan
+            runner = _runner_class(self.runner_factory)
+            options = PipelineOptions([], **self.pipeline_flags)
+        how = "" if runner is None else f"; {describe_channel(runner, options)}"
+        text = (f"== Execution ==\nBeam pipeline on the {self.runner_name!r} runner"
+                + (f" ({self.why})" if self.why else "") + how)
+        if show_all:
+            text += "\n\n== Physical stages ==\n" + describe_stages(plan, self.options)
+        return text
+
+
+def _runner_class(factory: Any) -> type | None:
+    """The runner class a factory makes, when that is known without calling it."""
+    target = getattr(factory, "func", factory)  # functools.partial(DaskRunner, address)
+    if isinstance(target, type):
+        return target
+    from mmbeam.runners.direct import local_runner
+
+    if target is local_runner:
+        from mmbeam.runners.direct import LocalRunner
+
+        return LocalRunner
+    return None
+
+
+def _pipeline_of(plan: P.Plan) -> beam.Pipeline | None:
+    """The user's pipeline a plan reads PCollections of (its sink is added there)."""
+    found = {id(n.pcoll.pipeline): n.pcoll.pipeline for n in P.walk(plan)
+             if isinstance(n, P.FromPCollection)}
+    if len(found) > 1:
+        raise UnsupportedError("a frame can only read PCollections of one pipeline")
+    return next(iter(found.values()), None)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The mmbeam error a runner wrapped (Beam re-raises worker errors in its own types)."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MmbeamError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
+def _run(pipeline: beam.Pipeline) -> Any:
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - re-raised as the mmbeam error inside
+        inner = _unwrap(exc)
+        if inner is exc:
+            raise
+        raise inner from exc
+    return result
+
+
+def _null_counts(result: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    try:
+        for m in result.metrics().query()["counters"]:
+            if m.key.metric.namespace == "mmbeam" and m.key.metric.name.endswith(".nulled"):
+                op = m.key.metric.name[: -len(".nulled")]
+                counts[op] = counts.get(op, 0) + int(m.committed or m.attempted or 0)
+    except Exception:  # noqa: BLE001 - metrics are best effort on some runners
+        return counts
+    for op, n in counts.items():
+        if n:
+            _log.warning("%s: %d row(s) set to null by on_error='null'", op, n)
+    return counts
+
+
+def _remove_uncommitted(spec: Any, committed: set[str]) -> None:
+    """Remove the files this run wrote under ``spec.root`` that are not in ``committed`` (a
+    failed or retried task attempt's, or all of them when the run failed)."""
+    protocol, root = split_protocol(spec.root)
+    keep = {split_protocol(p)[1] for p in committed}
+    try:
+        fs = filesystem_for(protocol, spec.io_config)
+        fs.invalidate_cache()
+        found = fs.find(root) if fs.exists(root) else []
+        stale = [p for p in found if posixpath.basename(p).startswith(spec.name_prefix)
+                 and p.rstrip("/") not in keep]
+        for path in stale:
+            fs.rm(path)
+        if stale:
+            _log.info("removed %d file(s) of uncommitted attempts under %s", len(stale),
+                      spec.root)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the run's own error
+        _log.warning("could not check %s for files of uncommitted attempts", spec.root,
+                     exc_info=True)
