@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from mmbeam.exec import physical
 from mmbeam.exec.evaluate import EvalContext, filter_table, project
+from mmbeam.exec.kernels import is_multimodal
 from mmbeam.expr import ir
 from mmbeam.plan import nodes as P
 
@@ -53,9 +54,8 @@ def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
 
 
 def has_multimodal(exprs: tuple[ir.Node, ...]) -> bool:
-    """True when any expression calls a ``url.*`` or ``image.*`` function."""
-    return any(isinstance(n, ir.Function) and n.name.startswith(("url.", "image."))
-               for e in exprs for n in ir.walk(e))
+    """True when any expression calls a declared URL or image function."""
+    return any(is_multimodal(n) for e in exprs for n in ir.walk(e))
 
 
 def row_ops(plan: P.Plan) -> tuple[RowOps, P.Plan, bool]:

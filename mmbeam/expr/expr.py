@@ -213,9 +213,6 @@ class Expr:
         return (Expr, (self._node,))
 
 
-_show = ir.render  # the frame's old name for it, until the frame reads ir.render
-
-
 def col(name: str) -> Expr:
     """A reference to the column ``name``."""
     if not isinstance(name, str):

@@ -27,7 +27,7 @@ from typing import Any
 
 from mmbeam.errors import ConfigError
 from mmbeam.expr import ir
-from mmbeam.expr.expr import Expr, _show
+from mmbeam.expr.expr import Expr
 from mmbeam.expr.infer import infer
 from mmbeam.types import DataType, Schema
 
@@ -164,7 +164,7 @@ class UdfCall(ir.Node):
     def __repr__(self) -> str:
         parts = []
         for key, index, const in self.layout:
-            text = _show(self.args[index]) if index is not None else repr(const)
+            text = ir.render(self.args[index]) if index is not None else repr(const)
             parts.append(text if key is None else f"{key}={text}")
         return f"{self.udf.name}({', '.join(parts)})"
 

@@ -305,7 +305,7 @@ def fetch_all(
                 except DownloadError as err:
                     if on_error == "null":
                         return None
-                    raise err.located("url.download", url) from err.__cause__
+                    raise err.located("Download", url) from err.__cause__
 
         return list(await asyncio.gather(*(one(u) for u in urls)))
 

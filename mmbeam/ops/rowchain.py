@@ -106,10 +106,6 @@ class RowChain:
         """The stage name of each step, in order."""
         return tuple(s.stage for s in self.steps)
 
-    def first_window(self) -> int:
-        """Rows in flight before anything is measured: the same as :meth:`min_window`."""
-        return self.min_window()
-
     def min_window(self) -> int:
         """The fewest rows worth keeping in flight: every connection of the widest I/O step
         busy and, when there are CPU steps, two more rows per CPU thread (waiting for or in

@@ -99,9 +99,7 @@ class Scan(Plan):
         if self.columns is not None:
             parts.append(f"columns={list(self.columns)}")
         if self.predicate is not None:
-            from mmbeam.expr.expr import _show
-
-            parts.append(f"filter={_show(self.predicate)}")
+            parts.append(f"filter={ir.render(self.predicate)}")
         if self.limit is not None:
             parts.append(f"limit={self.limit}")
         return "Scan: " + ", ".join(parts)
@@ -130,9 +128,7 @@ class Project(Plan):
         return Schema((ir.output_name(e), infer(e, inp)) for e in self.exprs)
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return "Project: " + ", ".join(_show(e) for e in self.exprs)
+        return "Project: " + ", ".join(ir.render(e) for e in self.exprs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,16 +139,12 @@ class Filter(Plan):
     def _schema(self) -> Schema:
         t = infer(self.predicate, self.child.schema)
         if t.kind not in ("bool", "null"):
-            from mmbeam.expr.expr import _show
-
-            raise SchemaError(f"where() needs a Boolean expression, {_show(self.predicate)} "
+            raise SchemaError(f"where() needs a Boolean expression, {ir.render(self.predicate)} "
                               f"is {t}")
         return self.child.schema
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return f"Filter: {_show(self.predicate)}"
+        return f"Filter: {ir.render(self.predicate)}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,9 +223,7 @@ class Aggregate(Plan):
         return Schema(cols)
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return f"Aggregate: keys={list(self.keys)}, aggs=[{', '.join(map(_show, self.aggs))}]"
+        return f"Aggregate: keys={list(self.keys)}, aggs=[{', '.join(map(ir.render, self.aggs))}]"
 
 
 @dataclass(frozen=True, eq=False)

@@ -84,7 +84,7 @@ class _RowStageFn(beam.DoFn):
         self._schema = schema
 
     def setup(self):
-        self._errors = {}
+        self._chains: dict = {}  # the fused URL/image chains, kept (and learning) across batches
         self._sizer = None
         if self._sub_rows == "auto":
             self._sizer = operators.multimodal_sizer(None)
@@ -118,7 +118,7 @@ class _RowStageFn(beam.DoFn):
     def process(self, element):
         key, batch = element
         table = _table(batch)
-        ctx = EvalContext()
+        ctx = EvalContext(self._chains)
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
@@ -126,10 +126,13 @@ class _RowStageFn(beam.DoFn):
             parts = ((table.slice(start, size), EvalContext(ctx.chains))  # chains shared
                      for start, size in self._slices(table.num_rows))
             for j, (out, sub) in enumerate(operators.in_order(self._run_part, parts, 2)):
-                ctx.errors.update(sub.errors)
+                ctx.stages.add(sub.stages)
                 yield key + (j,), to_batch(out)
-        for op, count in ctx.errors.items():
-            beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
+        # the URL/image stages' counters, as the transforms report them (namespace: the stage)
+        for stage, counts in ctx.stages.items():
+            for name, count in counts.items():
+                if count:
+                    beam.metrics.Metrics.counter(stage, name).inc(count)
 
 
 #: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
