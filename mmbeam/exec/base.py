@@ -64,6 +64,7 @@ class Executor:
     """Runs optimized plans into sinks; subclasses implement both methods."""
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink``; its outcome."""
         raise NotImplementedError
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:

@@ -70,6 +70,7 @@ _context = Context()
 
 
 def get_context() -> Context:
+    """The process's frame context (runner, IO config, execution options)."""
     return _context
 
 

@@ -71,10 +71,12 @@ class Frame:
 
     @property
     def column_names(self) -> list[str]:
+        """The column names, in order."""
         return self._plan.schema.names()
 
     @property
     def columns(self) -> list[Expr]:
+        """An expression per column."""
         return [col(n) for n in self.column_names]
 
     def _derive(self, plan: P.Plan) -> Frame:
@@ -111,6 +113,7 @@ class Frame:
         return self._derive(P.Project(self._plan, tuple(keep)))
 
     def with_column_renamed(self, existing: str, new: str) -> Frame:
+        """A frame with column ``existing`` renamed to ``new``."""
         self._plan.schema[existing]
         return self._derive(P.Project(self._plan, tuple(
             ir.Alias(ir.Column(n), new) if n == existing else ir.Column(n)
@@ -227,15 +230,19 @@ class Frame:
         return GroupedFrame(self, ()).agg(*aggs)
 
     def sum(self, *cols: ColumnLike) -> Frame:
+        """The sum of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "sum")).sum() for c in _flatten(cols)])
 
     def mean(self, *cols: ColumnLike) -> Frame:
+        """The mean of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "mean")).mean() for c in _flatten(cols)])
 
     def min(self, *cols: ColumnLike) -> Frame:
+        """The smallest value of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "min")).min() for c in _flatten(cols)])
 
     def max(self, *cols: ColumnLike) -> Frame:
+        """The largest value of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "max")).max() for c in _flatten(cols)])
 
     # -- running --------------------------------------------------------------------------------
@@ -260,6 +267,7 @@ class Frame:
         return {stage: dict(counts) for stage, counts in self._metrics.items()}
 
     def is_materialized(self) -> bool:
+        """True once the rows have been computed and kept."""
         return self._result is not None
 
     def count_rows(self) -> int:
@@ -318,6 +326,7 @@ class Frame:
         return [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """The rows as dicts, one at a time."""
         yield from self.to_pylist()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -424,21 +433,27 @@ class GroupedFrame:
         return self.agg(*[Expr(ir.Agg(op, ir.Column(n))) for n in names])
 
     def sum(self, *cols: ColumnLike) -> Frame:
+        """The sum of each column (per group on a grouped frame)."""
         return self._each("sum", cols)
 
     def mean(self, *cols: ColumnLike) -> Frame:
+        """The mean of each column (per group on a grouped frame)."""
         return self._each("mean", cols)
 
     def min(self, *cols: ColumnLike) -> Frame:
+        """The smallest value of each column (per group on a grouped frame)."""
         return self._each("min", cols)
 
     def max(self, *cols: ColumnLike) -> Frame:
+        """The largest value of each column (per group on a grouped frame)."""
         return self._each("max", cols)
 
     def count(self, *cols: ColumnLike) -> Frame:
+        """The non-null values of each column, per group."""
         return self._each("count", cols)
 
     def agg_list(self, *cols: ColumnLike) -> Frame:
+        """The values of each column, per group, as a list."""
         return self._each("list", cols)
 
     def __getattr__(self, name: str) -> Any:

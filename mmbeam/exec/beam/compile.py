@@ -374,10 +374,12 @@ class Compiler:
                 | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
 
     def label(self, what: str) -> str:
+        """A unique transform label for ``what``."""
         self._count += 1
         return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
+        """The plan as Beam transforms; its result PCollection of batches."""
         if not self._prepared:  # once, at the root: UDF calls become their own stages
             self._prepared = True
             plan = split_udfs(plan)

@@ -58,6 +58,7 @@ class BeamExecutor(Executor):
                              options=PipelineOptions([], **self.pipeline_flags))
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink`` as a Beam pipeline; its outcome."""
         pipeline = self._pipeline(plan)
         channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
         written: WriteFiles | None = None
@@ -82,6 +83,7 @@ class BeamExecutor(Executor):
                 _remove_uncommitted(written.spec, committed)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        """How the plan runs as a Beam pipeline (and its stages with ``show_all``)."""
         user = _pipeline_of(plan)
         if user is not None:
             runner, options = user.runner, user._options

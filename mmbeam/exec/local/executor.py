@@ -79,6 +79,7 @@ class LocalExecutor(Executor):
         return execution_path(plan, self.options, self.runner_name)
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink`` here, or on Beam when it cannot run here."""
         here, why = self._here(plan)
         if not here:
             return self.fallback(why).run(plan, sink)
@@ -88,6 +89,7 @@ class LocalExecutor(Executor):
         return run_in_process(plan, self.options)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        """Where the plan runs and why (and its stages with ``show_all``)."""
         here, why = self._here(plan)
         if not here:
             return self.fallback(why).explain(plan, show_all)
