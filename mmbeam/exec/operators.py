@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmbeam.autotune import BatchSizeController
 from mmbeam.exec import physical
 from mmbeam.exec.evaluate import EvalContext, filter_table, project
 from mmbeam.exec.kernels import is_multimodal
@@ -98,8 +99,6 @@ def multimodal_sizer(rows: int | None) -> Any:
     """The sub-batch sizer of a stage with URL/image work: always ``rows`` rows, or (None) an
     autotune controller aiming at ``MULTIMODAL_SECONDS`` of work and output bytes under the
     memory budget per sub-batch (visible in ``explain(show_all=True)`` after a run)."""
-    from mmbeam.autotune import BatchSizeController
-
     if rows:
         return BatchSizeController(name="frame:multimodal_batch_rows", min_size=rows,
                                    initial=rows, max_size=rows)

@@ -15,12 +15,13 @@ import pyarrow as pa
 from mmbeam.errors import ConfigError, UnsupportedError
 from mmbeam.exec.base import Collect, WriteFiles
 from mmbeam.expr import ir
-from mmbeam.expr.expr import Expr, col, suggest_attribute
+from mmbeam.expr.expr import Expr, col, lit, suggest_attribute
 from mmbeam.frame.context import get_context
-from mmbeam.frame.display import Preview
+from mmbeam.frame.display import Preview, render_text
+from mmbeam.io.writers import WriteSpec
 from mmbeam.plan import nodes as P
 from mmbeam.plan.optimizer import optimize
-from mmbeam.types import Schema, arrow_to_images
+from mmbeam.types import DataType, ImageArrowType, Schema, arrow_to_images, arrow_to_tensors
 
 __all__ = ["Frame", "GroupedFrame"]
 
@@ -96,8 +97,6 @@ class Frame:
 
     def with_columns(self, columns: Mapping[str, Expr | Any]) -> Frame:
         """This frame plus several new or replaced columns."""
-        from mmbeam.expr.expr import lit
-
         new = {str(k): ir.Alias(_strip_alias((v if isinstance(v, Expr) else lit(v))._node),
                                 str(k)) for k, v in columns.items()}
         exprs = [new.pop(n) if n in new else ir.Column(n) for n in self.column_names]
@@ -288,7 +287,7 @@ class Frame:
         """Print the first ``n`` rows as a table (HTML with thumbnails in notebooks)."""
         preview = self._preview(n)
         if _in_notebook():
-            from IPython.display import display
+            from IPython.display import display  # only inside a notebook
 
             display(preview)
         else:
@@ -334,7 +333,7 @@ class Frame:
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
-        import pandas as pd
+        import pandas as pd  # optional: only for to_pandas
 
         table = self._run()
         data = {}
@@ -357,8 +356,6 @@ class Frame:
         return self._write("csv", root_dir, partition_cols, io_config)
 
     def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any) -> Frame:
-        from mmbeam.io.writers import WriteSpec
-
         cols = tuple(partition_cols or ())
         for c in cols:
             self._plan.schema[c]
@@ -369,7 +366,7 @@ class Frame:
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""
-        from mmbeam.exec.beam.compile import expand_rows
+        from mmbeam.exec.beam.compile import expand_rows  # Beam: only for to_pcollection
 
         return expand_rows(optimize(self._plan), pipeline, get_context().exec_options,
                            batches=batches)
@@ -391,7 +388,6 @@ class Frame:
     def __repr__(self) -> str:
         if self._result is not None:
             return repr(self._preview(8))
-        from mmbeam.frame.display import render_text
 
         empty = self._plan.schema.to_arrow().empty_table()
         text = render_text(empty, self.schema(), None).rsplit("\n\n", 1)[0]
@@ -475,8 +471,6 @@ def _drop_hidden(plan: P.Plan, hidden: list[str]) -> P.Plan:
 
 
 def _int64():
-    from mmbeam.types import DataType
-
     return DataType.int64()
 
 
@@ -494,8 +488,6 @@ def _listify(value: Any) -> list:
 
 
 def _pylist(column: pa.ChunkedArray) -> list:
-    from mmbeam.types import DataType, ImageArrowType, arrow_to_tensors
-
     if isinstance(column.type, ImageArrowType):
         return arrow_to_images(column)
     if DataType.from_arrow(column.type).is_tensor():

@@ -29,9 +29,11 @@ from mmbeam.exec.beam import udf_stage
 from mmbeam.exec.beam.channel import Channel, held, hold
 from mmbeam.exec.evaluate import EvalContext
 from mmbeam.exec.options import ExecOptions
+from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
 from mmbeam.plan.udfs import UdfApply, split_udfs
 from mmbeam.transforms.coders import KeyedBatch
+from mmbeam.types import DataType, normalize_table
 
 __all__ = ["Compiler", "expand_rows"]
 
@@ -314,8 +316,6 @@ class _RowsToBatchFn(beam.DoFn):
         self._schema = schema
 
     def process(self, rows):
-        from mmbeam.types import normalize_table
-
         tables = []
         dicts = []
         for r in rows:
@@ -329,8 +329,6 @@ class _RowsToBatchFn(beam.DoFn):
 
 
 def _from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    from mmbeam.types import DataType
-
     cols = [column_to_arrow([r.get(f.name) for r in rows], DataType.from_arrow(f.type))
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
@@ -507,8 +505,6 @@ class WriteFilesFn(beam.DoFn):
         self._spec = spec
 
     def process(self, element):
-        from mmbeam.io.writers import write_table
-
         key, batch = element
         paths = write_table(_table(batch), self._spec)
         yield key, pa.record_batch({"path": pa.array(paths, pa.large_string())})

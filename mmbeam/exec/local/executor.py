@@ -30,6 +30,7 @@ from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
+from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
 
 __all__ = ["LocalExecutor", "execution_path", "run_in_process", "write_in_process"]
@@ -111,8 +112,6 @@ def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
 def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
     """Run an (optimized) ``plan`` here writing its rows as files as they come (files of up to
     ``batch_rows`` rows); the table of written paths."""
-    from mmbeam.io.writers import write_table
-
     ctx = EvalContext()
     paths: list[str] = []
     pending: list[pa.Table] = []
