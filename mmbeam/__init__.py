@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY_MODULES:
         return importlib.import_module(f"mmbeam.{name}")
     if name == "udf":
-        from mmbeam.expr.udf import udf
+        from mmbeam.expr.udf import udf  # lazy, as every name here: a cheap `import mmbeam`
 
         return udf
     if name in _FRAME_NAMES:

@@ -91,6 +91,7 @@ class Progress:
 
     @property
     def enabled(self) -> bool:
+        """True when progress is shown."""
         return self.mode != "off"
 
     def update(self, stage: str, *, done: int = 0, failed: int = 0,

@@ -27,6 +27,7 @@ class BeamImportNoiseFilter(logging.Filter):
         self.configured_before = bool(root.handlers)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False for the log records this filter drops."""
         if not str(record.msg).startswith(BEAM_IMPORT_NOISE):
             return True
         if not self.configured_before:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from difflib import get_close_matches
 from typing import Any
 
 import numpy as np
@@ -67,100 +68,123 @@ class DataType:
     # -- constructors ---------------------------------------------------------------------------
     @staticmethod
     def null() -> DataType:
+        """The Null type."""
         return DataType("null")
 
     @staticmethod
     def bool() -> DataType:
+        """The Boolean type."""
         return DataType("bool")
 
     @staticmethod
     def string() -> DataType:
+        """The Utf8 (a string) type."""
         return DataType("string")
 
     @staticmethod
     def binary() -> DataType:
+        """The Binary (bytes) type."""
         return DataType("binary")
 
     @staticmethod
     def int8() -> DataType:
+        """The Int8 type."""
         return DataType("int8")
 
     @staticmethod
     def int16() -> DataType:
+        """The Int16 type."""
         return DataType("int16")
 
     @staticmethod
     def int32() -> DataType:
+        """The Int32 type."""
         return DataType("int32")
 
     @staticmethod
     def int64() -> DataType:
+        """The Int64 type."""
         return DataType("int64")
 
     @staticmethod
     def uint8() -> DataType:
+        """The UInt8 type."""
         return DataType("uint8")
 
     @staticmethod
     def uint16() -> DataType:
+        """The UInt16 type."""
         return DataType("uint16")
 
     @staticmethod
     def uint32() -> DataType:
+        """The UInt32 type."""
         return DataType("uint32")
 
     @staticmethod
     def uint64() -> DataType:
+        """The UInt64 type."""
         return DataType("uint64")
 
     @staticmethod
     def float32() -> DataType:
+        """The Float32 type."""
         return DataType("float32")
 
     @staticmethod
     def float64() -> DataType:
+        """The Float64 type."""
         return DataType("float64")
 
     @staticmethod
     def date() -> DataType:
+        """The Date type."""
         return DataType("date")
 
     @staticmethod
     def timestamp(unit: str = "us", timezone: str | None = None) -> DataType:
+        """A timestamp in ``unit`` (s, ms, us, ns), with an optional time zone."""
         if unit not in ("s", "ms", "us", "ns"):
             raise ConfigError(f"timestamp unit must be one of s, ms, us, ns, not {unit!r}")
         return DataType("timestamp", (unit, timezone))
 
     @staticmethod
     def duration(unit: str = "us") -> DataType:
+        """A duration in ``unit``."""
         return DataType("duration", (unit,))
 
     @staticmethod
     def decimal128(precision: int, scale: int) -> DataType:
+        """A decimal of ``precision`` digits, ``scale`` after the point."""
         return DataType("decimal", (int(precision), int(scale)))
 
     @staticmethod
     def list(dtype: DataType) -> DataType:
+        """A variable-length list of ``dtype``."""
         return DataType("list", (_check_dtype(dtype),))
 
     @staticmethod
     def fixed_size_list(dtype: DataType, size: int) -> DataType:
+        """A list of exactly ``size`` values of ``dtype``."""
         if int(size) <= 0:
             raise ConfigError(f"fixed_size_list size must be positive, not {size!r}")
         return DataType("fixed_size_list", (_check_dtype(dtype), int(size)))
 
     @staticmethod
     def struct(fields: Mapping[str, DataType]) -> DataType:
+        """A struct of the named fields."""
         return DataType("struct", tuple((str(k), _check_dtype(v)) for k, v in fields.items()))
 
     @staticmethod
     def tensor(dtype: DataType, shape: Sequence[int] | None = None) -> DataType:
+        """An n-dimensional array of ``dtype``, of a fixed ``shape`` when given."""
         shp = None if shape is None else tuple(int(s) for s in shape)
         return DataType("tensor", (_check_dtype(dtype), shp))
 
     @staticmethod
     def image(mode: str | None = None, height: int | None = None,
               width: int | None = None) -> DataType:
+        """An image of ``mode`` (None: mixed), of a fixed height x width when given."""
         if mode is not None and mode not in IMAGE_MODES:
             raise ConfigError(f"unknown image mode {mode!r}; use one of {', '.join(IMAGE_MODES)}")
         if (height is None) != (width is None):
@@ -175,43 +199,56 @@ class DataType:
     # -- introspection --------------------------------------------------------------------------
     @property
     def kind(self) -> str:
+        """The type's kind (``int64``, ``image``, ``list``...)."""
         return self._kind
 
     @property
     def params(self) -> tuple:
+        """The type's parameters (an image's mode and size, a list's element type...)."""
         return self._params
 
     def is_null(self) -> bool:
+        """True for null types."""
         return self._kind == "null"
 
     def is_boolean(self) -> bool:
+        """True for boolean types."""
         return self._kind == "bool"
 
     def is_string(self) -> bool:
+        """True for string types."""
         return self._kind == "string"
 
     def is_binary(self) -> bool:
+        """True for binary types."""
         return self._kind == "binary"
 
     def is_integer(self) -> bool:
+        """True for integer types."""
         return self._kind in _INTS
 
     def is_floating(self) -> bool:
+        """True for floating types."""
         return self._kind in _FLOATS
 
     def is_numeric(self) -> bool:
+        """True for numeric types."""
         return self._kind in _INTS or self._kind in _FLOATS or self._kind == "decimal"
 
     def is_temporal(self) -> bool:
+        """True for temporal types."""
         return self._kind in ("date", "timestamp", "duration")
 
     def is_list(self) -> bool:
+        """True for list types."""
         return self._kind in ("list", "fixed_size_list")
 
     def is_image(self) -> bool:
+        """True for image types."""
         return self._kind == "image"
 
     def is_tensor(self) -> bool:
+        """True for tensor types."""
         return self._kind == "tensor"
 
     @property
@@ -223,6 +260,7 @@ class DataType:
 
     @property
     def image_mode(self) -> str | None:
+        """An image type's mode (None for mixed modes or other types)."""
         return self._params[0] if self._kind == "image" else None
 
     # -- arrow ----------------------------------------------------------------------------------
@@ -366,30 +404,34 @@ class Schema:
 
     @staticmethod
     def from_arrow(schema: pa.Schema) -> Schema:
+        """The schema of an Arrow schema."""
         return Schema((f.name, DataType.from_arrow(f.type)) for f in schema)
 
     @staticmethod
     def from_pydict(fields: Mapping[str, DataType]) -> Schema:
+        """A schema from ``{name: DataType}``."""
         return Schema(fields.items())
 
     def to_arrow(self) -> pa.Schema:
+        """The Arrow schema."""
         return pa.schema([(n, t.to_arrow()) for n, t in self._fields.items()])
 
     def column_names(self) -> list[str]:
+        """The column names, in order."""
         return list(self._fields)
 
     def names(self) -> list[str]:
+        """The column names, in order."""
         return list(self._fields)
 
     def items(self) -> list[tuple[str, DataType]]:
+        """``(name, DataType)`` pairs, in order."""
         return list(self._fields.items())
 
     def __getitem__(self, name: str) -> DataType:
         try:
             return self._fields[name]
         except KeyError:
-            from difflib import get_close_matches
-
             near = get_close_matches(name, list(self._fields), n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise SchemaError(f"column {name!r} not found.{hint} Available columns: "

@@ -26,6 +26,7 @@ def to_batch(table: pa.Table) -> pa.RecordBatch:
 
 
 def as_table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """``batch`` as a table (a table is returned as is)."""
     return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 
 

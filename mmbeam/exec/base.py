@@ -8,6 +8,7 @@ streams (:mod:`mmbeam.exec.local`) and Beam pipelines (:mod:`mmbeam.exec.beam`) 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ import pyarrow as pa
 
 from mmbeam.plan import nodes as P
 
-__all__ = ["Collect", "Executor", "Outcome", "Sink", "WriteFiles"]
+__all__ = ["Collect", "Executor", "Outcome", "Sink", "WriteFiles", "log_counts"]
+
+_log = logging.getLogger("mmbeam.frame")
 
 
 @dataclass(frozen=True)
@@ -38,16 +41,30 @@ PATHS_SCHEMA = pa.schema([("path", pa.large_string())])
 
 @dataclass
 class Outcome:
-    """What a run gives back: the result table and the rows nulled per operation."""
+    """What a run gives back: the result table, the rows nulled per operation (URL/image
+    stage or UDF), and what each URL/image stage did (``{stage: {"succeeded", "failed",
+    "nulls", "bytes"}}``, the counters the Beam transforms report)."""
 
     table: pa.Table
     nulled: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def log_counts(stages: dict[str, Any], udfs: dict[str, int] | None = None) \
+        -> dict[str, dict[str, int]]:
+    """Log the rows each stage (and UDF) set to null, as warnings; ``stages`` as plain dicts."""
+    nulled = {stage: counts.get("nulls", 0) for stage, counts in stages.items()}
+    for op, n in {**nulled, **(udfs or {})}.items():
+        if n:
+            _log.warning("%s: %d row(s) set to null by on_error='null'", op, n)
+    return {stage: dict(counts) for stage, counts in stages.items()}
 
 
 class Executor:
     """Runs optimized plans into sinks; subclasses implement both methods."""
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink``; its outcome."""
         raise NotImplementedError
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:

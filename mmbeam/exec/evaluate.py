@@ -7,7 +7,6 @@ whole chains of them fused per row.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from functools import singledispatch
 from typing import Any
@@ -17,29 +16,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmbeam.errors import CastError, UnsupportedError
+from mmbeam.exec.kernels import StageTotals, evaluate_multimodal, is_multimodal
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
-from mmbeam.types import DataType, Schema
+from mmbeam.ops.image import to_mode
+from mmbeam.types import (
+    DataType,
+    Schema,
+    arrow_to_images,
+    arrow_to_tensors,
+    images_to_arrow,
+    tensors_to_arrow,
+)
 
-__all__ = ["EvalContext", "evaluate", "project", "filter_table"]
+__all__ = ["EvalContext", "as_array", "evaluate", "filter_table", "project", "python_values"]
 
 Array = pa.Array | pa.ChunkedArray
 
 
 class EvalContext:
-    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation, and
-    the fused URL/image chains built so far (reused by later batches)."""
+    """Per-stage state: what each URL/image stage did (:class:`~mmbeam.exec.kernels.StageTotals`:
+    rows succeeded, failed, nulled by ``on_error="null"``, bytes), and the fused URL/image chains
+    built so far (reused by later batches, with their windows)."""
 
     def __init__(self, chains: dict | None = None) -> None:
-        self.errors: Counter[str] = Counter()
+        self.stages = StageTotals()
         self.chains: dict = {} if chains is None else chains
 
 
-def _length(table: pa.Table) -> int:
-    return table.num_rows
-
-
-def _as_array(value: Any, n: int, dtype: pa.DataType | None = None) -> Array:
+def as_array(value: Any, n: int, dtype: pa.DataType | None = None) -> Array:
+    """``value`` as an array of ``n`` rows (a scalar is repeated; a null one gets ``dtype``)."""
     if isinstance(value, pa.Scalar):
         return pa.repeat(value, n) if value.is_valid else pa.nulls(n, dtype or value.type)
     return value
@@ -79,7 +85,7 @@ def _types(node: ir.BinaryOp, table: pa.Table) -> tuple[DataType, DataType]:
 
 
 def _to_numpy(arr: Array | pa.Scalar, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    arr = _as_array(arr, n)
+    arr = as_array(arr, n)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     valid = arr.is_valid().to_numpy(zero_copy_only=False)
@@ -131,9 +137,9 @@ def _(node: ir.BinaryOp, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar
 def _(node: ir.UnaryOp, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
     value = evaluate(node.child, table, ctx)
     if node.op == "is_null":
-        return pc.is_null(_as_array(value, table.num_rows))
+        return pc.is_null(as_array(value, table.num_rows))
     if node.op == "not_null":
-        return pc.is_valid(_as_array(value, table.num_rows))
+        return pc.is_valid(as_array(value, table.num_rows))
     if node.op == "not":
         return pc.invert(pc.cast(value, pa.bool_()))
     if node.op == "neg":
@@ -149,27 +155,18 @@ def _(node: ir.Cast, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar:
     target = node.dtype
     if target.is_image() or target.is_tensor():
         source = infer(node.child, Schema.from_arrow(table.schema))
-        value = _as_array(value, table.num_rows, source.to_arrow())
+        value = as_array(value, table.num_rows, source.to_arrow())
         try:
             if target.is_image():
                 return _cast_images(value, source, target)
             return _cast_tensors(value, source, target)
         except CastError as err:
-            raise err.located("cast", f"{_describe(node.child)} to {target}") from err
+            raise err.located("cast", f"{ir.render(node.child)} to {target}") from err
     return pc.cast(value, target.to_arrow())
-
-
-def _describe(node: ir.Node) -> str:
-    from mmbeam.expr.expr import _show
-
-    return _show(node)
 
 
 def _cast_images(value: Array, source: DataType, target: DataType) -> pa.Array:
     """Images converted to the target mode; a fixed height x width is checked, not resized."""
-    from mmbeam.ops.image import to_mode
-    from mmbeam.types import arrow_to_images, images_to_arrow
-
     mode, height, width = target.params
     images = arrow_to_images(value)
     if mode is not None:
@@ -187,8 +184,6 @@ def _cast_images(value: Array, source: DataType, target: DataType) -> pa.Array:
 
 def _cast_tensors(value: Array, source: DataType, target: DataType) -> pa.Array:
     """Lists, fixed-size lists or tensors to a tensor (of a fixed shape, or any shape)."""
-    from mmbeam.types import arrow_to_tensors, tensors_to_arrow
-
     if source.is_tensor():
         rows = arrow_to_tensors(value)
     else:
@@ -249,10 +244,9 @@ def _(node: ir.Function, table: pa.Table, ctx: EvalContext) -> Array | pa.Scalar
     if node.name == "is_in":
         value = evaluate(node.args[0], table, ctx)
         return pc.is_in(value, value_set=pa.array(list(node.option("values"))))
-    if node.name.startswith(("url.", "image.")):
-        from mmbeam.exec.kernels import evaluate_multimodal
-
-        return evaluate_multimodal(node, table, ctx)
+    if is_multimodal(node):
+        return evaluate_multimodal(node, table, ctx, lambda n: python_values(n, table, ctx),
+                                   lambda n: evaluate(n, table, ctx))
     raise UnsupportedError(f"function {node.name!r} is not supported by the Arrow evaluator")
 
 
@@ -275,7 +269,7 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
         else:
             value = evaluate(e, table, ctx)
         target = infer(e, schema).to_arrow()
-        value = _as_array(value, n, target)
+        value = as_array(value, n, target)
         if value.type != target:
             value = value.cast(target)
         arrays.append(value)
@@ -289,3 +283,12 @@ def filter_table(table: pa.Table, predicate: ir.Node, ctx: EvalContext) -> pa.Ta
     if isinstance(mask, pa.Scalar):
         return table if mask.as_py() else table.slice(0, 0)
     return table.filter(pc.cast(mask, pa.bool_()), null_selection_behavior="drop")
+
+
+def python_values(node: ir.Node, table: pa.Table, ctx: EvalContext) -> list[Any]:
+    """``node``'s values over ``table`` as Python objects (images as numpy arrays)."""
+    dtype = infer(node, Schema.from_arrow(table.schema))
+    arr = as_array(evaluate(node, table, ctx), table.num_rows, dtype.to_arrow())
+    if dtype.is_image():
+        return arrow_to_images(arr)
+    return arr.to_pylist()

@@ -14,8 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmbeam.autotune import BatchSizeController
 from mmbeam.exec import physical
 from mmbeam.exec.evaluate import EvalContext, filter_table, project
+from mmbeam.exec.kernels import is_multimodal
 from mmbeam.expr import ir
 from mmbeam.plan import nodes as P
 
@@ -53,9 +55,8 @@ def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
 
 
 def has_multimodal(exprs: tuple[ir.Node, ...]) -> bool:
-    """True when any expression calls a ``url.*`` or ``image.*`` function."""
-    return any(isinstance(n, ir.Function) and n.name.startswith(("url.", "image."))
-               for e in exprs for n in ir.walk(e))
+    """True when any expression calls a declared URL or image function."""
+    return any(is_multimodal(n) for e in exprs for n in ir.walk(e))
 
 
 def row_ops(plan: P.Plan) -> tuple[RowOps, P.Plan, bool]:
@@ -98,8 +99,6 @@ def multimodal_sizer(rows: int | None) -> Any:
     """The sub-batch sizer of a stage with URL/image work: always ``rows`` rows, or (None) an
     autotune controller aiming at ``MULTIMODAL_SECONDS`` of work and output bytes under the
     memory budget per sub-batch (visible in ``explain(show_all=True)`` after a run)."""
-    from mmbeam.autotune import BatchSizeController
-
     if rows:
         return BatchSizeController(name="frame:multimodal_batch_rows", min_size=rows,
                                    initial=rows, max_size=rows)

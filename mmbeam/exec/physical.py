@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmbeam.errors import UnsupportedError
+from mmbeam.exec.evaluate import EvalContext, project
 from mmbeam.expr import ir
 from mmbeam.types import Schema
 
@@ -218,8 +219,6 @@ def partial_aggregate(table: pa.Table, keys: Sequence[str], aggs: Sequence[ir.No
     its state: a count, a sum, a min/max, a list, or (sum, count) for a mean. Partials of many
     tables merge with :func:`merge_partials`; :func:`finish_aggregate` turns them into results.
     """
-    from mmbeam.exec.evaluate import EvalContext, project
-
     exprs: list[ir.Node] = [ir.Column(k) for k in keys]
     specs: list = []
     for i, a in enumerate(aggs):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmbeam.autotune import chosen_sizes
+from mmbeam.exec.kernels import chain_names
 from mmbeam.exec.operators import broadcast_right, has_multimodal
 from mmbeam.plan import nodes as P
 
@@ -25,9 +27,10 @@ def describe_stages(plan: P.Plan, options: Any, depth: int = 0) -> str:
         what = f"batches of {size} rows" if size else "autotuned batches, fused per-row kernel"
         head = f"{pad}* RowStage (one DoFn, {what}): " + " -> ".join(reversed(ops))
         if mm and not size:
-            from mmbeam.autotune import chosen_sizes
-
-            chosen = [v for k, v in chosen_sizes().items() if k.startswith("frame:")]
+            windows = set().union(*(chain_names(n.exprs) for n in P.walk(plan)
+                                    if isinstance(n, P.Project) and n in _chain_nodes(plan)))
+            chosen = [v for k, v in chosen_sizes().items()
+                      if k.startswith("frame:") or k in windows]
             head += "".join(f"\n{pad}    autotune (last run) {line}" for line in chosen)
         head += "".join(f"\n{pad}    {line}" for line in _udf_pools(_chain_nodes(plan)))
         return head + "\n" + describe_stages(node, options, depth + 1)

@@ -7,30 +7,15 @@ object whose methods each build one :class:`~mmbeam.expr.ir.Function` node.
 
 from __future__ import annotations
 
-from difflib import get_close_matches
 from typing import Any
 
 from mmbeam.errors import ConfigError
 from mmbeam.expr import ir
+from mmbeam.expr.namespaces import ImageNamespace, StrNamespace, UrlNamespace, suggest_attribute
 from mmbeam.types import DataType
 
-__all__ = ["Expr", "col", "lit", "suggest_attribute"]
+__all__ = ["Expr", "col", "lit"]
 
-
-def suggest_attribute(owner: object, name: str, what: str) -> AttributeError:
-    """An AttributeError for ``name`` that names the closest public attribute of ``owner``."""
-    public = [a for a in dir(type(owner)) if not a.startswith("_")]
-    near = get_close_matches(name, public, n=1, cutoff=0.6)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return AttributeError(f"{what} has no attribute {name!r}{hint}")
-
-
-def _node(value: Any) -> ir.Node:
-    if isinstance(value, Expr):
-        return value._node
-    if isinstance(value, ir.Node):
-        return value
-    return ir.Literal(value, DataType.infer(value))
 
 
 class Expr:
@@ -41,18 +26,24 @@ class Expr:
     def __init__(self, node: ir.Node):
         self._node = node
 
+    @property
+    def node(self) -> ir.Node:
+        """The IR node this expression builds."""
+        return self._node
+
     # -- names ----------------------------------------------------------------------------------
     def name(self) -> str:
         """The output column name (alias, else the leftmost column)."""
         return ir.output_name(self._node)
 
     def alias(self, name: str) -> Expr:
+        """The same expression under the output name ``name``."""
         node = self._node.child if isinstance(self._node, ir.Alias) else self._node
         return Expr(ir.Alias(node, str(name)))
 
     # -- operators ------------------------------------------------------------------------------
     def _bin(self, op: str, other: Any, reflected: bool = False) -> Expr:
-        left, right = self._node, _node(other)
+        left, right = self._node, ir.as_node(other)
         if reflected:
             left, right = right, left
         return Expr(ir.BinaryOp(op, left, right))
@@ -133,6 +124,7 @@ class Expr:
         return Expr(ir.UnaryOp("abs", self._node))
 
     def abs(self) -> Expr:
+        """The absolute value."""
         return Expr(ir.UnaryOp("abs", self._node))
 
     __hash__ = object.__hash__
@@ -143,62 +135,70 @@ class Expr:
 
     # -- null handling and conditionals ---------------------------------------------------------
     def is_null(self) -> Expr:
+        """True where the value is null."""
         return Expr(ir.UnaryOp("is_null", self._node))
 
     def not_null(self) -> Expr:
+        """True where the value is not null."""
         return Expr(ir.UnaryOp("not_null", self._node))
 
     def fill_null(self, fill_value: Any) -> Expr:
-        return Expr(ir.FillNull(self._node, _node(fill_value)))
+        """The value, with nulls replaced by ``fill_value``."""
+        return Expr(ir.FillNull(self._node, ir.as_node(fill_value)))
 
     def if_else(self, if_true: Any, if_false: Any) -> Expr:
         """``if_true`` where this boolean expression is true, else ``if_false`` (null → null)."""
-        return Expr(ir.IfElse(self._node, _node(if_true), _node(if_false)))
+        return Expr(ir.IfElse(self._node, ir.as_node(if_true), ir.as_node(if_false)))
 
     def is_in(self, values: list) -> Expr:
+        """True where the value is one of ``values``."""
         return Expr(ir.Function("is_in", (self._node,), (("values", tuple(values)),)))
 
     def cast(self, dtype: DataType) -> Expr:
+        """The value converted to ``dtype`` (a DataType)."""
         if not isinstance(dtype, DataType):
             raise ConfigError(f"cast() takes a DataType such as DataType.int64(), got {dtype!r}")
         return Expr(ir.Cast(self._node, dtype))
 
     # -- aggregations (for groupby().agg and Frame.agg) -----------------------------------------
     def count(self) -> Expr:
+        """Aggregation: the number of non-null values."""
         return Expr(ir.Agg("count", self._node))
 
     def sum(self) -> Expr:
+        """Aggregation: the sum."""
         return Expr(ir.Agg("sum", self._node))
 
     def mean(self) -> Expr:
+        """Aggregation: the mean."""
         return Expr(ir.Agg("mean", self._node))
 
     def min(self) -> Expr:
+        """Aggregation: the smallest value."""
         return Expr(ir.Agg("min", self._node))
 
     def max(self) -> Expr:
+        """Aggregation: the largest value."""
         return Expr(ir.Agg("max", self._node))
 
     def agg_list(self) -> Expr:
+        """Aggregation: the values of each group as a list."""
         return Expr(ir.Agg("list", self._node))
 
     # -- namespaces -----------------------------------------------------------------------------
     @property
-    def str(self):  # noqa: A003 - the Polars/Daft name
-        from mmbeam.expr.namespaces import StrNamespace
-
+    def str(self) -> StrNamespace:  # noqa: A003 - the Polars/Daft name
+        """String functions (``.str.contains``...)."""
         return StrNamespace(self)
 
     @property
-    def url(self):
-        from mmbeam.expr.namespaces import UrlNamespace
-
+    def url(self) -> Any:
+        """URL functions: ``.url.download()``, ``.url.upload(location)``."""
         return UrlNamespace(self)
 
     @property
-    def image(self):
-        from mmbeam.expr.namespaces import ImageNamespace
-
+    def image(self) -> Any:
+        """Image functions: ``.image.decode()``, ``.image.resize(w, h)``..."""
         return ImageNamespace(self)
 
     def __getattr__(self, name: str) -> Any:
@@ -207,37 +207,10 @@ class Expr:
         raise suggest_attribute(self, name, "Expression")
 
     def __repr__(self) -> str:
-        return _show(self._node)
+        return ir.render(self._node)
 
     def __reduce__(self):
         return (Expr, (self._node,))
-
-
-def _show(node: ir.Node) -> str:
-    if isinstance(node, ir.Column):
-        return f"col({node.name})"
-    if isinstance(node, ir.Literal):
-        return f"lit({node.value!r})"
-    if isinstance(node, ir.Alias):
-        return f"{_show(node.child)} as {node.name}"
-    if isinstance(node, ir.BinaryOp):
-        return f"{_show(node.left)} {node.op} {_show(node.right)}"
-    if isinstance(node, ir.UnaryOp):
-        return f"{node.op}({_show(node.child)})"
-    if isinstance(node, ir.Cast):
-        return f"cast({_show(node.child)} as {node.dtype})"
-    if isinstance(node, ir.FillNull):
-        return f"fill_null({_show(node.child)}, {_show(node.fill)})"
-    if isinstance(node, ir.IfElse):
-        return (f"if_else({_show(node.predicate)}, {_show(node.then)}, "
-                f"{_show(node.otherwise)})")
-    if isinstance(node, ir.Agg):
-        return f"{node.op}({_show(node.child)})"
-    if isinstance(node, ir.Function):
-        args = [_show(a) for a in node.args] + [f"{k}={v!r}" for k, v in node.options
-                                                if k != "io_config"]
-        return f"{node.name}({', '.join(args)})"
-    return repr(node)  # pragma: no cover
 
 
 def col(name: str) -> Expr:

@@ -12,6 +12,7 @@ from functools import singledispatch
 
 from mmbeam.errors import SchemaError, UnsupportedError
 from mmbeam.expr import ir
+from mmbeam.ops.registry import Function, get_function
 from mmbeam.types import DataType, Schema
 
 __all__ = ["FUNCTIONS", "infer", "supertype"]
@@ -20,10 +21,7 @@ _INT_ORDER = ["int8", "int16", "int32", "int64"]
 _UINT_ORDER = ["uint8", "uint16", "uint32", "uint64"]
 
 
-def _desc(node: ir.Node) -> str:
-    from mmbeam.expr.expr import _show
-
-    return _show(node)
+_desc = ir.render
 
 
 def supertype(a: DataType, b: DataType) -> DataType | None:
@@ -213,32 +211,16 @@ def _str_map(out: DataType) -> Callable[[ir.Function, Schema], DataType]:
     return rule
 
 
-def _image_in(node: ir.Function, schema: Schema) -> DataType:
-    return _expect(node, 0, schema, DataType.is_image, "an Image column (decode bytes first "
-                   "with .image.decode())")
-
-
-def _decode(node: ir.Function, schema: Schema) -> DataType:
-    _expect(node, 0, schema, DataType.is_binary, "a Binary column (bytes of an encoded image)")
-    return DataType.image(node.option("mode"))
-
-
-def _crop(node: ir.Function, schema: Schema) -> DataType:
-    t = _image_in(node, schema)
-    if len(node.args) > 1:
-        _expect(node, 1, schema, lambda b: b.is_list() and b.inner.is_integer(),
-                "a bbox column of integer lists [x, y, width, height]")
-    return DataType.image(t.image_mode)
-
-
-def _download(node: ir.Function, schema: Schema) -> DataType:
-    _expect(node, 0, schema, _is_str, "a Utf8 column of URLs")
-    return DataType.binary()
-
-
-def _upload(node: ir.Function, schema: Schema) -> DataType:
-    _expect(node, 0, schema, lambda t: t.is_binary() or t.is_string(), "a Binary column")
-    return DataType.string()
+def _declared(function: Function, node: ir.Function, schema: Schema) -> DataType:
+    """A declared URL/image function: its input and column options checked against the
+    declaration, and its output type rule."""
+    _expect(node, 0, schema, function.accepts, function.accepts_doc)
+    options = dict(node.options)
+    for key, value in node.options:
+        if isinstance(value, ir.Arg):
+            ok, what = function.per_row_accepts[key]
+            _expect(node, value.index, schema, ok, what)
+    return function.output(infer(node.args[0], schema), options)
 
 
 def _is_in(node: ir.Function, schema: Schema) -> DataType:
@@ -255,21 +237,15 @@ FUNCTIONS: dict[str, Callable[[ir.Function, Schema], DataType]] = {
     "str.length": _str_map(DataType.int64()),
     "str.split": _str_map(DataType.list(DataType.string())),
     "str.replace": _str_map(DataType.string()),
-    "url.download": _download,
-    "url.upload": _upload,
-    "image.decode": _decode,
-    "image.resize": lambda n, s: DataType.image(_image_in(n, s).image_mode),
-    "image.encode": lambda n, s: (_image_in(n, s), DataType.binary())[1],
-    "image.crop": _crop,
-    "image.to_mode": lambda n, s: (_image_in(n, s), DataType.image(n.option("mode")))[1],
-    "image.width": lambda n, s: (_image_in(n, s), DataType.int64())[1],
-    "image.height": lambda n, s: (_image_in(n, s), DataType.int64())[1],
     "is_in": _is_in,
 }
 
 
 @infer.register
 def _(node: ir.Function, schema: Schema) -> DataType:
+    declared = get_function(node.name)
+    if declared is not None:
+        return _declared(declared, node, schema)
     rule = FUNCTIONS.get(node.name)
     if rule is None:
         raise UnsupportedError(f"no type rule for function {node.name!r}")

@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from mmbeam.ops.registry import get_function
 from mmbeam.types import DataType
 
 __all__ = [
     "AGG_OPS",
     "Agg",
     "Alias",
+    "Arg",
     "BinaryOp",
     "Cast",
     "Column",
@@ -26,9 +28,11 @@ __all__ = [
     "Literal",
     "Node",
     "UnaryOp",
+    "as_node",
     "columns_of",
     "conjuncts",
     "output_name",
+    "render",
     "transform",
     "walk",
 ]
@@ -41,6 +45,7 @@ class Node:
     """Base of every IR node."""
 
     def children(self) -> tuple[Node, ...]:
+        """The direct child nodes."""
         out: list[Node] = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -64,11 +69,13 @@ class Node:
 
 @dataclass(frozen=True)
 class Column(Node):
+    """A reference to the column ``name``."""
     name: str
 
 
 @dataclass(frozen=True, eq=False)
 class Literal(Node):
+    """A constant of type ``dtype``."""
     value: Any
     dtype: DataType
 
@@ -89,12 +96,14 @@ class Literal(Node):
 
 @dataclass(frozen=True)
 class Alias(Node):
+    """``child`` under the output name ``name``."""
     child: Node
     name: str
 
 
 @dataclass(frozen=True)
 class Cast(Node):
+    """``child`` converted to ``dtype``."""
     child: Node
     dtype: DataType
 
@@ -118,15 +127,25 @@ class UnaryOp(Node):
 
 @dataclass(frozen=True)
 class FillNull(Node):
+    """``child`` with nulls replaced by ``fill``."""
     child: Node
     fill: Node
 
 
 @dataclass(frozen=True)
 class IfElse(Node):
+    """``then`` where ``predicate`` is true, else ``otherwise``."""
     predicate: Node
     then: Node
     otherwise: Node
+
+
+@dataclass(frozen=True)
+class Arg:
+    """An option given as a column (``crop(bbox=col("box"))``): the function's ``args[index]``.
+    Not a node: the column itself is in ``args``."""
+
+    index: int
 
 
 @dataclass(frozen=True)
@@ -134,7 +153,7 @@ class Function(Node):
     """A named function such as ``str.contains`` or ``image.resize``.
 
     ``args`` are expression inputs; ``options`` are plain, hashable keyword values
-    (``(("width", 256), ("height", 256))``).
+    (``(("width", 256), ("height", 256))``); an option given as a column is an :class:`Arg`.
     """
 
     name: str
@@ -142,6 +161,7 @@ class Function(Node):
     options: tuple[tuple[str, Any], ...] = ()
 
     def option(self, key: str, default: Any = None) -> Any:
+        """The option ``key``, or ``default``."""
         for k, v in self.options:
             if k == key:
                 return v
@@ -154,6 +174,16 @@ class Agg(Node):
 
     op: str
     child: Node
+
+
+def as_node(value: Any) -> Node:
+    """An IR node for ``value``: a node itself, an expression's node, else a literal."""
+    if isinstance(value, Node):
+        return value
+    node = getattr(value, "node", None)
+    if isinstance(node, Node):
+        return node
+    return Literal(value, DataType.infer(value))
 
 
 def walk(node: Node) -> Iterator[Node]:
@@ -193,3 +223,41 @@ def output_name(node: Node) -> str:
     for child in node.children():
         return output_name(child)
     return "literal"  # pragma: no cover
+
+
+def render(node: Node) -> str:
+    """A short, readable form of an expression for messages and ``explain``
+    (``image.resize(col(img), width=256, height=256)``); credentials are never shown."""
+    if isinstance(node, Column):
+        return f"col({node.name})"
+    if isinstance(node, Literal):
+        return f"lit({node.value!r})"
+    if isinstance(node, Alias):
+        return f"{render(node.child)} as {node.name}"
+    if isinstance(node, BinaryOp):
+        return f"{render(node.left)} {node.op} {render(node.right)}"
+    if isinstance(node, (UnaryOp, Agg)):
+        return f"{node.op}({render(node.child)})"
+    if isinstance(node, Cast):
+        return f"cast({render(node.child)} as {node.dtype})"
+    if isinstance(node, FillNull):
+        return f"fill_null({render(node.child)}, {render(node.fill)})"
+    if isinstance(node, IfElse):
+        return (f"if_else({render(node.predicate)}, {render(node.then)}, "
+                f"{render(node.otherwise)})")
+    if isinstance(node, Function):
+        return f"{node.name}({', '.join(_function_parts(node))})"
+    return repr(node)  # pragma: no cover
+
+
+def _function_parts(node: Function) -> list[str]:
+    """The arguments and the options worth showing (declared ones: not secret, not default)."""
+    declared = get_function(node.name)
+    if declared is None:
+        return [render(a) for a in node.args] + [f"{k}={v!r}" for k, v in node.options
+                                                 if k != "io_config"]
+    parts = [render(node.args[0])]
+    for key, value in declared.shown_options(dict(node.options)):
+        text = render(node.args[value.index]) if isinstance(value, Arg) else repr(value)
+        parts.append(f"{key}={text}")
+    return parts

@@ -27,7 +27,7 @@ from typing import Any
 
 from mmbeam.errors import ConfigError
 from mmbeam.expr import ir
-from mmbeam.expr.expr import Expr, _show
+from mmbeam.expr.expr import Expr
 from mmbeam.expr.infer import infer
 from mmbeam.types import DataType, Schema
 
@@ -92,10 +92,12 @@ class UDF:
 
     @property
     def name(self) -> str:
+        """The wrapped function's or class's name."""
         return str(getattr(self.fn, "__name__", "udf"))
 
     @property
     def is_class(self) -> bool:
+        """True when the UDF wraps a class (instantiated once per worker)."""
         return isinstance(self.fn, type)
 
     def _copy(self, **changes: Any) -> UDF:
@@ -124,6 +126,7 @@ class UDF:
         return self._copy(**options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Expr:
+        """An expression applying this UDF to the given columns and values."""
         nodes: list[ir.Node] = []
         layout = []
         for key, value in [(None, a) for a in args] + list(kwargs.items()):
@@ -143,6 +146,7 @@ class UDF:
         return self.fn(*self.init_args, **self.init_kwargs) if self.is_class else self.fn
 
     def run_inference(self, batch: Any, model: Any) -> Any:
+        """Run ``model`` on one batch."""
         return model(batch)
 
     def __repr__(self) -> str:
@@ -172,7 +176,7 @@ class UdfCall(ir.Node):
     def __repr__(self) -> str:
         parts = []
         for key, index, const in self.layout:
-            text = _show(self.args[index]) if index is not None else repr(const)
+            text = ir.render(self.args[index]) if index is not None else repr(const)
             parts.append(text if key is None else f"{key}={text}")
         return f"{self.udf.name}({', '.join(parts)})"
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from mmbeam.errors import ConfigError
 from mmbeam.exec.base import Executor
+from mmbeam.exec.local import LocalExecutor
 from mmbeam.exec.options import ExecOptions
 
 __all__ = [
@@ -33,7 +35,7 @@ __all__ = [
 
 
 def _local_runner() -> Any:
-    from mmbeam.runners.direct import local_runner
+    from mmbeam.runners.direct import local_runner  # Beam: loaded only when a frame needs it
 
     return local_runner()
 
@@ -52,10 +54,8 @@ class Context:
     def executor(self) -> Executor:
         """The executor for this context: in this process when the runner is the local default
         and the plan allows, else a Beam pipeline on the runner (Beam imported only then)."""
-        from mmbeam.exec.local import LocalExecutor
-
         def beam_executor(why: str = "") -> Executor:
-            from mmbeam.exec.beam import BeamExecutor
+            from mmbeam.exec.beam import BeamExecutor  # Beam: only for plans run on Beam
 
             return BeamExecutor(self.runner_factory, self.runner_name, self.pipeline_flags,
                                 self.exec_options, self.io_config, why)
@@ -70,6 +70,7 @@ _context = Context()
 
 
 def get_context() -> Context:
+    """The process's frame context (runner, IO config, execution options)."""
     return _context
 
 
@@ -108,9 +109,7 @@ def set_runner_local() -> Context:
 def set_runner_dask(address: str | None = None, **pipeline_flags: Any) -> Context:
     """Run frames on mmbeam's DaskRunner: the scheduler at ``address`` (``tcp://host:8786``),
     or a LocalCluster started (and closed) for each run when ``address`` is None."""
-    from functools import partial
-
-    from mmbeam.runners.dask_runner import DaskRunner
+    from mmbeam.runners.dask_runner import DaskRunner  # Beam and Dask: only when chosen
 
     return set_runner(partial(DaskRunner, address), "dask", **pipeline_flags)
 
@@ -118,9 +117,7 @@ def set_runner_dask(address: str | None = None, **pipeline_flags: Any) -> Contex
 def set_runner_ray(address: str | None = None, **pipeline_flags: Any) -> Context:
     """Run frames on mmbeam's RayRunner: the cluster at ``address`` (``ray://host:10001``), or a
     local ``ray.init()`` when ``address`` is None (reused if Ray is already initialised)."""
-    from functools import partial
-
-    from mmbeam.runners.ray_runner import RayRunner
+    from mmbeam.runners.ray_runner import RayRunner  # Beam and Ray: only when chosen
 
     return set_runner(partial(RayRunner, address), "ray", **pipeline_flags)
 
@@ -148,6 +145,6 @@ def set_execution_config(**sizes: Any) -> Context:
 
 def pipeline_options() -> Any:
     """Beam PipelineOptions for the current context."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions  # Beam, on demand
 
     return PipelineOptions([], **_context.pipeline_flags)  # never the script's sys.argv

@@ -110,7 +110,7 @@ def _footer(shown: int, total: int | None) -> str:
 
 
 def _thumbnail(image: np.ndarray) -> str:
-    from PIL import Image
+    from PIL import Image  # only for notebook thumbnails: keeps the frame's import light
 
     img = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
     img.thumbnail((THUMBNAIL, THUMBNAIL))

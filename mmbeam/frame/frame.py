@@ -15,12 +15,13 @@ import pyarrow as pa
 from mmbeam.errors import ConfigError, UnsupportedError
 from mmbeam.exec.base import Collect, WriteFiles
 from mmbeam.expr import ir
-from mmbeam.expr.expr import Expr, col, suggest_attribute
+from mmbeam.expr.expr import Expr, col, lit, suggest_attribute
 from mmbeam.frame.context import get_context
-from mmbeam.frame.display import Preview
+from mmbeam.frame.display import Preview, render_text
+from mmbeam.io.writers import WriteSpec
 from mmbeam.plan import nodes as P
 from mmbeam.plan.optimizer import optimize
-from mmbeam.types import Schema, arrow_to_images
+from mmbeam.types import DataType, ImageArrowType, Schema, arrow_to_images, arrow_to_tensors
 
 __all__ = ["Frame", "GroupedFrame"]
 
@@ -62,6 +63,7 @@ class Frame:
         self._plan = plan
         self._result: pa.Table | None = None
         self._counts: dict[str, int] = {}
+        self._metrics: dict[str, dict[str, int]] = {}
 
     # -- schema ---------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -70,10 +72,12 @@ class Frame:
 
     @property
     def column_names(self) -> list[str]:
+        """The column names, in order."""
         return self._plan.schema.names()
 
     @property
     def columns(self) -> list[Expr]:
+        """An expression per column."""
         return [col(n) for n in self.column_names]
 
     def _derive(self, plan: P.Plan) -> Frame:
@@ -93,8 +97,6 @@ class Frame:
 
     def with_columns(self, columns: Mapping[str, Expr | Any]) -> Frame:
         """This frame plus several new or replaced columns."""
-        from mmbeam.expr.expr import lit
-
         new = {str(k): ir.Alias(_strip_alias((v if isinstance(v, Expr) else lit(v))._node),
                                 str(k)) for k, v in columns.items()}
         exprs = [new.pop(n) if n in new else ir.Column(n) for n in self.column_names]
@@ -110,6 +112,7 @@ class Frame:
         return self._derive(P.Project(self._plan, tuple(keep)))
 
     def with_column_renamed(self, existing: str, new: str) -> Frame:
+        """A frame with column ``existing`` renamed to ``new``."""
         self._plan.schema[existing]
         return self._derive(P.Project(self._plan, tuple(
             ir.Alias(ir.Column(n), new) if n == existing else ir.Column(n)
@@ -226,15 +229,19 @@ class Frame:
         return GroupedFrame(self, ()).agg(*aggs)
 
     def sum(self, *cols: ColumnLike) -> Frame:
+        """The sum of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "sum")).sum() for c in _flatten(cols)])
 
     def mean(self, *cols: ColumnLike) -> Frame:
+        """The mean of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "mean")).mean() for c in _flatten(cols)])
 
     def min(self, *cols: ColumnLike) -> Frame:
+        """The smallest value of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "min")).min() for c in _flatten(cols)])
 
     def max(self, *cols: ColumnLike) -> Frame:
+        """The largest value of each column (per group on a grouped frame)."""
         return self.agg(*[col(_column_name(c, "max")).max() for c in _flatten(cols)])
 
     # -- running --------------------------------------------------------------------------------
@@ -243,6 +250,7 @@ class Frame:
             outcome = get_context().executor().run(optimize(self._plan), Collect())
             self._result = outcome.table.select(self.column_names)
             self._counts = outcome.nulled
+            self._metrics = outcome.stages
         return self._result
 
     def collect(self) -> Frame:
@@ -250,7 +258,15 @@ class Frame:
         self._run()
         return self
 
+    @property
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """What each URL/image stage did in the run that gave this frame's rows (empty before
+        it ran): ``{"Download": {"succeeded": 98, "failed": 2, "nulls": 2, "bytes": ...}}``,
+        the counters the Beam transforms report as metrics (namespace: the stage)."""
+        return {stage: dict(counts) for stage, counts in self._metrics.items()}
+
     def is_materialized(self) -> bool:
+        """True once the rows have been computed and kept."""
         return self._result is not None
 
     def count_rows(self) -> int:
@@ -271,7 +287,7 @@ class Frame:
         """Print the first ``n`` rows as a table (HTML with thumbnails in notebooks)."""
         preview = self._preview(n)
         if _in_notebook():
-            from IPython.display import display
+            from IPython.display import display  # only inside a notebook
 
             display(preview)
         else:
@@ -309,6 +325,7 @@ class Frame:
         return [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """The rows as dicts, one at a time."""
         yield from self.to_pylist()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -316,7 +333,7 @@ class Frame:
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
-        import pandas as pd
+        import pandas as pd  # optional: only for to_pandas
 
         table = self._run()
         data = {}
@@ -339,8 +356,6 @@ class Frame:
         return self._write("csv", root_dir, partition_cols, io_config)
 
     def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any) -> Frame:
-        from mmbeam.io.writers import WriteSpec
-
         cols = tuple(partition_cols or ())
         for c in cols:
             self._plan.schema[c]
@@ -351,7 +366,7 @@ class Frame:
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""
-        from mmbeam.exec.beam.compile import expand_rows
+        from mmbeam.exec.beam.compile import expand_rows  # Beam: only for to_pcollection
 
         return expand_rows(optimize(self._plan), pipeline, get_context().exec_options,
                            batches=batches)
@@ -373,7 +388,6 @@ class Frame:
     def __repr__(self) -> str:
         if self._result is not None:
             return repr(self._preview(8))
-        from mmbeam.frame.display import render_text
 
         empty = self._plan.schema.to_arrow().empty_table()
         text = render_text(empty, self.schema(), None).rsplit("\n\n", 1)[0]
@@ -415,21 +429,27 @@ class GroupedFrame:
         return self.agg(*[Expr(ir.Agg(op, ir.Column(n))) for n in names])
 
     def sum(self, *cols: ColumnLike) -> Frame:
+        """The sum of each column (per group on a grouped frame)."""
         return self._each("sum", cols)
 
     def mean(self, *cols: ColumnLike) -> Frame:
+        """The mean of each column (per group on a grouped frame)."""
         return self._each("mean", cols)
 
     def min(self, *cols: ColumnLike) -> Frame:
+        """The smallest value of each column (per group on a grouped frame)."""
         return self._each("min", cols)
 
     def max(self, *cols: ColumnLike) -> Frame:
+        """The largest value of each column (per group on a grouped frame)."""
         return self._each("max", cols)
 
     def count(self, *cols: ColumnLike) -> Frame:
+        """The non-null values of each column, per group."""
         return self._each("count", cols)
 
     def agg_list(self, *cols: ColumnLike) -> Frame:
+        """The values of each column, per group, as a list."""
         return self._each("list", cols)
 
     def __getattr__(self, name: str) -> Any:
@@ -451,8 +471,6 @@ def _drop_hidden(plan: P.Plan, hidden: list[str]) -> P.Plan:
 
 
 def _int64():
-    from mmbeam.types import DataType
-
     return DataType.int64()
 
 
@@ -470,8 +488,6 @@ def _listify(value: Any) -> list:
 
 
 def _pylist(column: pa.ChunkedArray) -> list:
-    from mmbeam.types import DataType, ImageArrowType, arrow_to_tensors
-
     if isinstance(column.type, ImageArrowType):
         return arrow_to_images(column)
     if DataType.from_arrow(column.type).is_tensor():

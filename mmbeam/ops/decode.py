@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmbeam.errors import ConfigError, DecodeError, ImageTooLargeError
+from mmbeam.types import IMAGE_MODES
 
 try:
     import simplejpeg
@@ -40,8 +41,8 @@ except ImportError:  # pragma: no cover - a dependency; OpenCV decodes JPEGs wit
     simplejpeg = None
 
 __all__ = [
+    "DECODE_MODES",
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_MODES",
     "ImageHeader",
     "check_mode",
     "decode_image",
@@ -50,7 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10,000 x 10,000: larger than any camera, far below a bomb
-IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
+#: the modes images decode to: the 8-bit ones of :data:`mmbeam.types.IMAGE_MODES`
+DECODE_MODES = tuple(m for m, (_, dtype) in IMAGE_MODES.items() if dtype == np.uint8)
 _ORIENTATION_TAG = 0x0112
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's JPEG with more pictures after the first
 _DAMAGED = ("Premature end of JPEG file", "Corrupt JPEG data")  # libjpeg's warnings about pixels
@@ -75,8 +77,8 @@ class ImageHeader(NamedTuple):
 
 def check_mode(mode: str | None) -> str | None:
     """Validate an image mode argument when the pipeline is built."""
-    if mode is not None and mode not in IMAGE_MODES:
-        raise ConfigError(f"image mode must be one of {IMAGE_MODES} or None, got {mode!r}")
+    if mode is not None and mode not in DECODE_MODES:
+        raise ConfigError(f"image mode must be one of {DECODE_MODES} or None, got {mode!r}")
     return mode
 
 
@@ -169,7 +171,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode ``data`` to an H×W×C uint8 array (H×W for mode ``L``).
 
-    ``mode=None`` keeps the image's own mode when it is one of IMAGE_MODES (else RGB/RGBA).
+    ``mode=None`` keeps the image's own mode when it is one of DECODE_MODES (else RGB/RGBA).
     Raises DecodeError for bytes that are not a readable image and ImageTooLargeError above
     ``max_pixels``.
     """
@@ -259,8 +261,8 @@ def _classify(exc: BaseException, data: bytes) -> Exception:
 
 
 def _natural_mode(img: Image.Image) -> str:
-    """The closest of IMAGE_MODES to the image's own mode, keeping transparency if it has any."""
-    if img.mode in IMAGE_MODES:
+    """The closest of DECODE_MODES to the image's own mode, keeping transparency if it has any."""
+    if img.mode in DECODE_MODES:
         return img.mode
     if img.mode in ("1", "I;16", "I", "F"):
         return "L"

@@ -200,7 +200,7 @@ def check_schemes(schemes: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-class _NoAiohttp(Exception):
+class _NoAiohttp(Exception):  # noqa: N818 - stands in for aiohttp classes
     """Stands in for aiohttp's exception classes while aiohttp is not imported (it is only
     imported by the s3/gs/fsspec-http clients, so no exception can come from it before)."""
 
@@ -305,7 +305,7 @@ def fetch_all(
                 except DownloadError as err:
                     if on_error == "null":
                         return None
-                    raise err.located("url.download", url) from err.__cause__
+                    raise err.located("Download", url) from err.__cause__
 
         return list(await asyncio.gather(*(one(u) for u in urls)))
 

@@ -72,9 +72,11 @@ class Guard:
         _watchdog().watch(self)
 
     def remaining(self) -> float:
+        """Seconds left before the deadline (at least 1 ms)."""
         return max(0.001, self.deadline - time.monotonic())
 
     def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the attempt: its socket is shut down (``reason``: why)."""
         with self._lock:
             if self._done or self.reason is not None:
                 return
@@ -95,6 +97,7 @@ class Guard:
             self._done, self._sock = True, None
 
     def check(self) -> None:
+        """Raise the reason the attempt was stopped, if it was."""
         if self.reason == "timeout":
             raise TimeoutError(f"timed out after {self.timeout_s:g} s")
         if self.reason is not None:

@@ -77,7 +77,7 @@ def value_bytes(value: Any) -> int:
     return int(getattr(value, "nbytes", 0) or 0)
 
 
-class _Failed(Exception):
+class _StepFailedError(Exception):
     def __init__(self, stage: str, error: BaseException, value: Any):
         self.stage, self.error, self.value = stage, error, value
 
@@ -103,11 +103,8 @@ class RowChain:
 
     @property
     def stages(self) -> tuple[str, ...]:
+        """The stage name of each step, in order."""
         return tuple(s.stage for s in self.steps)
-
-    def first_window(self) -> int:
-        """Rows in flight before anything is measured: the same as :meth:`min_window`."""
-        return self.min_window()
 
     def min_window(self) -> int:
         """The fewest rows worth keeping in flight: every connection of the widest I/O step
@@ -163,7 +160,7 @@ class RowChain:
                     out = step.blocking(row.value, row.key)
                 except Exception as exc:  # noqa: BLE001 - routed by the step's policy
                     if not step.nullable:
-                        raise _Failed(step.stage, exc, row.value) from exc
+                        raise _StepFailedError(step.stage, exc, row.value) from exc
                     out, row.nulled = None, row.nulled or step.stage
                 finally:
                     row.io_seconds += time.perf_counter() - start
@@ -182,7 +179,7 @@ class RowChain:
                     tuple(row.sizes)))
             else:
                 self._hand_on(row, group + 1)
-        except _Failed as failed:
+        except _StepFailedError as failed:
             row.result.set_result(RowOutcome(None, _located(failed, row.name), None,
                                              row.io_seconds, row.cpu_seconds, row.peak,
                                              tuple(row.sizes), failed.value))
@@ -195,7 +192,7 @@ class RowChain:
         sizes: list[int] = []
         try:
             value, nulled, busy, peak = _run_cpu(self.steps, value, key, sizes)
-        except _Failed as failed:
+        except _StepFailedError as failed:
             return RowOutcome(None, _located(failed, name), None, 0.0, 0.0, 0, tuple(sizes),
                               failed.value)
         return RowOutcome(value, None, nulled, 0.0, busy, peak, tuple(sizes))
@@ -219,7 +216,7 @@ class RowChain:
                     nulled = nulled or dn
                     cost[1] += busy
                     cost[2] = max(cost[2], peak)
-        except _Failed as failed:
+        except _StepFailedError as failed:
             return RowOutcome(None, _located(failed, name), None, *cost, tuple(sizes),
                               failed.value)
         return RowOutcome(value, None, nulled, *cost, tuple(sizes))
@@ -236,7 +233,7 @@ class RowChain:
                 out = await step.fn(value, key)
             except Exception as exc:  # noqa: BLE001 - routed by the step's policy
                 if not step.nullable:
-                    raise _Failed(step.stage, exc, value) from exc
+                    raise _StepFailedError(step.stage, exc, value) from exc
                 return None, nulled or step.stage
             finally:
                 cost[0] += time.perf_counter() - start
@@ -258,7 +255,7 @@ class _Row:
         self.sizes: list[int] = []
 
 
-def _located(failed: _Failed, name: Any) -> StageError:
+def _located(failed: _StepFailedError, name: Any) -> StageError:
     err = failed.error
     if not isinstance(err, StageError):
         err = StageError(f"{type(err).__name__}: {err}")
@@ -285,7 +282,7 @@ def _run_cpu(steps: Sequence[Step], value: Any, key: Any, sizes: list[int]):
             out = step.fn(value, key)
         except Exception as exc:  # noqa: BLE001 - routed by the step's policy
             if not step.nullable:
-                raise _Failed(step.stage, exc, value) from exc
+                raise _StepFailedError(step.stage, exc, value) from exc
             return None, step.stage, time.perf_counter() - start, peak
         out_bytes = value_bytes(out)
         sizes.append(out_bytes)

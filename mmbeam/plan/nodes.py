@@ -45,21 +45,25 @@ class Plan:
     """Base of plan nodes; ``schema`` is computed (and checked) once."""
 
     def inputs(self) -> tuple[Plan, ...]:
+        """The plans this one reads."""
         return tuple(getattr(self, f.name) for f in fields(self)
                      if isinstance(getattr(self, f.name), Plan))
 
     def with_inputs(self, *new: Plan) -> Plan:
+        """A copy reading ``new`` instead."""
         names = [f.name for f in fields(self) if isinstance(getattr(self, f.name), Plan)]
         return replace(self, **dict(zip(names, new, strict=True)))
 
     @cached_property
     def schema(self) -> Schema:
+        """The output schema (checked when the node is built)."""
         return self._schema()
 
     def _schema(self) -> Schema:  # pragma: no cover - every node overrides
         raise NotImplementedError
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return type(self).__name__
 
 
@@ -73,6 +77,7 @@ class InMemory(Plan):
         return Schema.from_arrow(self.table.schema)
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return f"InMemory: {self.table.num_rows} rows"
 
 
@@ -95,13 +100,12 @@ class Scan(Plan):
         return Schema((c, full[c]) for c in self.columns)
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         parts = [self.source.describe()]
         if self.columns is not None:
             parts.append(f"columns={list(self.columns)}")
         if self.predicate is not None:
-            from mmbeam.expr.expr import _show
-
-            parts.append(f"filter={_show(self.predicate)}")
+            parts.append(f"filter={ir.render(self.predicate)}")
         if self.limit is not None:
             parts.append(f"limit={self.limit}")
         return "Scan: " + ", ".join(parts)
@@ -130,33 +134,31 @@ class Project(Plan):
         return Schema((ir.output_name(e), infer(e, inp)) for e in self.exprs)
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return "Project: " + ", ".join(_show(e) for e in self.exprs)
+        """One line for ``explain``."""
+        return "Project: " + ", ".join(ir.render(e) for e in self.exprs)
 
 
 @dataclass(frozen=True, eq=False)
 class Filter(Plan):
+    """Rows of ``child`` where ``predicate`` is true."""
     child: Plan
     predicate: ir.Node
 
     def _schema(self) -> Schema:
         t = infer(self.predicate, self.child.schema)
         if t.kind not in ("bool", "null"):
-            from mmbeam.expr.expr import _show
-
-            raise SchemaError(f"where() needs a Boolean expression, {_show(self.predicate)} "
+            raise SchemaError(f"where() needs a Boolean expression, {ir.render(self.predicate)} "
                               f"is {t}")
         return self.child.schema
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return f"Filter: {_show(self.predicate)}"
+        """One line for ``explain``."""
+        return f"Filter: {ir.render(self.predicate)}"
 
 
 @dataclass(frozen=True, eq=False)
 class Limit(Plan):
+    """The first ``n`` rows of ``child``."""
     child: Plan
     n: int
 
@@ -164,6 +166,7 @@ class Limit(Plan):
         return self.child.schema
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return f"Limit: {self.n}"
 
 
@@ -182,6 +185,7 @@ class Join(Plan):
         return Schema(join_output(self).items())
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return f"Join: how={self.how}, left_on={list(self.left_on)}, right_on={list(self.right_on)}"
 
 
@@ -231,13 +235,13 @@ class Aggregate(Plan):
         return Schema(cols)
 
     def describe(self) -> str:
-        from mmbeam.expr.expr import _show
-
-        return f"Aggregate: keys={list(self.keys)}, aggs=[{', '.join(map(_show, self.aggs))}]"
+        """One line for ``explain``."""
+        return f"Aggregate: keys={list(self.keys)}, aggs=[{', '.join(map(ir.render, self.aggs))}]"
 
 
 @dataclass(frozen=True, eq=False)
 class Sort(Plan):
+    """``child`` sorted by the columns ``by``."""
     child: Plan
     by: tuple[str, ...]
     descending: tuple[bool, ...]
@@ -251,11 +255,13 @@ class Sort(Plan):
         return self.child.schema
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return f"Sort: by={list(self.by)}, descending={list(self.descending)}"
 
 
 @dataclass(frozen=True, eq=False)
 class Distinct(Plan):
+    """``child`` without duplicate rows (judged on ``on`` when given)."""
     child: Plan
     on: tuple[str, ...] | None = None
 
@@ -267,11 +273,13 @@ class Distinct(Plan):
         return self.child.schema
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return "Distinct" + (f": on={list(self.on)}" if self.on else "")
 
 
 @dataclass(frozen=True, eq=False)
 class Explode(Plan):
+    """One row per element of the list ``columns``."""
     child: Plan
     columns: tuple[str, ...] = field(default=())
 
@@ -290,6 +298,7 @@ class Explode(Plan):
         return Schema(out)
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return f"Explode: {list(self.columns)}"
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 
 from mmbeam.expr import ir
 from mmbeam.plan import nodes as P
+from mmbeam.types import DataType
 
 __all__ = ["optimize"]
 
@@ -233,6 +234,4 @@ def _join_renames(old: P.Join, new: P.Join) -> dict[str, str]:
 
 
 def _bool():
-    from mmbeam.types import DataType
-
     return DataType.bool()

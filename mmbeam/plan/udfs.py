@@ -32,6 +32,7 @@ class UdfApply(P.Plan):
         return Schema(list(self.child.schema.items()) + extra)
 
     def describe(self) -> str:
+        """One line for ``explain``."""
         return "UdfStage: " + ", ".join(f"{out}={call!r}" for out, call in self.calls)
 
 

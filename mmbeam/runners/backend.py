@@ -24,10 +24,12 @@ class Backend:
     lost_errors: tuple[type[BaseException], ...] = ()
 
     def put(self, value: Any) -> Any:
+        """Place ``value`` in the engine's object store; returns a reference to it."""
         raise NotImplementedError
 
     def submit(self, fn: Callable, *args: Any, worker: int | None = None,
                num_returns: int = 1) -> list[Any]:
+        """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         raise NotImplementedError
 
     def wait_any(self, refs: list[Any]) -> list[Any]:
@@ -57,6 +59,7 @@ class Backend:
     #: ``(min, max)`` slots of this pool; equal for a pool that does not scale
     @property
     def bounds(self) -> tuple[int, int]:
+        """The pool's (min, max) slots; a fixed pool is (slots, slots)."""
         return (self.slots, self.slots)
 
     def describe(self) -> str:

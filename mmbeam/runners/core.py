@@ -65,6 +65,7 @@ from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController
+from mmbeam.beam_internals import grouping_args
 from mmbeam.errors import LostDataError, UnsupportedError
 from mmbeam.progress import get_progress
 from mmbeam.runners import worker
@@ -133,6 +134,7 @@ class DistributedRunner(FnApiRunner):
     _provide: dict[str, tuple[Any, str]] | None = None
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> Backend:
+        """The engine backend for ``options``."""
         raise NotImplementedError
 
     def retain(self, pcoll: Any, name: str) -> None:
@@ -156,10 +158,12 @@ class DistributedRunner(FnApiRunner):
         return token
 
     def run_pipeline(self, pipeline, options):
+        """Run ``pipeline`` (Beam's entry point)."""
         self._options = options
         return super().run_pipeline(pipeline, options)
 
     def create_stages(self, pipeline_proto):
+        """The pipeline's fused stages, with mmbeam's element fusion first."""
         # FnApiRunner's phases with element fusion; a stateful DoFn always starts a stage
         self._retained_ids = _pcollection_ids(pipeline_proto, self._retain or {})
         extra = (_retain_phase(set(self._retained_ids.values())),) if self._retained_ids else ()
@@ -167,6 +171,7 @@ class DistributedRunner(FnApiRunner):
                              stateful_roots=True, resource_roots=True, after_fusion=extra)
 
     def run_stages(self, stage_context, stages):
+        """Run the stages on the backend's workers."""
         options = getattr(self, "_options", None) or pipeline_options.PipelineOptions()
         backend = self.make_backend(options)
         handlers = WorkerHandlerManager(stage_context.components.environments,
@@ -196,7 +201,7 @@ class DistributedRunner(FnApiRunner):
             backend.close()
 
 
-class _StageLost(Exception):
+class _StageLostError(Exception):
     """Lost data met by stage ``index`` (the engine's error is the cause)."""
 
     def __init__(self, index: int, error: BaseException):
@@ -272,7 +277,7 @@ class _Execution:
                     running[index] = self._guarded(index, self._run_stage, index)
                     index += 1
                 self._advance(running, infos)
-            except _StageLost as lost:
+            except _StageLostError as lost:
                 failed, exc = lost.index, lost.error
                 restart = min(wave_of[w] for w in {failed, *(
                     w for b in self.reads.get(failed, ()) for w in self.writers[b] if w < failed)})
@@ -301,7 +306,7 @@ class _Execution:
         try:
             return fn(*args)
         except (LostDataError, *self.backend.lost_errors) as exc:
-            raise _StageLost(index, exc) from exc
+            raise _StageLostError(index, exc) from exc
 
     def _advance(self, running: dict[int, StageScheduler], infos: dict) -> None:
         """Feed the running stages what their producers finished, let them submit, finish the
@@ -448,7 +453,7 @@ class _Execution:
         """Group each hash shard on a worker; parts of one encoded chunk per key."""
         grouping = manager.get_buffer(buffer_id, transform_id)
         self.context.pcoll_buffers.pop(buffer_id, None)
-        args = (grouping._pre_grouped_coder, grouping._post_grouped_coder, grouping._windowing)
+        args = grouping_args(grouping)
         grouped = []
         for shard in range(self.shards):
             parts = [p[shard] for p in producers if p[shard].count]

@@ -125,9 +125,11 @@ class DaskBackend(Backend):
 
     @property
     def bounds(self) -> tuple[int, int]:
+        """The pool's (min, max) slots (see Backend.bounds)."""
         return self._bounds
 
     def describe(self) -> str:
+        """What runs this pool's tasks (see Backend.describe)."""
         if not (self._restriction or self._seceding):
             return f"Dask worker threads, {self.slots}"
         kind = (f"Dask workers with {self._restriction['resources']}" if self._restriction
@@ -136,6 +138,7 @@ class DaskBackend(Backend):
         return f"{kind}, {low}" + (f"..{high}" if high != low else "")
 
     def grow(self) -> bool:
+        """Start one more slot (see Backend.grow)."""
         if not self._homes:
             return False
         self._slots = self._slots + [self._homes.pop(0)]
@@ -143,20 +146,24 @@ class DaskBackend(Backend):
         return True
 
     def poll(self) -> int:
+        """Slots that became ready since the last call (see Backend.poll)."""
         added, self._grown = self._grown, 0
         self.slots = len(self._slots)
         return added
 
     def shrink(self) -> None:
+        """Stop the last, idle slot (see Backend.shrink)."""
         if len(self._slots) > 1:
             self._homes.insert(0, self._slots[-1])
             self._slots = self._slots[:-1]
             self.slots = len(self._slots)
 
     def put(self, value: Any) -> Any:
+        """Place ``value`` in the engine's object store; returns a reference to it."""
         return self.client.scatter([value], hash=False)[0]
 
     def submit(self, fn, *args, worker=None, num_returns=1):
+        """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
         if worker is not None and self._slots:
             where = {"workers": [self._slots[worker % len(self._slots)]],
@@ -170,12 +177,15 @@ class DaskBackend(Backend):
                 for i in range(num_returns)]
 
     def wait_any(self, refs):
-        from distributed.client import FIRST_COMPLETED, _wait
+        """Wait until at least one of ``refs`` is done: (done, pending)."""
+        # Client.sync takes the coroutine; distributed.wait would use the default client
+        from distributed.client import FIRST_COMPLETED, _wait  # noqa: PLC2701
 
         return list(self.client.sync(_wait, refs, return_when=FIRST_COMPLETED).done)
 
     def wait_any_for(self, refs, timeout):
-        from distributed.client import FIRST_COMPLETED, _wait
+        """Finished refs, or none after ``timeout`` (see Backend.wait_any_for)."""
+        from distributed.client import FIRST_COMPLETED, _wait  # noqa: PLC2701 - as wait_any
 
         try:
             return list(self.client.sync(_wait, refs, timeout=timeout,
@@ -184,6 +194,7 @@ class DaskBackend(Backend):
             return []
 
     def get(self, refs):
+        """The values behind ``refs``."""
         try:
             return self.client.gather(refs)
         except AttributeError:  # ``distributed`` re-raising a cancellation that has no error
@@ -196,9 +207,11 @@ class DaskBackend(Backend):
                                        "and cannot be recomputed") from None
 
     def broadcast(self, fn, *args):
+        """Run ``fn(*args)`` once on every worker; their results."""
         self.client.run(fn, *args)
 
     def close(self):
+        """Release the engine's resources (a cluster this backend started is shut down)."""
         try:
             self.client.close()
         finally:
@@ -239,6 +252,7 @@ class DaskRunner(DistributedRunner):
         self.threads_per_worker = threads_per_worker
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> DaskBackend:
+        """The engine backend for ``options``."""
         flags = options.view_as(DaskOptions)
         return DaskBackend(
             address=self.address or flags.dask_address,

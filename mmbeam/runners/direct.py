@@ -25,6 +25,7 @@ class LocalRunner(FnApiRunner):
     _options = None
 
     def run_via_runner_api(self, pipeline_proto, options):
+        """Run a pipeline proto on Beam's FnApiRunner."""
         self._options = options
         try:
             return super().run_via_runner_api(pipeline_proto, options)
@@ -32,6 +33,7 @@ class LocalRunner(FnApiRunner):
             get_progress().close()  # this run's bars end here; the next run starts new ones
 
     def create_stages(self, pipeline_proto):
+        """The pipeline's fused stages, with mmbeam's element fusion first."""
         return create_stages(self, pipeline_proto, self._options)
 
 

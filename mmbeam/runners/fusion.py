@@ -1,7 +1,7 @@
 """Automatic fusion of consecutive per-element transforms, as a FnApiRunner phase.
 
 Written the plain way, ``Download() | DecodeImage() | ResizeImage(...) | EncodeImage(...) |
-Upload(...)`` is five ParDos of :class:`~mmbeam.transforms._base.ElementFn`; Beam fuses them
+Upload(...)`` is five ParDos of :class:`~mmbeam.transforms.element.ElementFn`; Beam fuses them
 into one stage, but each still keeps its own window of rows in flight and blocks the one bundle
 thread on it, so the chain runs at about two thirds of ``mt.Fuse(...)``'s speed.
 :func:`fuse_element_fns` merges such a producer into its consumer before Beam's own phases run:
@@ -33,8 +33,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.utils import proto_utils
 
+from mmbeam.beam_internals import stage_flags
 from mmbeam.ops.rowchain import RowChain
-from mmbeam.transforms._base import ElementFn
+from mmbeam.transforms.element import ElementFn
 from mmbeam.transforms.options import MmbeamOptions
 from mmbeam.transforms.resources import ANNOTATION
 
@@ -88,8 +89,7 @@ def create_stages(runner, pipeline_proto, options: Any, *, stateful_roots: bool 
         phases=with_element_fusion(phases, options),
         known_runner_urns=frozenset([common_urns.primitives.FLATTEN.urn,
                                      common_urns.primitives.GROUP_BY_KEY.urn]),
-        use_state_iterables=runner._use_state_iterables,
-        is_drain=runner._is_drain)
+        **stage_flags(runner))
 
 
 def split_at_resource_changes(stages, pipeline_context):

@@ -37,16 +37,19 @@ class PoolReport:
     queue_limit: int = 0
 
     def size(self, seconds: float, slots: int) -> None:
+        """Record the pool's size at ``seconds`` into the run (only when it changed)."""
         if not self.sizes or self.sizes[-1][1] != slots:
             self.sizes.append((round(seconds, 3), slots))
 
     def queued(self, seconds: float, nbytes: int) -> None:
+        """Record the bytes queued for the stage at ``seconds`` (sampled, peak kept)."""
         self.max_queued_bytes = max(self.max_queued_bytes, nbytes)
         if not self.queued_bytes or (seconds - self.queued_bytes[-1][0] >= 0.05
                                      or nbytes > self.queued_bytes[-1][1] * 2):
             self.queued_bytes.append((round(seconds, 3), nbytes))
 
     def describe(self) -> str:
+        """One line for explain and the run's result: pool, sizes, batches, queue."""
         sizes = " ".join(f"{n}@{t:.1f}s" for t, n in self.sizes[:12])
         text = f"{self.label or self.stage}: {self.pool}; size {sizes or '-'}"
         if self.batch_sizes:

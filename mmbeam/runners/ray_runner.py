@@ -131,9 +131,11 @@ class RayBackend(Backend):
 
     @property
     def bounds(self) -> tuple[int, int]:
+        """The pool's (min, max) actors (see Backend.bounds)."""
         return self._bounds
 
     def describe(self) -> str:
+        """What runs this pool's tasks (see Backend.describe)."""
         if self._resources is None:
             return f"Ray actors (num_cpus=0), {self.slots}"
         r = self._resources
@@ -160,6 +162,7 @@ class RayBackend(Backend):
         return True
 
     def poll(self) -> int:
+        """Actors that became ready since the last call (see Backend.poll)."""
         if not self._starting:
             return 0
         ready, _ = self._ray.wait([ref for _, ref in self._starting],
@@ -171,6 +174,7 @@ class RayBackend(Backend):
         return len(added)
 
     def shrink(self) -> None:
+        """Stop the last, idle actor (see Backend.shrink)."""
         if self.slots > 1:
             self.actors, last = self.actors[:-1], self.actors[-1]
             self.slots = len(self.actors)
@@ -201,9 +205,11 @@ class RayBackend(Backend):
         return actors
 
     def put(self, value: Any) -> Any:
+        """Place ``value`` in the engine's object store; returns a reference to it."""
         return self._ray.put(value)
 
     def submit(self, fn, *args, worker=None, num_returns=1):
+        """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         if worker is None:
             self._next += 1
             worker = self._next
@@ -212,21 +218,26 @@ class RayBackend(Backend):
         return [refs] if num_returns == 1 else list(refs)
 
     def wait_any(self, refs):
+        """Wait until at least one of ``refs`` is done: (done, pending)."""
         ready, _ = self._ray.wait(refs, num_returns=1)
         return ready
 
     def wait_any_for(self, refs, timeout):
+        """Finished refs, or none after ``timeout`` (see Backend.wait_any_for)."""
         ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
         return ready
 
     def get(self, refs):
+        """The values behind ``refs``."""
         return self._ray.get(refs)
 
     def broadcast(self, fn, *args):
+        """Run ``fn(*args)`` once on every worker; their results."""
         actors = self.actors + [a for p in self._stage_pools.values() for a in p.actors]
         self._ray.get([a.call.remote(fn, *args) for a in actors])
 
     def close(self):
+        """Release the engine's resources (a cluster this backend started is shut down)."""
         for pool in self._stage_pools.values():  # frees their CPUs/GPUs for the next run
             for actor in pool.actors + [a for a, _ in pool._starting]:
                 self._ray.kill(actor)
@@ -245,6 +256,7 @@ class RayRunner(DistributedRunner):
         self.num_workers = num_workers
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> RayBackend:
+        """The engine backend for ``options``."""
         flags = options.view_as(RayOptions)
         return RayBackend(address=self.address or flags.ray_address,
                           num_workers=self.num_workers or flags.ray_num_workers,

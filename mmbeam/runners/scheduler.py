@@ -82,6 +82,8 @@ class StageScheduler:
     # ------------------------------------------------------------------ inputs
     def start(self, units: list[tuple[str, list[Part]]], stream: list[tuple[str, Part]],
               open_inputs: bool = False) -> None:
+        """Begin the stage with its fixed units and element streams (``open_inputs``: more
+        will be fed)."""
         self.pending = collections.deque(units)
         self.stream = collections.deque(stream)
         self.offset = 0
@@ -93,6 +95,7 @@ class StageScheduler:
         self._given(self.available + sum(p.count for _, parts in units for p in parts))
 
     def feed(self, transform_id: str, parts: list[Part]) -> None:
+        """More input parts from a producer that is still running."""
         self.stream.extend((transform_id, p) for p in parts)
         count = sum(p.count for p in parts)
         self.available += count
@@ -105,6 +108,7 @@ class StageScheduler:
 
     @property
     def done(self) -> bool:
+        """True when no input is left, pending or in flight."""
         return not (self.open or self.pending or self.stream or self.in_flight)
 
     # ------------------------------------------------------------------ submitting
@@ -302,6 +306,7 @@ class StageScheduler:
                                       self.execution.queues[spec.buffer_id])
 
     def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
+        """The metrics of the stage's tasks, consolidated."""
         return list(consolidate_monitoring_infos(self.infos))
 
 

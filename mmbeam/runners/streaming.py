@@ -55,6 +55,7 @@ class StageGraph:
                 and buffer_id not in self.side[i])
 
     def streamed_inputs(self, i: int) -> set[bytes]:
+        """The buffers stage ``i`` reads as streams (element-wise, not waited for)."""
         return {b for b in self.main[i] if self.streams(i, b)}
 
     def ancestors(self, i: int) -> set[int]:
@@ -98,13 +99,16 @@ class QueueBook:
         self.queued: dict[bytes, float] = collections.defaultdict(float)
 
     def produced(self, buffer_id: bytes, nbytes: float) -> None:
+        """Count ``nbytes`` more queued in ``buffer_id``."""
         self.queued[buffer_id] += nbytes
 
     def consumed(self, buffer_id: bytes, nbytes: float) -> None:
+        """Count ``nbytes`` of ``buffer_id`` read by its consumer."""
         self.queued[buffer_id] = max(0.0, self.queued[buffer_id] - nbytes)
 
     def __getitem__(self, buffer_id: bytes) -> int:
         return int(self.queued.get(buffer_id, 0.0))
 
     def clear(self) -> None:
+        """Forget every queue (a new wave or a recovery)."""
         self.queued.clear()

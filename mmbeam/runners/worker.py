@@ -37,6 +37,7 @@ from apache_beam.runners.portability.fn_api_runner.execution import (
 )
 from apache_beam.utils import proto_utils
 
+from mmbeam.beam_internals import grouped_keys
 from mmbeam.errors import LostDataError, UnsupportedError
 from mmbeam.transforms import shared_model
 
@@ -339,7 +340,7 @@ def group_shards(coders_and_windowing: tuple, committed: list[tuple[int, int]],
     for shard in shards:
         if shard:
             buffer.append(b"".join(shard))
-    keys = len(buffer._table)  # one output stream per key
+    keys = grouped_keys(buffer)  # one output stream per key
     grouped = [part[0] for part in buffer.partition(keys) if part[0]] if keys else []
     return (len(grouped), digest(grouped)), grouped
 

@@ -114,6 +114,7 @@ class FaultServer:
 
     @property
     def port(self) -> int:
+        """The port the server listens on."""
         if self._httpd is None:
             raise RuntimeError("FaultServer is not running; call start() or use it in a `with`")
         return int(self._httpd.server_address[1])

@@ -52,6 +52,7 @@ class FaultProxy:
                        if m == method and path_contains in p)
 
     def close(self) -> None:
+        """Stop the proxy."""
         self._server.shutdown()
         self._server.server_close()
 
@@ -113,6 +114,6 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if not head:
                 self.wfile.write(data)
 
-        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any  # noqa: N815 - http.server names
 
     return Handler

@@ -75,6 +75,7 @@ class RayHead:
         self._temp_dir = ""
 
     def start(self) -> Self:
+        """Start the cluster's processes and wait until they answer."""
         for attempt in range(1, self.attempts + 1):
             try:
                 return self._start_once()
@@ -121,6 +122,7 @@ class RayHead:
             return ""
 
     def close(self) -> None:
+        """Stop the cluster's processes and remove Ray's stale session files."""
         process, self._process = self._process, None
         if process is not None:
             if process.poll() is None:

@@ -28,7 +28,7 @@ from apache_beam.coders import coder_impl
 from apache_beam.typehints import typehints
 
 import mmbeam.types  # noqa: F401 - registers the Arrow extension types the IPC reader needs
-from mmbeam.transforms._base import FailedRecord
+from mmbeam.transforms.element import FailedRecord
 
 __all__ = [
     "ArrowBatchCoder",
@@ -67,6 +67,7 @@ class ArrowBatchCoder(_CallbackCoder):
     """``pyarrow.RecordBatch`` as an Arrow IPC stream (language-neutral, zero-copy to read)."""
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
+        """Serialize one value."""
         if not isinstance(batch, pa.RecordBatch):
             raise TypeError(f"ArrowBatchCoder encodes pyarrow.RecordBatch, got "
                             f"{type(batch).__name__}; type the PCollection differently")
@@ -76,12 +77,15 @@ class ArrowBatchCoder(_CallbackCoder):
         return sink.getvalue().to_pybytes()
 
     def decode(self, data: bytes) -> pa.RecordBatch:
+        """Deserialize one value."""
         return pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
 
     def estimate(self, batch: pa.RecordBatch) -> int:
+        """The approximate encoded size in bytes (for Beam's size estimates)."""
         return batch.nbytes
 
     def to_type_hint(self):
+        """The Python type this coder encodes."""
         return pa.RecordBatch
 
 
@@ -97,6 +101,7 @@ class NdarrayCoder(_CallbackCoder):
     """
 
     def encode(self, value: Any) -> bytes:
+        """Serialize one value."""
         array = np.asarray(value)
         if array.dtype.hasobject:
             raise TypeError(f"NdarrayCoder cannot encode an object array {array.shape}; "
@@ -107,6 +112,7 @@ class NdarrayCoder(_CallbackCoder):
                 + array.tobytes())
 
     def decode(self, data: bytes) -> np.ndarray:
+        """Deserialize one value."""
         (size,) = _HEADER.unpack_from(data, 0)
         dtype = np.dtype(data[1 : 1 + size].decode("ascii"))
         pos = 1 + size
@@ -117,9 +123,11 @@ class NdarrayCoder(_CallbackCoder):
         return np.frombuffer(data, dtype, offset=pos).reshape(shape).copy()
 
     def estimate(self, value: Any) -> int:
+        """The approximate encoded size in bytes (for Beam's size estimates)."""
         return int(getattr(value, "nbytes", 0)) + 32
 
     def to_type_hint(self):
+        """The Python type this coder encodes."""
         return np.ndarray
 
 
@@ -158,15 +166,19 @@ class FailedRecordCoder(_CallbackCoder):
             [ValueCoder(), coders.StrUtf8Coder(), coders.StrUtf8Coder()])
 
     def encode(self, record: FailedRecord) -> bytes:
+        """Serialize one value."""
         return self._fields.encode(tuple(record))
 
     def decode(self, data: bytes) -> FailedRecord:
+        """Deserialize one value."""
         return FailedRecord(*self._fields.decode(data))
 
     def estimate(self, record: FailedRecord) -> int:
+        """The approximate encoded size in bytes (for Beam's size estimates)."""
         return self._fields.estimate_size(tuple(record))
 
     def to_type_hint(self):
+        """The Python type this coder encodes."""
         return FailedRecord
 
 

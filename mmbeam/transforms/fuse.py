@@ -11,10 +11,11 @@ later steps pass through); a failure that is not nulled raises, or with
 
 from __future__ import annotations
 
+from mmbeam.autotune import default_memory_budget
 from mmbeam.errors import ConfigError
-from mmbeam.ops.rowchain import RowChain
-from mmbeam.transforms._base import ElementFn, ElementTransform
-from mmbeam.transforms.image import DecodeImage, ResizeImage
+from mmbeam.ops.engine import chain_steps
+from mmbeam.ops.rowchain import RowChain, Step
+from mmbeam.transforms.element import ElementFn, ElementTransform, FunctionTransform
 
 __all__ = ["Fuse"]
 
@@ -24,15 +25,15 @@ class Fuse(ElementTransform):
 
     stage = "Fuse"
 
-    def __init__(self, *parts: ElementTransform, label: str | None = None):
+    def __init__(self, *parts: FunctionTransform, label: str | None = None):
         if not parts:
             raise ConfigError("Fuse needs at least one transform, e.g. Fuse(Download(), ...)")
         for part in parts:
-            if not isinstance(part, ElementTransform) or isinstance(part, Fuse):
+            if not isinstance(part, FunctionTransform):
                 raise ConfigError(
                     f"Fuse takes per-element transforms (Download, DecodeImage, ResizeImage, "
-                    f"EncodeImage, Upload), got {type(part).__name__}")
-            if part._failures:
+                    f"EncodeImage, CropImage, ConvertImage, Upload), got {type(part).__name__}")
+            if part.handles_failures:
                 raise ConfigError("call .with_exception_handling() on the Fuse, not on its parts")
         keyed = {p.keyed for p in parts}
         if len(keyed) != 1:
@@ -42,20 +43,12 @@ class Fuse(ElementTransform):
         self.stage = "+".join(p.stage for p in parts)
         self.value_type = parts[-1].value_type
 
-    def steps(self) -> list:
+    def steps(self) -> list[Step]:
         """One step per part; a decode followed by a resize decodes at the resize's box."""
-        steps = []
-        for i, part in enumerate(self.parts):
-            nullable = part.on_error == "null"
-            after = self.parts[i + 1] if i + 1 < len(self.parts) else None
-            if isinstance(part, DecodeImage) and isinstance(after, ResizeImage):
-                steps.append(part.step(nullable, (after.width, after.height)))
-            else:
-                steps.append(part.step(nullable))
-        return steps
+        return chain_steps([p.call() for p in self.parts],
+                           nullable=[p.on_error == "null" for p in self.parts])
 
     def make_fn(self, memory_budget: int | None = None) -> ElementFn:
-        from mmbeam.autotune import default_memory_budget
-
+        """This transform's DoFn."""
         return ElementFn(RowChain(self.steps()), keyed=self.keyed, failures=self._failures,
                          memory_budget=memory_budget or default_memory_budget())

@@ -309,6 +309,7 @@ class Join(beam.PTransform):
             self._spec = _KeySpec(left_names, right_names, False, right_prefix)
 
     def expand(self, pcolls):
+        """Apply this transform (see the class docstring)."""
         if not isinstance(pcolls, (tuple, list)) or len(pcolls) != 2:
             raise ConfigError(
                 f"Join is applied to a pair of PCollections, (left, right) | Join(...); "

@@ -23,7 +23,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import StageError
 from mmbeam.transforms import shared_model as sm
-from mmbeam.transforms._base import FAILED_TAG, ElementTransform, FailedRecord
+from mmbeam.transforms.element import FAILED_TAG, ElementTransform, FailedRecord
 from mmbeam.transforms.resources import StepResources, max_concurrency, requesting
 
 __all__ = ["RunModel"]
@@ -151,6 +151,7 @@ class RunModel(ElementTransform):
         self.token = getattr(model, "token", None) or sm.new_token(model)
 
     def expand(self, pcoll):
+        """Apply this transform (see the class docstring)."""
         with requesting(pcoll.pipeline, self.resources):
             return super().expand(pcoll)
 

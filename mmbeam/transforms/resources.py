@@ -75,10 +75,12 @@ class StepResources:
         return None if c is None else c if isinstance(c, tuple) else (c, c)
 
     def encode(self) -> bytes:
+        """These requests as bytes (a stage annotation)."""
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> StepResources:
+        """The requests encoded by :meth:`encode`."""
         fields = json.loads(data)
         concurrency = fields.get("concurrency")
         if isinstance(concurrency, list):

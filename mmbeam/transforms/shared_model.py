@@ -58,9 +58,11 @@ class Batch(list):
         self._arrow = arrow
 
     def to_pylist(self) -> list[Any]:
+        """The batch's values as a list."""
         return list(self)
 
     def to_arrow(self) -> pa.Array | pa.ChunkedArray:
+        """The batch's values as an Arrow array."""
         if self._arrow is None:
             self._arrow = pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in self])
         return self._arrow
@@ -111,6 +113,7 @@ def model_protocol(model: Any, init_args: tuple = (),
 
 
 def name_of(model: Any) -> str:
+    """A short readable name for a model (its class or function name)."""
     return str(getattr(model, "__name__", None) or type(model).__name__)
 
 
@@ -298,6 +301,7 @@ class BatchInvoker:
         self.controller = shared.controller
 
     def next_size(self) -> int:
+        """The size of the next batch (reported to the runner as the model's batch hint)."""
         size = self.batch_size if self.batch_size is not None else self.controller.next_size()
         note_batch_hint(size)
         return size

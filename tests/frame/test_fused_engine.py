@@ -50,7 +50,7 @@ def test_fused_chain_writes_every_row_bounded_by_connections_and_explains_its_si
     df.explain(show_all=True)
     text = capsys.readouterr().out
     assert "autotuned batches, fused per-row kernel" in text
-    chain = "frame:url.download>image.decode>image.resize>image.encode>url.upload"
+    chain = "Download+DecodeImage+ResizeImage+EncodeImage+Upload"  # the transforms' fused name
     assert f"autotune (last run) {chain}: batch" in text and "ms/elem" in text
     assert "autotune (last run) frame:multimodal_batch_rows: batch" in text
 

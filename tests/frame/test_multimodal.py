@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmbeam.frame as mf
-import mmbeam.ops.decode as decode_mod
+import mmbeam.ops.functions as steps_mod  # the decode step calls its decode_image
 from mmbeam.errors import DecodeError, DownloadError, SchemaError
 from mmbeam.expr import ir
 from mmbeam.frame import DataType, col
@@ -61,14 +61,14 @@ def test_chains_fuse_into_one_expression_and_decode_at_reduced_scale(served, mon
     names = [n.name for n in ir.walk(projects[0].exprs[0]) if isinstance(n, ir.Function)]
     assert names == ["image.resize", "image.decode", "url.download"]
     seen = []
-    real = decode_mod.decode_image
+    real = steps_mod.decode_image
 
     def spy(data, mode="RGB", **kw):
         out = real(data, mode, **kw)
         seen.append((kw.get("min_size"), out.shape))
         return out
 
-    monkeypatch.setattr(decode_mod, "decode_image", spy)
+    monkeypatch.setattr(steps_mod, "decode_image", spy)
     thumb = df.to_pydict()["thumb"][0]
     assert thumb.shape == (40, 50, 3)
     assert seen[0][0] == (50, 40) and seen[0][1][0] < 600  # decoded below full size
@@ -84,7 +84,7 @@ def test_on_error_null_gives_null_rows_never_drops(served):
     out = df.collect()
     got = out.to_pydict()["img"]
     assert len(got) == 4 and got[0] is not None and got[1:] == [None, None, None]
-    assert out._counts == {"url.download": 1, "image.decode": 1}
+    assert out._counts == {"Download": 1, "DecodeImage": 1}
 
 
 def test_on_error_raise_names_the_url(served):
@@ -95,7 +95,7 @@ def test_on_error_raise_names_the_url(served):
         df.with_column("b", col("url").url.download()).collect()
     server.add("mm/junk.jpg", b"junk")
     df = mf.from_pydict({"url": [server.url("files/mm/junk.jpg")]})
-    with pytest.raises(DecodeError, match="image.decode failed for"):
+    with pytest.raises(DecodeError, match="DecodeImage failed for"):
         df.with_column("i", col("url").url.download().image.decode()).collect()
 
 

@@ -239,7 +239,7 @@ def test_multimodal_nulls_and_counts_match(images):
     assert local.to_arrow() == on_beam.to_arrow()
     assert local.to_pydict()["w"] == [40, None, None, 41, None]
     # both columns run the chain, so each counts the 404 and the corrupt image once
-    assert local._counts == on_beam._counts == {"url.download": 2, "image.decode": 2}
+    assert local._counts == on_beam._counts == {"Download": 2, "DecodeImage": 2}
 
 
 def test_a_corrupt_image_fails_the_same_way(images):
@@ -259,7 +259,7 @@ def test_a_corrupt_image_fails_the_same_way(images):
             context.set_execution_config(in_process=None)
         messages.append(str(info.value))
     assert messages[1].startswith(messages[0])  # Beam appends "[while running 'StageN']"
-    assert "image.decode failed for" in messages[0] and "corrupt.jpg" in messages[0]
+    assert "DecodeImage failed for" in messages[0] and "corrupt.jpg" in messages[0]
 
 
 def test_uploads_write_the_same_files(images, tmp_path):

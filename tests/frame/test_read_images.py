@@ -7,7 +7,7 @@ import pytest
 
 import mmbeam
 from mmbeam.errors import ConfigError, DecodeError
-from mmbeam.ops import decode as decode_mod
+from mmbeam.ops import functions as steps_mod  # the decode step calls its decode_image
 from mmbeam.testing.images import encode_sample, make_image
 
 SIZES = {"a.jpg": (64, 48), "b.PNG": (40, 30), "sub/c.jpeg": (120, 90)}
@@ -48,14 +48,14 @@ def test_size_resizes_every_image_and_decodes_jpegs_at_reduced_scale(tmp_path, m
     (tmp_path / "big.jpg").write_bytes(encode_sample(make_image(800, 600, seed=3)))
     (tmp_path / "small.png").write_bytes(encode_sample(make_image(50, 40, seed=4), "PNG"))
     decoded = []
-    real = decode_mod.decode_image
+    real = steps_mod.decode_image
 
     def recording(data, mode="RGB", **kw):  # the real decoder, recording what it produced
         out = real(data, mode, **kw)
         decoded.append(out.shape)
         return out
 
-    monkeypatch.setattr(decode_mod, "decode_image", recording)
+    monkeypatch.setattr(steps_mod, "decode_image", recording)
     images = mmbeam.read_images(str(tmp_path), size=(32, 24)).to_pydict()["image"]
     assert [img.shape for img in images] == [(32, 24, 3), (32, 24, 3)]
     assert (600, 800, 3) not in decoded and any(h < 600 for h, *_ in decoded)

@@ -108,7 +108,7 @@ def test_fetch_all_keeps_order_nulls_and_bounds_connections():
         urls[7] = srv.url("status/404")
         out = fetch_all(urls, max_connections=4, on_error="null", retries=0)
         assert srv.peak_concurrency <= 4
-        with pytest.raises(DownloadError, match=r"url.download failed for .*status/404.*not found"):
+        with pytest.raises(DownloadError, match=r"Download failed for .*status/404.*not found"):
             fetch_all(urls, retries=0)
     assert out[3] is None and out[7] is None
     assert [o for i, o in enumerate(out) if i not in (3, 7)] == [

@@ -23,11 +23,11 @@ from mmbeam.errors import DecodeError
 from mmbeam.runners.direct import local_runner
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import encode_sample, make_image
-from mmbeam.transforms._base import ElementFn
+from mmbeam.transforms.element import ElementFn
 
 STAGES = ("Download", "DecodeImage", "ResizeImage", "EncodeImage", "Upload")
 CHAIN = "+".join(STAGES)
-FNS = ("ElementFn", "_DecodeFn", "ElementFn", "ElementFn", "ElementFn")
+FNS = ("ElementFn",) * 5
 
 
 def unfused() -> PipelineOptions:

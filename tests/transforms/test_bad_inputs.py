@@ -188,7 +188,12 @@ def test_max_connections_is_checked_when_built(make, bad):
 
 def test_upload_of_non_bytes_is_a_clear_failure(tmp_path):
     good, failed = run_collect(
-        lambda p: p | beam.Create(["a string"]) | mt.Upload(str(tmp_path)).with_exception_handling()
+        lambda p: p | beam.Create([123]) | mt.Upload(str(tmp_path)).with_exception_handling()
     ).outputs
-    assert good == [] and "expected bytes to upload, got str" in failed[0].error
+    assert good == [] and "expected bytes to upload, got int" in failed[0].error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_upload_of_a_string_writes_its_utf8_bytes_as_the_frame_does(tmp_path):
+    (path,) = run_collect(lambda p: p | beam.Create(["héllo"]) | mt.Upload(str(tmp_path))).outputs
+    assert open(path, "rb").read() == "héllo".encode()

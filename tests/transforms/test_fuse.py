@@ -103,7 +103,7 @@ def test_window_is_the_backpressure_and_connections_bound_the_server():
 def _decode_min_size(images):
     """The min_size the decode DoFn producing ``images`` runs with, once serialized to run."""
     clone = pickle.loads(pickle.dumps(images.producer.transform.fn))
-    return clone.chain.steps[0].fn.args[0].keywords["min_size"]
+    return clone.chain.steps[0].fn.keywords["min_size"]
 
 
 def test_decode_feeding_only_resizes_decodes_at_reduced_scale(served):

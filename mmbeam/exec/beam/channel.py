@@ -225,13 +225,16 @@ class InProcessChannel(Channel):
         return HeldTable(hold(self.token, table))
 
     def attach(self, pcoll: beam.PCollection) -> None:
+        """Send ``pcoll``'s elements into this channel."""
         self._results = hold(self.token, [])
         _ = pcoll | "Collect" >> beam.ParDo(_AppendFn(self._results))
 
     def read(self, result: Any) -> list:
+        """The elements the run sent, in key order."""
         return sorted(held(self._results), key=lambda kb: kb[0])
 
     def close(self) -> None:
+        """Release what the channel holds."""
         with _HELD_LOCK:
             for key in [k for k in _HELD if k.startswith(f"{self.token}:")]:
                 del _HELD[key]
@@ -248,9 +251,11 @@ class EngineChannel(Channel):
         return EngineTable(self.runner.provide(table, label))
 
     def attach(self, pcoll: beam.PCollection) -> None:
+        """Send ``pcoll``'s elements into this channel."""
         self.runner.retain(pcoll, self.token)
 
     def read(self, result: Any) -> list:
+        """The elements the run sent, in key order."""
         return sorted(result.retained[self.token], key=lambda kb: kb[0])
 
 
@@ -271,11 +276,13 @@ class TempLocationChannel(Channel):
         return StagedTable(f"{self.folder}/{name}", self.io_config)
 
     def attach(self, pcoll: beam.PCollection) -> None:
+        """Send ``pcoll``'s elements into this channel."""
         _ = (pcoll | "Collect" >> beam.ParDo(_WriteIpcFn(self.folder, self.io_config))
              | "Committed" >> beam.combiners.ToList()
              | "Manifest" >> beam.ParDo(_ManifestFn(self.folder, self.io_config)))
 
     def read(self, result: Any) -> list:
+        """The elements the run sent, in key order."""
         with self._fs.open(posixpath.join(self._path, "manifest.json"), "r") as f:
             names = json.load(f)
         out = []
@@ -286,6 +293,7 @@ class TempLocationChannel(Channel):
         return out
 
     def close(self) -> None:
+        """Release what the channel holds."""
         try:
             if self._fs.exists(self._path):
                 self._fs.rm(self._path, recursive=True)

@@ -29,9 +29,11 @@ from mmbeam.exec.beam import udf_stage
 from mmbeam.exec.beam.channel import Channel, held, hold
 from mmbeam.exec.evaluate import EvalContext
 from mmbeam.exec.options import ExecOptions
+from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
 from mmbeam.plan.udfs import UdfApply, split_udfs
 from mmbeam.transforms.coders import KeyedBatch
+from mmbeam.types import DataType, normalize_table
 
 __all__ = ["Compiler", "expand_rows"]
 
@@ -84,7 +86,7 @@ class _RowStageFn(beam.DoFn):
         self._schema = schema
 
     def setup(self):
-        self._errors = {}
+        self._chains: dict = {}  # the fused URL/image chains, kept (and learning) across batches
         self._sizer = None
         if self._sub_rows == "auto":
             self._sizer = operators.multimodal_sizer(None)
@@ -118,7 +120,7 @@ class _RowStageFn(beam.DoFn):
     def process(self, element):
         key, batch = element
         table = _table(batch)
-        ctx = EvalContext()
+        ctx = EvalContext(self._chains)
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
@@ -126,10 +128,13 @@ class _RowStageFn(beam.DoFn):
             parts = ((table.slice(start, size), EvalContext(ctx.chains))  # chains shared
                      for start, size in self._slices(table.num_rows))
             for j, (out, sub) in enumerate(operators.in_order(self._run_part, parts, 2)):
-                ctx.errors.update(sub.errors)
+                ctx.stages.add(sub.stages)
                 yield key + (j,), to_batch(out)
-        for op, count in ctx.errors.items():
-            beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
+        # the URL/image stages' counters, as the transforms report them (namespace: the stage)
+        for stage, counts in ctx.stages.items():
+            for name, count in counts.items():
+                if count:
+                    beam.metrics.Metrics.counter(stage, name).inc(count)
 
 
 #: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
@@ -311,8 +316,6 @@ class _RowsToBatchFn(beam.DoFn):
         self._schema = schema
 
     def process(self, rows):
-        from mmbeam.types import normalize_table
-
         tables = []
         dicts = []
         for r in rows:
@@ -326,8 +329,6 @@ class _RowsToBatchFn(beam.DoFn):
 
 
 def _from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    from mmbeam.types import DataType
-
     cols = [column_to_arrow([r.get(f.name) for r in rows], DataType.from_arrow(f.type))
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
@@ -371,10 +372,12 @@ class Compiler:
                 | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
 
     def label(self, what: str) -> str:
+        """A unique transform label for ``what``."""
         self._count += 1
         return f"{self.prefix}{what}{self._count}"
 
     def expand(self, plan: P.Plan) -> beam.PCollection:
+        """The plan as Beam transforms; its result PCollection of batches."""
         if not self._prepared:  # once, at the root: UDF calls become their own stages
             self._prepared = True
             plan = split_udfs(plan)
@@ -502,8 +505,6 @@ class WriteFilesFn(beam.DoFn):
         self._spec = spec
 
     def process(self, element):
-        from mmbeam.io.writers import write_table
-
         key, batch = element
         paths = write_table(_table(batch), self._spec)
         yield key, pa.record_batch({"path": pa.array(paths, pa.large_string())})

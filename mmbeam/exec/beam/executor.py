@@ -20,12 +20,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmbeam.errors import MmbeamError, UnsupportedError
 from mmbeam.exec.arrow import empty_batch
-from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, result_schema
+from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, log_counts, result_schema
 from mmbeam.exec.beam.channel import channel_for, describe_channel
 from mmbeam.exec.beam.compile import Compiler, WriteFilesFn
+from mmbeam.exec.kernels import StageTotals
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.io.filesystems import filesystem_for, split_protocol
+from mmbeam.ops.registry import registered
 from mmbeam.plan import nodes as P
 from mmbeam.transforms.coders import KeyedBatch
 
@@ -56,6 +58,7 @@ class BeamExecutor(Executor):
                              options=PipelineOptions([], **self.pipeline_flags))
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink`` as a Beam pipeline; its outcome."""
         pipeline = self._pipeline(plan)
         channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
         written: WriteFiles | None = None
@@ -73,13 +76,14 @@ class BeamExecutor(Executor):
             table = pa.Table.from_batches(batches or [empty_batch(result_schema(plan, sink))])
             if written is not None:
                 committed = set(table.column("path").to_pylist())
-            return Outcome(table, _null_counts(result))
+            return _outcome(table, result)
         finally:
             channel.close()
             if written is not None:
                 _remove_uncommitted(written.spec, committed)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        """How the plan runs as a Beam pipeline (and its stages with ``show_all``)."""
         user = _pipeline_of(plan)
         if user is not None:
             runner, options = user.runner, user._options
@@ -152,19 +156,23 @@ def _run(pipeline: beam.Pipeline) -> Any:
     return result
 
 
-def _null_counts(result: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _outcome(table: pa.Table, result: Any) -> Outcome:
+    """The run's table with its counts: each URL/image stage's counters (namespace: the
+    stage, as the transforms report them) and the UDFs' nulled rows."""
+    stages, udfs = StageTotals(), {}
+    names = {f.stage for f in registered()}
     try:
         for m in result.metrics().query()["counters"]:
-            if m.key.metric.namespace == "mmbeam" and m.key.metric.name.endswith(".nulled"):
-                op = m.key.metric.name[: -len(".nulled")]
-                counts[op] = counts.get(op, 0) + int(m.committed or m.attempted or 0)
+            value = int(m.committed or m.attempted or 0)
+            space, name = m.key.metric.namespace, m.key.metric.name
+            if space in names:
+                stages.add({space: {name: value}})
+            elif space == "mmbeam" and name.endswith(".nulled"):
+                op = name[: -len(".nulled")]
+                udfs[op] = udfs.get(op, 0) + value
     except Exception:  # noqa: BLE001 - metrics are best effort on some runners
-        return counts
-    for op, n in counts.items():
-        if n:
-            _log.warning("%s: %d row(s) set to null by on_error='null'", op, n)
-    return counts
+        pass
+    return Outcome(table, {**stages.nulled(), **udfs}, log_counts(stages, udfs))
 
 
 def _remove_uncommitted(spec: Any, committed: set[str]) -> None:

@@ -15,7 +15,6 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from functools import singledispatch
 from typing import Any
@@ -25,17 +24,17 @@ import pyarrow as pa
 from mmbeam.errors import UnsupportedError
 from mmbeam.exec import operators, physical
 from mmbeam.exec.arrow import concat_tables as _concat
-from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles
+from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles, log_counts
 from mmbeam.exec.evaluate import EvalContext
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
+from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
 
 __all__ = ["LocalExecutor", "execution_path", "run_in_process", "write_in_process"]
 
-_log = logging.getLogger(__name__)
 
 
 def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tuple[bool, str]:
@@ -81,6 +80,7 @@ class LocalExecutor(Executor):
         return execution_path(plan, self.options, self.runner_name)
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+        """Run an optimized plan into ``sink`` here, or on Beam when it cannot run here."""
         here, why = self._here(plan)
         if not here:
             return self.fallback(why).run(plan, sink)
@@ -90,6 +90,7 @@ class LocalExecutor(Executor):
         return run_in_process(plan, self.options)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
+        """Where the plan runs and why (and its stages with ``show_all``)."""
         here, why = self._here(plan)
         if not here:
             return self.fallback(why).explain(plan, show_all)
@@ -105,14 +106,12 @@ def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
     """The rows of an (optimized) plan and the counts of rows nulled per operation."""
     ctx = EvalContext()
     table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
-    return Outcome(table, _counted(ctx))
+    return _outcome(table, ctx)
 
 
 def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
     """Run an (optimized) ``plan`` here writing its rows as files as they come (files of up to
     ``batch_rows`` rows); the table of written paths."""
-    from mmbeam.io.writers import write_table
-
     ctx = EvalContext()
     paths: list[str] = []
     pending: list[pa.Table] = []
@@ -129,16 +128,12 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
             flush()
     if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
         flush()
-    return Outcome(pa.table({"path": pa.array(paths, pa.large_string())}), _counted(ctx))
+    return _outcome(pa.table({"path": pa.array(paths, pa.large_string())}), ctx)
 
 
-def _counted(ctx: EvalContext) -> dict[str, int]:
-    """The null counts, each logged as the Beam path logs its counters."""
-    for op, n in ctx.errors.items():
-        if n:
-            _log.warning(
-                "%s: %d row(s) set to null by on_error='null'", op, n)
-    return dict(ctx.errors)
+def _outcome(table: pa.Table, ctx: EvalContext) -> Outcome:
+    """The run's table with its counts (logged as the Beam executor logs its counters)."""
+    return Outcome(table, ctx.stages.nulled(), log_counts(ctx.stages))
 
 
 def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
@@ -190,7 +185,7 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
     for out, sub in operators.in_order(run, parts, 2 if ahead else 1):
-        ctx.errors.update(sub.errors)
+        ctx.stages.add(sub.stages)
         yield out
 
 
