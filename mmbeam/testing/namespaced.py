@@ -46,6 +46,8 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+from mmbeam.testing.ray_cluster import free_ports
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -115,18 +117,6 @@ def _tool(name: str) -> str:
     if not found:
         raise RuntimeError(f"no `{name}` command next to {sys.executable} nor on PATH")
     return found
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _listening(port: int) -> bool:
@@ -368,7 +358,7 @@ class NamespacedRay(_Cluster):
     def _node_flags(self) -> list[str]:
         """Free ports for one node's services, so nodes here and other Ray instances on the
         machine do not collide (the network is shared)."""
-        ports = _free_ports(6)
+        ports = free_ports(6)
         names = ("node-manager", "object-manager", "dashboard-agent-listen",
                  "dashboard-agent-grpc", "metrics-export", "runtime-env-agent")
         return ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block",
@@ -379,7 +369,7 @@ class NamespacedRay(_Cluster):
         ray = _tool("ray")
         deadline = time.monotonic() + self.start_timeout
         env = worker_environment(**_RAY_ENV)
-        gcs, client = _free_ports(2)
+        gcs, client = free_ports(2)
         self.temp_dir = tempfile.mkdtemp(prefix="mmray")  # short: Ray's socket paths
         head = [ray, "start", "--head", f"--port={gcs}", f"--ray-client-server-port={client}",
                 "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
@@ -449,7 +439,7 @@ class NamespacedBeamPool(_Cluster):
 
     def _start(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        (self.port,) = _free_ports(1)
+        (self.port,) = free_ports(1)
         self._spawn("worker-pool", ["python", "-m", "apache_beam.runners.worker.worker_pool_main",
                                     f"--service_port={self.port}"], namespaced=True)
         self._wait("Beam's worker pool did not listen", lambda: _listening(self.port), deadline)

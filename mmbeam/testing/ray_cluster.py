@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RayHead", "init_local_ray"]
+__all__ = ["RayHead", "free_ports", "init_local_ray"]
 
 _QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
 
@@ -44,7 +44,8 @@ def init_local_ray(num_cpus: int = 2, attempts: int = 3) -> Any:
     raise AssertionError("unreachable")
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (bound together, then released)."""
     sockets = []
     for _ in range(n):
         s = socket.socket()
@@ -86,7 +87,7 @@ class RayHead:
         raise AssertionError("unreachable")
 
     def _start_once(self) -> Self:
-        gcs, client = _free_ports(2)
+        gcs, client = free_ports(2)
         self._temp_dir = tempfile.mkdtemp(prefix="mmray")  # short: Ray's socket paths
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
         log = open(os.path.join(self._temp_dir, "head.log"), "wb")  # noqa: SIM115
