@@ -8,6 +8,7 @@ streams (:mod:`mmbeam.exec.local`) and Beam pipelines (:mod:`mmbeam.exec.beam`) 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,13 @@ class Executor:
 
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
         raise NotImplementedError
+
+    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+        """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
+        the work where the executor can. This default runs the whole plan first."""
+        table = self.run(plan, Collect()).table
+        for batch in table.to_batches():
+            yield pa.Table.from_batches([batch])
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         """How an optimized plan runs: the ``== Execution ==`` section of ``Frame.explain``, and

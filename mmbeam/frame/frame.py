@@ -18,9 +18,10 @@ from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, suggest_attribute
 from mmbeam.frame.context import get_context
 from mmbeam.frame.display import Preview
+from mmbeam.frame.iterators import column_values
 from mmbeam.plan import nodes as P
 from mmbeam.plan.optimizer import optimize
-from mmbeam.types import Schema, arrow_to_images
+from mmbeam.types import Schema
 
 __all__ = ["Frame", "GroupedFrame"]
 
@@ -300,7 +301,7 @@ class Frame:
     def to_pydict(self) -> dict[str, list]:
         """``{column: values}``; image cells are numpy arrays."""
         table = self._run()
-        return {n: _pylist(table.column(n)) for n in table.column_names}
+        return {n: column_values(table.column(n)) for n in table.column_names}
 
     def to_pylist(self) -> list[dict[str, Any]]:
         """A list of row dicts."""
@@ -308,25 +309,76 @@ class Frame:
         names = list(data)
         return [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
 
+    def _stream(self) -> Iterator[pa.Table]:
+        """The rows as a stream of tables: the kept result's, or the executor's (which stops
+        its work when the stream is closed)."""
+        if self._result is not None:
+            yield from (pa.Table.from_batches([b]) for b in self._result.to_batches())
+            return
+        names = self.column_names
+        stream = get_context().executor().stream(optimize(self._plan))
+        try:
+            for table in stream:
+                yield table.select(names)
+        finally:
+            stream.close()
+
+    def iter_batches(self, batch_size: int | None = 256, batch_format: str = "arrow",
+                     drop_last: bool = False) -> Iterator[Any]:
+        """The rows in batches of ``batch_size`` (``None``: as they are computed), as they are
+        computed: ``batch_format`` ``"arrow"`` (``pyarrow.Table``), ``"numpy"`` (dict of column
+        → ndarray; images of one size stacked N×H×W×C) or ``"pandas"``. Stopping early stops
+        the work (see :mod:`mmbeam.frame.iterators`)."""
+        from mmbeam.frame.iterators import BATCH_FORMATS, rebatch, table_to_numpy, table_to_pandas
+
+        if batch_format not in BATCH_FORMATS:
+            near = get_close_matches(str(batch_format), BATCH_FORMATS, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"batch_format must be one of {BATCH_FORMATS}, not "
+                              f"{batch_format!r}.{hint}")
+        convert = {"arrow": None, "numpy": table_to_numpy, "pandas": table_to_pandas}[batch_format]
+        batches = rebatch(self._stream(), batch_size, drop_last)
+        try:
+            for table in batches:
+                yield table if convert is None else convert(table)
+        finally:
+            batches.close()
+
+    def iter_torch_batches(self, batch_size: int | None = 256, dtypes: Any = None,
+                           device: Any = "cpu", drop_last: bool = False) -> Iterator[dict]:
+        """Batches as ``{column: torch.Tensor}`` (Ray Data's ``iter_torch_batches``): numbers
+        and images of one size become tensors (images uint8 N×H×W×C) of ``dtypes`` (one torch
+        dtype or a dict per column) on ``device``; strings stay lists. Streams like
+        :meth:`iter_batches`."""
+        from mmbeam.frame.iterators import rebatch, table_to_torch
+
+        batches = rebatch(self._stream(), batch_size, drop_last)
+        try:
+            for table in batches:
+                yield table_to_torch(table, dtypes, device)
+        finally:
+            batches.close()
+
     def iter_rows(self) -> Iterator[dict[str, Any]]:
-        yield from self.to_pylist()
+        """The rows as dicts, as they are computed (image cells are numpy arrays); stopping
+        early stops the work."""
+        from mmbeam.frame.iterators import table_to_rows
+
+        stream = self._stream()
+        try:
+            for table in stream:
+                yield from table_to_rows(table)
+        finally:
+            stream.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_rows()
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
-        import pandas as pd
+        from mmbeam.frame.iterators import table_to_pandas
 
-        table = self._run()
-        data = {}
-        for name in table.column_names:
-            column = table.column(name)
-            if isinstance(column.type, pa.ExtensionType):
-                data[name] = pd.Series(_pylist(column), dtype=object)
-            else:
-                data[name] = column.to_pandas()
-        return pd.DataFrame(data, columns=table.column_names)
+        return table_to_pandas(self._run())
 
     def write_parquet(self, root_dir: str, partition_cols: Sequence[str] | None = None,
                       io_config: Any = None) -> Frame:
@@ -469,14 +521,6 @@ def _listify(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _pylist(column: pa.ChunkedArray) -> list:
-    from mmbeam.types import DataType, ImageArrowType, arrow_to_tensors
-
-    if isinstance(column.type, ImageArrowType):
-        return arrow_to_images(column)
-    if DataType.from_arrow(column.type).is_tensor():
-        return arrow_to_tensors(column)
-    return column.to_pylist()
 
 
 def _cheap_count(plan: P.Plan) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -78,6 +78,21 @@ class BeamExecutor(Executor):
             channel.close()
             if written is not None:
                 _remove_uncommitted(written.spec, committed)
+
+    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+        """The rows after the run (a Beam run hands back its results when it ends), read from
+        the channel one part at a time and released as they are yielded."""
+        pipeline = self._pipeline(plan)
+        channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
+        try:
+            channel.attach(Compiler(pipeline, self.options, channel).expand(plan))
+            result = _run(pipeline)
+            _null_counts(result)
+            for _, batch in channel.iter_read(result):
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
+        finally:
+            channel.close()
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         user = _pipeline_of(plan)

@@ -35,7 +35,8 @@ from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
 from mmbeam.plan import nodes as P
 
-__all__ = ["LocalExecutor", "execution_path", "run_in_process", "write_in_process"]
+__all__ = ["LocalExecutor", "execution_path", "run_in_process", "stream_in_process",
+           "write_in_process"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +92,13 @@ class LocalExecutor(Executor):
         assert isinstance(sink, Collect)
         return run_in_process(plan, self.options)
 
+    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+        here, why = self._here(plan)
+        if not here:
+            yield from self.fallback(why).stream(plan)
+            return
+        yield from stream_in_process(plan, self.options)
+
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         here, why = self._here(plan)
         if not here:
@@ -108,6 +116,20 @@ def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
     ctx = EvalContext()
     table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
     return Outcome(table, _counted(ctx))
+
+
+def stream_in_process(plan: P.Plan, options: ExecOptions) -> Iterator[pa.Table]:
+    """The rows of an (optimized) plan as they come; closing the stream stops the stages (no
+    URL/image work past the sub-batches in flight)."""
+    ctx = EvalContext()
+    batches = _stream(plan, options, ctx)
+    try:
+        for table in batches:
+            if table.num_rows:
+                yield table
+    finally:
+        batches.close()
+    _counted(ctx)
 
 
 def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:

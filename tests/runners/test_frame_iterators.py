@@ -1,0 +1,48 @@
+"""Frame iterators on the Beam executor (local Beam, Dask, Ray): the same rows as to_arrow()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import mmbeam
+from mmbeam.frame import context
+from mmbeam.testing.images import encode_sample, make_image
+
+
+@pytest.fixture
+def on_runner(runner_name, make_runner):
+    """Frames run on the parametrised runner (local: a Beam pipeline, not in-process)."""
+    if runner_name == "dask":
+        context.set_runner_dask(make_runner().address)
+    elif runner_name == "ray":
+        make_runner()
+        context.set_runner_ray()
+    else:
+        context.set_execution_config(in_process=False)
+    yield runner_name
+    context.set_runner_local()
+    context.set_execution_config(in_process=None)
+
+
+def test_every_iterator_gives_the_rows_of_to_arrow(mmbeam_http, on_runner):
+    import torch
+
+    urls = [mmbeam_http.add(f"iter-runners/{i}.jpg", encode_sample(make_image(24, 16, seed=i)))
+            for i in range(30)]
+    df = (mmbeam.from_pydict({"id": list(range(30)), "url": urls})
+          .where(mmbeam.col("id") % 5 != 0)
+          .with_column("image", mmbeam.col("url").url.download().image.decode()))
+    expected = df.to_arrow()
+    assert expected.num_rows == 24
+    batches = list(df.iter_batches(batch_size=7))
+    assert [b.num_rows for b in batches] == [7, 7, 7, 3]
+    assert pa.concat_tables(batches).equals(expected)
+    numpy = list(df.iter_batches(batch_size=10, batch_format="numpy"))
+    images = np.stack(df.to_pydict()["image"])
+    assert np.array_equal(np.concatenate([b["image"] for b in numpy]), images)
+    torch_batches = list(df.iter_torch_batches(batch_size=10))
+    assert torch.equal(torch.cat([b["image"] for b in torch_batches]), torch.from_numpy(images))
+    assert torch.cat([b["id"] for b in torch_batches]).tolist() == expected["id"].to_pylist()
+    assert [r["id"] for r in df.iter_rows()] == expected["id"].to_pylist()
