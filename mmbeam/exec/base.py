@@ -51,6 +51,10 @@ class Executor:
     def run(self, plan: P.Plan, sink: Sink) -> Outcome:
         raise NotImplementedError
 
+    def in_process(self, plan: P.Plan) -> bool:
+        """Whether ``plan`` runs in this process (as a stream of Arrow operators)."""
+        return False
+
     def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
         """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
         the work where the executor can. This default runs the whole plan first."""

@@ -374,6 +374,14 @@ class Frame:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_rows()
 
+    def to_torch_iter_dataset(self) -> Any:
+        """A ``torch.utils.data.IterableDataset`` of the rows (dicts; images uint8 H×W×C
+        tensors); with ``DataLoader(num_workers=N)`` each worker computes its own share, every
+        row exactly once (see :mod:`mmbeam.frame.torch`)."""
+        from mmbeam.frame.torch import FrameIterableDataset
+
+        return FrameIterableDataset(self)
+
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
         from mmbeam.frame.iterators import table_to_pandas

@@ -92,6 +92,9 @@ class LocalExecutor(Executor):
         assert isinstance(sink, Collect)
         return run_in_process(plan, self.options)
 
+    def in_process(self, plan: P.Plan) -> bool:
+        return self._here(plan)[0]
+
     def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
         here, why = self._here(plan)
         if not here:
@@ -256,6 +259,27 @@ def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True)
                 break
     finally:
         batches.close()  # stop the upstream stages: no row past the limit is fetched
+
+
+@_stream.register
+def _(plan: P.Shard, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    offset = 0  # of the child's first row not yet seen
+    block, count, index = plan.block_rows, plan.count, plan.index
+    batches = _stream(plan.child, options, ctx, ahead)
+    try:
+        for table in batches:
+            start, end = offset, offset + table.num_rows
+            offset = end
+            keep = []
+            for b in range(start // block, -(-end // block)):
+                if b % count == index:
+                    lo, hi = max(b * block, start), min((b + 1) * block, end)
+                    keep.append(table.slice(lo - start, hi - lo))
+            if keep:
+                yield pa.concat_tables(keep)
+    finally:
+        batches.close()
 
 
 @_stream.register
