@@ -8,7 +8,7 @@ streams (:mod:`mmbeam.exec.local`) and Beam pipelines (:mod:`mmbeam.exec.beam`) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,12 @@ PATHS_SCHEMA = pa.schema([("path", pa.large_string())])
 
 @dataclass
 class Outcome:
-    """What a run gives back: the result table and the rows nulled per operation."""
+    """What a run gives back: the result table, the rows nulled per operation and the
+    per-operator metrics (:mod:`mmbeam.exec.metrics`; None where the executor has none)."""
 
     table: pa.Table
     nulled: dict[str, int] = field(default_factory=dict)
+    metrics: pa.Table | None = None
 
 
 class Executor:
@@ -55,10 +57,16 @@ class Executor:
         """Whether ``plan`` runs in this process (as a stream of Arrow operators)."""
         return False
 
-    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None) \
+            -> Iterator[pa.Table]:
         """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
-        the work where the executor can. This default runs the whole plan first."""
-        table = self.run(plan, Collect()).table
+        the work where the executor can. ``done`` gets the run's :class:`Outcome` (its null
+        counts and metrics; no rows) once they are known. This default runs the whole plan
+        first."""
+        outcome = self.run(plan, Collect())
+        table = outcome.table
+        if done is not None:
+            done(Outcome(table.schema.empty_table(), outcome.nulled, outcome.metrics))
         for batch in table.to_batches():
             yield pa.Table.from_batches([batch])
 

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmbeam.errors import ConfigError, UnsupportedError
-from mmbeam.exec.base import Collect, WriteFiles
+from mmbeam.exec.base import Collect, Outcome, WriteFiles
 from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, suggest_attribute
 from mmbeam.frame.context import get_context
@@ -63,6 +63,7 @@ class Frame:
         self._plan = plan
         self._result: pa.Table | None = None
         self._counts: dict[str, int] = {}
+        self._metrics: pa.Table | None = None
 
     # -- schema ---------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -244,7 +245,19 @@ class Frame:
             outcome = get_context().executor().run(optimize(self._plan), Collect())
             self._result = outcome.table.select(self.column_names)
             self._counts = outcome.nulled
+            self._metrics = outcome.metrics
         return self._result
+
+    def _ran(self, outcome: Outcome) -> None:
+        self._counts, self._metrics = outcome.nulled, outcome.metrics
+
+    @property
+    def metrics(self) -> pa.Table | None:
+        """The per-operator metrics of this frame's last run (``collect``, ``to_*``, ``write_*``
+        or a finished or stopped iterator), one row per operator: ``operator``, ``rows_in``,
+        ``rows_out``, ``nulls``, ``failures``, ``seconds``, ``peak_bytes`` (see
+        :mod:`mmbeam.exec.metrics`); None before any run."""
+        return self._metrics
 
     def collect(self) -> Frame:
         """Run the plan and keep the rows (later calls reuse them); returns this frame."""
@@ -316,7 +329,7 @@ class Frame:
             yield from (pa.Table.from_batches([b]) for b in self._result.to_batches())
             return
         names = self.column_names
-        stream = get_context().executor().stream(optimize(self._plan))
+        stream = get_context().executor().stream(optimize(self._plan), self._ran)
         try:
             for table in stream:
                 yield table.select(names)
@@ -407,7 +420,10 @@ class Frame:
         spec = WriteSpec(fmt, root, cols, io_config)
         written = P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names))
         outcome = get_context().executor().run(optimize(written), WriteFiles(spec))
-        return Frame(P.InMemory(outcome.table))
+        self._ran(outcome)
+        paths = Frame(P.InMemory(outcome.table))
+        paths._metrics = outcome.metrics
+        return paths
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""

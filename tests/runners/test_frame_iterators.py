@@ -1,4 +1,5 @@
-"""Frame iterators on the Beam executor (local Beam, Dask, Ray): the same rows as to_arrow()."""
+"""Frame iterators on the Beam executor (local Beam, Dask, Ray): the same rows as to_arrow();
+metrics from the runners' counters."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def test_every_iterator_gives_the_rows_of_to_arrow(mmbeam_http, on_runner):
           .with_column("image", mmbeam.col("url").url.download().image.decode()))
     expected = df.to_arrow()
     assert expected.num_rows == 24
+    ops = {row["operator"]: row for row in df.metrics.to_pylist()}  # from Beam's counters
+    stage = ops["Filter+Project[url.download>image.decode]"]
+    assert (stage["rows_in"], stage["rows_out"], stage["nulls"]) == (30, 24, 0)
+    assert ops["InMemory"]["rows_out"] == 30 and stage["seconds"] > 0
     batches = list(df.iter_batches(batch_size=7))
     assert [b.num_rows for b in batches] == [7, 7, 7, 3]
     assert pa.concat_tables(batches).equals(expected)

@@ -23,6 +23,7 @@ from mmbeam.exec.arrow import empty_batch
 from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, result_schema
 from mmbeam.exec.beam.channel import channel_for, describe_channel
 from mmbeam.exec.beam.compile import Compiler, WriteFilesFn
+from mmbeam.exec.metrics import from_beam_result
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.io.filesystems import filesystem_for, split_protocol
@@ -61,7 +62,8 @@ class BeamExecutor(Executor):
         written: WriteFiles | None = None
         committed: set[str] = set()
         try:
-            out = Compiler(pipeline, self.options, channel).expand(plan)
+            compiler = Compiler(pipeline, self.options, channel)
+            out = compiler.expand(plan)
             if isinstance(sink, WriteFiles):
                 written = WriteFiles(dataclasses.replace(sink.spec,
                                                          name_prefix=f"{channel.token}-"))
@@ -73,21 +75,26 @@ class BeamExecutor(Executor):
             table = pa.Table.from_batches(batches or [empty_batch(result_schema(plan, sink))])
             if written is not None:
                 committed = set(table.column("path").to_pylist())
-            return Outcome(table, _null_counts(result))
+            return Outcome(table, _null_counts(result),
+                           from_beam_result(result, compiler.operators))
         finally:
             channel.close()
             if written is not None:
                 _remove_uncommitted(written.spec, committed)
 
-    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None) \
+            -> Iterator[pa.Table]:
         """The rows after the run (a Beam run hands back its results when it ends), read from
         the channel one part at a time and released as they are yielded."""
         pipeline = self._pipeline(plan)
         channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
         try:
-            channel.attach(Compiler(pipeline, self.options, channel).expand(plan))
+            compiler = Compiler(pipeline, self.options, channel)
+            channel.attach(compiler.expand(plan))
             result = _run(pipeline)
-            _null_counts(result)
+            if done is not None:
+                done(Outcome(plan.schema.to_arrow().empty_table(), _null_counts(result),
+                             from_beam_result(result, compiler.operators)))
             for _, batch in channel.iter_read(result):
                 if batch.num_rows:
                     yield pa.Table.from_batches([batch])

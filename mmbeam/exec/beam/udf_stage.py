@@ -9,6 +9,7 @@ incoming batch with the output column added, under its own key, so row order is 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import apache_beam as beam
@@ -18,6 +19,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from mmbeam.errors import MmbeamError, UdfError
 from mmbeam.exec.arrow import column_to_arrow, concat_tables, to_batch
+from mmbeam.exec.metrics import OperatorCounters
 from mmbeam.expr.udf import UdfCall
 from mmbeam.plan.udfs import UdfApply
 from mmbeam.transforms import shared_model as sm
@@ -53,10 +55,12 @@ class _Call:
         self.sizes = Metrics.distribution(f"udf {udf.name}", "batch_size")
         self.nulled = Metrics.counter("mmbeam", f"udf {udf.name}.nulled")
 
-    def run(self, table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    def run(self, table: pa.Table) -> tuple[pa.ChunkedArray | pa.Array, int]:
+        """The call's output column over ``table`` and the rows it nulled."""
         columns = [table.column(a.name) for a in self.call.args]
         values = [_python(c) for c in columns]
         outputs: list[Any] = []
+        nulled = 0
         start = 0
         while start < table.num_rows:
             size = self.size
@@ -68,11 +72,12 @@ class _Call:
                 if self.udf.on_error != "null":
                     raise err
             self.nulled.inc(len(failures))
+            nulled += len(failures)
             outputs.extend(got)
             start += size
             self.size = self.invoker.next_size()
         try:
-            return column_to_arrow(outputs, self.udf.return_dtype)
+            return column_to_arrow(outputs, self.udf.return_dtype), nulled
         except MmbeamError as exc:
             raise UdfError(f"{self.udf.name} returned values that are not "
                            f"{self.udf.return_dtype}: {exc}", stage=f"udf {self.udf.name}"
@@ -82,12 +87,15 @@ class _Call:
 class _UdfStageFn(beam.DoFn):
     """Run a :class:`UdfApply`'s calls over batches gathered from ``(key, RecordBatch)`` pairs."""
 
-    def __init__(self, calls: tuple[tuple[str, UdfCall], ...], schema: pa.Schema):
+    def __init__(self, calls: tuple[tuple[str, UdfCall], ...], schema: pa.Schema,
+                 name: str = "Udf"):
         self._spec = calls
         self._schema = schema
+        self._name = name
 
     def setup(self):
         self._calls = [_Call(out, call) for out, call in self._spec]
+        self._metrics = OperatorCounters(self._name)
 
     def teardown(self):
         for c in getattr(self, "_calls", ()):
@@ -112,8 +120,15 @@ class _UdfStageFn(beam.DoFn):
         pending, self._pending, self._rows = self._pending, [], 0
         inputs = concat_tables([batch for (_, batch), _, _ in pending], self._schema)
         table = inputs
+        started = time.perf_counter()
+        failed = 0
         for c in self._calls:
-            table = table.append_column(c.out, c.run(table))
+            column, nulled = c.run(table)
+            failed += nulled
+            table = table.append_column(c.out, column)
+        self._metrics.update(rows_in=inputs.num_rows, rows_out=table.num_rows, nulls=failed,
+                             failures=failed, seconds=time.perf_counter() - started,
+                             held_bytes=inputs.nbytes + table.nbytes)
         offset = 0
         for (key, batch), timestamp, window in pending:
             part = table.slice(offset, batch.num_rows)
@@ -124,7 +139,7 @@ class _UdfStageFn(beam.DoFn):
 def expand_udf_apply(plan: UdfApply, c: Any) -> beam.PCollection:
     """The compiler rule for :class:`UdfApply` (registered by :mod:`mmbeam.exec.beam.compile`)."""
     names = "+".join(call.udf.name for _, call in plan.calls)
-    fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow())
+    fn = _UdfStageFn(plan.calls, plan.child.schema.to_arrow(), c.operator(plan))
     child = c.spread(c.expand(plan.child))
     resources = StepResources()
     for _, call in plan.calls:

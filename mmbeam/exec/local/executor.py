@@ -16,6 +16,8 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,7 @@ from mmbeam.exec import operators, physical
 from mmbeam.exec.arrow import concat_tables as _concat
 from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles
 from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.metrics import RunMetrics, operator_kind
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.expr import ir
@@ -95,12 +98,13 @@ class LocalExecutor(Executor):
     def in_process(self, plan: P.Plan) -> bool:
         return self._here(plan)[0]
 
-    def stream(self, plan: P.Plan) -> Iterator[pa.Table]:
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None) \
+            -> Iterator[pa.Table]:
         here, why = self._here(plan)
         if not here:
-            yield from self.fallback(why).stream(plan)
+            yield from self.fallback(why).stream(plan, done)
             return
-        yield from stream_in_process(plan, self.options)
+        yield from stream_in_process(plan, self.options, done)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         here, why = self._here(plan)
@@ -114,17 +118,37 @@ class LocalExecutor(Executor):
         return text
 
 
+def _run_context() -> RunContext:
+    from mmbeam.progress import get_progress
+
+    progress = get_progress()
+    return RunContext(RunMetrics(progress if getattr(progress, "enabled", False) else None))
+
+
+def _finish(ctx: RunContext) -> tuple[dict[str, int], pa.Table]:
+    """End a run: close its progress bars, log its null counts; (null counts, metrics)."""
+    if ctx.metrics.progress is not None:
+        ctx.metrics.progress.close()
+    return _counted(ctx), ctx.metrics.table()
+
+
 def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
-    """The rows of an (optimized) plan and the counts of rows nulled per operation."""
-    ctx = EvalContext()
-    table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
-    return Outcome(table, _counted(ctx))
+    """The rows of an (optimized) plan, the counts of rows nulled per operation and the run's
+    metrics."""
+    ctx = _run_context()
+    try:
+        table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    finally:
+        nulled, metrics = _finish(ctx)
+    return Outcome(table, nulled, metrics)
 
 
-def stream_in_process(plan: P.Plan, options: ExecOptions) -> Iterator[pa.Table]:
+def stream_in_process(plan: P.Plan, options: ExecOptions,
+                      done: Callable[[Outcome], None] | None = None) -> Iterator[pa.Table]:
     """The rows of an (optimized) plan as they come; closing the stream stops the stages (no
-    URL/image work past the sub-batches in flight)."""
-    ctx = EvalContext()
+    URL/image work past the sub-batches in flight). When the stream ends (or is closed),
+    ``done`` gets an :class:`Outcome` with no rows, the null counts and the metrics."""
+    ctx = _run_context()
     batches = _stream(plan, options, ctx)
     try:
         for table in batches:
@@ -132,7 +156,9 @@ def stream_in_process(plan: P.Plan, options: ExecOptions) -> Iterator[pa.Table]:
                 yield table
     finally:
         batches.close()
-    _counted(ctx)
+        nulled, metrics = _finish(ctx)
+        if done is not None:
+            done(Outcome(plan.schema.to_arrow().empty_table(), nulled, metrics))
 
 
 def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
@@ -140,7 +166,7 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
     ``batch_rows`` rows); the table of written paths."""
     from mmbeam.io.writers import write_table
 
-    ctx = EvalContext()
+    ctx = _run_context()
     paths: list[str] = []
     pending: list[pa.Table] = []
 
@@ -150,13 +176,16 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
             paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
         pending.clear()
 
-    for table in _stream(plan, options, ctx):
-        pending.append(table)
-        if sum(t.num_rows for t in pending) >= options.batch_rows:
+    try:
+        for table in _stream(plan, options, ctx):
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= options.batch_rows:
+                flush()
+        if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
             flush()
-    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
-        flush()
-    return Outcome(pa.table({"path": pa.array(paths, pa.large_string())}), _counted(ctx))
+    finally:
+        nulled, metrics = _finish(ctx)
+    return Outcome(pa.table({"path": pa.array(paths, pa.large_string())}), nulled, metrics)
 
 
 def _counted(ctx: EvalContext) -> dict[str, int]:
@@ -168,21 +197,62 @@ def _counted(ctx: EvalContext) -> dict[str, int]:
     return dict(ctx.errors)
 
 
-def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
-    """A blocking operator's input, materialized."""
-    return _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
+def _whole(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool) -> pa.Table:
+    """A blocking operator's input, materialized (its bytes held by the operator)."""
+    name = ctx.operator
+    table = _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
+    ctx.metrics.update(name, held_bytes=ctx.metrics.operators[name].peak_bytes + table.nbytes)
+    return table
 
 
 # -- the stream of batches per plan node ----------------------------------------------------------
-@singledispatch
-def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+class RunContext(EvalContext):
+    """An in-process run's state: the null counts and fused chains of :class:`EvalContext`,
+    the run's per-operator :class:`~mmbeam.exec.metrics.RunMetrics`, and the operator whose
+    batch is being computed (so the operators it reads from know their consumer)."""
+
+    def __init__(self, metrics: RunMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.operator: str | None = None
+
+
+def _stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     """``plan``'s rows as a stream of tables; ``ahead=False`` (under a limit) never runs URL/image
-    work on rows the consumer has not asked for yet."""
+    work on rows the consumer has not asked for yet. Each node is one operator of the run's
+    metrics: its rows out, its time (its inputs' taken off later), the batch it hands on."""
+    metrics = ctx.metrics
+    name = metrics.add(operator_kind(plan))
+    if ctx.operator is not None:
+        metrics.operators[ctx.operator].inputs.append(name)
+    leaf = not plan.inputs()
+    inner = _node_stream(plan, options, ctx, ahead)
+    try:
+        while True:
+            outer, ctx.operator = ctx.operator, name
+            started = time.perf_counter()
+            try:
+                table = next(inner)
+            except StopIteration:
+                return
+            finally:
+                ctx.operator = outer
+                metrics.update(name, seconds=time.perf_counter() - started)
+            metrics.update(name, rows_out=table.num_rows, rows_in=table.num_rows if leaf else 0,
+                           held_bytes=table.nbytes)
+            yield table
+    finally:
+        inner.close()
+
+
+@singledispatch
+def _node_stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
     raise UnsupportedError(f"the in-process executor has no rule for {type(plan).__name__}")
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     rows = options.batch_rows
@@ -190,7 +260,7 @@ def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = Tr
         yield plan.table.slice(start, rows)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     for index, spec in operators.scan_tasks(plan):
@@ -198,27 +268,50 @@ def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) 
             yield table
 
 
-def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
+def _rows(plan: P.Plan, options: ExecOptions, ctx: RunContext,
           ahead: bool = True) -> Iterator[pa.Table]:
+    name = ctx.operator  # this operator's name in the run's metrics
     ops, source, multimodal = operators.row_ops(plan)
     batches = _stream(source, options, ctx, ahead)
     if not multimodal:
         for table in batches:
-            yield operators.run_row_ops(table, ops, ctx)
+            before = sum(ctx.errors.values())
+            out = operators.run_row_ops(table, ops, ctx)
+            nulled = sum(ctx.errors.values()) - before
+            ctx.metrics.update(name, nulls=nulled, failures=nulled)
+            yield out
         return
     sizer = operators.multimodal_sizer(options.multimodal_batch_rows)
+    held = _Held()
 
     def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
         sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
+        ctx.metrics.update(name, held_bytes=held.add(part.nbytes))
         with sizer.measure(part.num_rows) as cost:
             out = operators.run_row_ops(part, ops, sub)
             cost.output_bytes = out.nbytes
+        ctx.metrics.update(name, held_bytes=held.add(out.nbytes - part.nbytes))
         return out, sub
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
     for out, sub in _in_order(run, parts, 2 if ahead else 1):
         ctx.errors.update(sub.errors)
+        nulled = sum(sub.errors.values())
+        ctx.metrics.update(name, nulls=nulled, failures=nulled, held_bytes=held.add(-out.nbytes))
         yield out
+
+
+class _Held:
+    """Arrow bytes a stage holds: sub-batches in work and results not yet handed on."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.bytes += n
+            return self.bytes
 
 
 def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -240,12 +333,12 @@ def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Ite
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-_stream.register(P.Project, _rows)
-_stream.register(P.Filter, _rows)
-_stream.register(P.Explode, _rows)
+_node_stream.register(P.Project, _rows)
+_node_stream.register(P.Filter, _rows)
+_node_stream.register(P.Explode, _rows)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     left = plan.n
@@ -261,7 +354,7 @@ def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True)
         batches.close()  # stop the upstream stages: no row past the limit is fetched
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Shard, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     offset = 0  # of the child's first row not yet seen
@@ -282,7 +375,7 @@ def _(plan: P.Shard, options: ExecOptions, ctx: EvalContext, ahead: bool = True)
         batches.close()
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     left = _whole(plan.left, options, ctx, ahead)
@@ -291,20 +384,20 @@ def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) 
                                plan.schema, plan.prefix)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.aggregate_table(_whole(plan.child, options, ctx, ahead), plan.keys, plan.aggs,
                                    plan.schema)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.distinct_table(_whole(plan.child, options, ctx, ahead), plan.on)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.sort_table(_whole(plan.child, options, ctx, ahead), plan.by, plan.descending,
