@@ -45,28 +45,33 @@ class Outcome:
     table: pa.Table
     nulled: dict[str, int] = field(default_factory=dict)
     metrics: pa.Table | None = None
+    #: the failures table of a run capturing failures (mmbeam.exec.failures), else None
+    failures: pa.Table | None = None
 
 
 class Executor:
     """Runs optimized plans into sinks; subclasses implement both methods."""
 
-    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+    def run(self, plan: P.Plan, sink: Sink, capture: Any = None) -> Outcome:
+        """Run ``plan`` into ``sink``; with ``capture`` (a
+        :class:`~mmbeam.exec.failures.FailureCapture`) failed rows go to ``Outcome.failures``."""
         raise NotImplementedError
 
     def in_process(self, plan: P.Plan) -> bool:
         """Whether ``plan`` runs in this process (as a stream of Arrow operators)."""
         return False
 
-    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None) \
-            -> Iterator[pa.Table]:
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
+               capture: Any = None) -> Iterator[pa.Table]:
         """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
         the work where the executor can. ``done`` gets the run's :class:`Outcome` (its null
         counts and metrics; no rows) once they are known. This default runs the whole plan
         first."""
-        outcome = self.run(plan, Collect())
+        outcome = self.run(plan, Collect(), capture)
         table = outcome.table
         if done is not None:
-            done(Outcome(table.schema.empty_table(), outcome.nulled, outcome.metrics))
+            done(Outcome(table.schema.empty_table(), outcome.nulled, outcome.metrics,
+                         outcome.failures))
         for batch in table.to_batches():
             yield pa.Table.from_batches([batch])
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmbeam.errors import CastError, UnsupportedError
+from mmbeam.errors import CastError, ConfigError, SchemaError, UnsupportedError
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
 from mmbeam.types import DataType, Schema
@@ -27,12 +27,17 @@ Array = pa.Array | pa.ChunkedArray
 
 
 class EvalContext:
-    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation, and
-    the fused URL/image chains built so far (reused by later batches)."""
+    """Per-stage state: counts of rows nulled by ``on_error="null"``, keyed by operation, the
+    fused URL/image chains built so far (reused by later batches) and, capturing failures
+    (:mod:`mmbeam.exec.failures`), the mode, the failures of the batch being evaluated and the
+    failure tables made so far."""
 
-    def __init__(self, chains: dict | None = None) -> None:
+    def __init__(self, chains: dict | None = None, capture: Any = None) -> None:
         self.errors: Counter[str] = Counter()
         self.chains: dict = {} if chains is None else chains
+        self.capture = capture
+        self.failures: Any = None  # a RowFailures while an operator evaluates a batch
+        self.failed: list[pa.Table] = []
 
 
 def _length(table: pa.Table) -> int:
@@ -272,6 +277,8 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
             value: Any = table.column(e.child.name)
         elif isinstance(e, ir.Column):
             value = table.column(e.name)
+        elif ctx.failures is not None:
+            value = _evaluate_capturing(e, table, ctx, infer(e, schema).to_arrow())
         else:
             value = evaluate(e, table, ctx)
         target = infer(e, schema).to_arrow()
@@ -281,6 +288,54 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
         arrays.append(value)
         names.append(ir.output_name(e))
     return pa.Table.from_arrays(arrays, names=names) if arrays else table.select([])
+
+
+#: errors that are the plan's fault, never one row's: raised even when capturing failures
+_PLAN_ERRORS = (ConfigError, SchemaError, UnsupportedError)
+
+
+def _evaluate_capturing(node: ir.Node, table: pa.Table, ctx: EvalContext,
+                        target: pa.DataType) -> Array | pa.Scalar:
+    """``node`` over ``table``; when a vectorised function (a cast ...) fails, again row by row,
+    the failing rows recorded in ``ctx.failures`` and null. (URL/image functions record their
+    rows' failures themselves and never raise here.)"""
+    try:
+        return evaluate(node, table, ctx)
+    except _PLAN_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - found row by row below
+        pass
+    outer, parts = ctx.failures, []
+    try:
+        for i in range(table.num_rows):
+            ctx.failures = type(outer)()
+            try:
+                part = _as_array(evaluate(node, table.slice(i, 1), ctx), 1, target)
+                if part.type != target:
+                    part = part.cast(target)
+            except _PLAN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this row's failure, recorded
+                outer.record(i, _stage_of(exc, node), exc, kept=False)
+                part = pa.nulls(1, target)
+            for stage, error, kept in ctx.failures.rows.values():
+                outer.record(i, stage, error, kept)
+            parts.append(part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part)
+    finally:
+        ctx.failures = outer
+    return pa.chunked_array(parts, target)
+
+
+def _stage_of(exc: BaseException, node: ir.Node) -> str:
+    """The stage a row failed in: the error's own, else the failing function's name."""
+    stage = getattr(exc, "stage", None)
+    if stage:
+        return stage
+    while isinstance(node, ir.Alias):
+        node = node.child
+    if isinstance(node, ir.Cast):
+        return "cast"
+    return node.name if isinstance(node, ir.Function) else type(node).__name__.lower()
 
 
 def filter_table(table: pa.Table, predicate: ir.Node, ctx: EvalContext) -> pa.Table:

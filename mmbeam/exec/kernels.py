@@ -105,8 +105,11 @@ def _named(data: Any) -> tuple[str, bytes]:
     return content_name(payload), payload
 
 
-def _io_step(fn: ir.Function) -> Step:
-    nullable = fn.option("on_error", "raise") == "null"
+def _nullable(fn: ir.Function) -> bool:
+    return fn.option("on_error", "raise") == "null"
+
+
+def _io_step(fn: ir.Function, nullable: bool) -> Step:
     limit = fn.option("max_connections", 32)
     if fn.name == "url.download":
         from mmbeam.ops.fetch import Fetcher
@@ -122,8 +125,13 @@ def _io_step(fn: ir.Function) -> Step:
     return Step(fn.name, "io", functools.partial(_put, store), nullable, limit)
 
 
-def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[RowChain, ir.Node]:
-    """The fused chain for ``node`` (upload? ∘ row ops ∘ download?) and the node it reads."""
+def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) \
+        -> tuple[RowChain, ir.Node, tuple[bool, ...]]:
+    """The fused chain for ``node`` (upload? ∘ row ops ∘ download?), the node it reads and each
+    step's ``on_error == "null"``. Capturing failures, no step nulls: every failure comes back
+    as the row's error, and the caller nulls or drops the row."""
+    capture = getattr(ctx, "capture", None) is not None
+    fns: list[ir.Function] = []
     top = node if node.name == "url.upload" else None
     cur: ir.Node = node.args[0] if top is not None else node
     ops: list[ir.Function] = []
@@ -133,16 +141,19 @@ def _plan_chain(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[RowChain,
     ops.reverse()
     steps = []
     if isinstance(cur, ir.Function) and cur.name == "url.download":
-        steps.append(_io_step(cur))
+        fns.append(cur)
+        steps.append(_io_step(cur, _nullable(cur) and not capture))
         cur = cur.args[0]
     for i, fn in enumerate(ops):
         extra = _python(fn.args[1], table, ctx) if len(fn.args) > 1 else None
         following = ops[i + 1] if i + 1 < len(ops) else None
+        fns.append(fn)
         steps.append(Step(fn.name, "cpu", _row_op(fn, following, extra),
-                          fn.option("on_error") == "null"))
+                          _nullable(fn) and not capture))
     if top is not None:
-        steps.append(_io_step(top))
-    return RowChain(steps), cur
+        fns.append(top)
+        steps.append(_io_step(top, _nullable(top) and not capture))
+    return RowChain(steps), cur, tuple(_nullable(f) for f in fns)
 
 
 def _python(node: ir.Node, table: pa.Table, ctx: Any) -> list[Any]:
@@ -229,15 +240,16 @@ def _run_rows(window: _Window, values: list[Any], names: list[Any]) -> list[RowO
     return [f.result() for f in futures]
 
 
-def _window(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[_Window, ir.Node]:
+def _window(node: ir.Function, table: pa.Table, ctx: Any) \
+        -> tuple[_Window, ir.Node, tuple[bool, ...]]:
     """The chain for ``node`` with its window, and the node it reads; a chain whose steps read
     no other column (no crop by a bbox column) is built once per context and reused by every
     batch, sharing its connections and its window."""
     chains = getattr(ctx, "chains", None)
     if chains is not None and id(node) in chains:
         return chains[id(node)]
-    chain, base = _plan_chain(node, table, ctx)
-    entry = (_Window(chain), base)
+    chain, base, nullable = _plan_chain(node, table, ctx)
+    entry = (_Window(chain), base, nullable)
     if chains is not None and not any(len(n.args) > 1 for n in ir.walk(node)
                                       if isinstance(n, ir.Function) and n.name in ROW_OPS):
         entry = chains.setdefault(id(node), entry)
@@ -245,16 +257,25 @@ def _window(node: ir.Function, table: pa.Table, ctx: Any) -> tuple[_Window, ir.N
 
 
 def _run_chain(node: ir.Function, table: pa.Table, ctx: Any) -> list[Any]:
-    window, base = _window(node, table, ctx)
+    window, base, nullable = _window(node, table, ctx)
+    failures = getattr(ctx, "failures", None)  # capturing: rows' failures are recorded there
     values = _python(base, table, ctx)
     if window.chain.steps[0].stage == "url.download":
         names = values
     else:
         names = [f"row {i}" for i in range(len(values))]
     results = []
-    for outcome in _run_rows(window, values, names):
+    for i, outcome in enumerate(_run_rows(window, values, names)):
         if outcome.error is not None:
-            raise outcome.error
+            if failures is None:
+                raise outcome.error
+            step = len(outcome.sizes)  # the step that failed
+            stage = window.chain.steps[step].stage
+            failures.record(i, stage, outcome.error, kept=nullable[step])
+            if nullable[step]:
+                ctx.errors[stage] += 1
+            results.append(None)
+            continue
         if outcome.nulled is not None:
             ctx.errors[outcome.nulled] += 1
         results.append(outcome.value)

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from mmbeam.errors import ConfigError, UnsupportedError
 from mmbeam.exec.base import Collect, Outcome, WriteFiles
+from mmbeam.exec.failures import FailureCapture
 from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, suggest_attribute
 from mmbeam.frame.context import get_context
@@ -58,12 +59,14 @@ def _column_name(value: ColumnLike, what: str) -> str:
 class Frame:
     """A lazy table of rows. Build with ``mmbeam.from_pydict``, ``read_parquet`` ..."""
 
-    def __init__(self, plan: P.Plan):
+    def __init__(self, plan: P.Plan, capture: FailureCapture | None = None):
         plan.schema  # noqa: B018 - validate now, before anything runs
         self._plan = plan
+        self._capture = capture
         self._result: pa.Table | None = None
         self._counts: dict[str, int] = {}
         self._metrics: pa.Table | None = None
+        self._failures: pa.Table | None = None
 
     # -- schema ---------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -79,7 +82,28 @@ class Frame:
         return [col(n) for n in self.column_names]
 
     def _derive(self, plan: P.Plan) -> Frame:
-        return Frame(plan)
+        return Frame(plan, self._capture)
+
+    # -- failed rows ----------------------------------------------------------------------------
+    def with_exception_handling(self, columns: Sequence[str] | None = None) -> Frame:
+        """This frame in failure-capturing mode (Beam's ``with_exception_handling``): a row that
+        a function (URL/image function, cast, UDF) fails on goes to the run's failures table
+        instead of raising, and leaves the output; ``on_error="null"`` functions null the value
+        and record the failure too. After a run, :attr:`failures` holds one row per failure:
+        ``columns`` (default: the failing stage's non-image, non-binary input columns),
+        ``stage``, ``error_type``, ``error``, ``attempts`` (see :mod:`mmbeam.exec.failures`)."""
+        names = None
+        if columns is not None:
+            names = tuple(_flatten((columns,)) if not isinstance(columns, str) else (columns,))
+            for name in names:
+                self._plan.schema[name]  # unknown names fail here with a suggestion
+        return Frame(self._plan, FailureCapture(names))
+
+    @property
+    def failures(self) -> Frame | None:
+        """The failures table of this frame's last run in failure-capturing mode (a Frame; see
+        :meth:`with_exception_handling`); None before a run, or when not capturing."""
+        return None if self._failures is None else Frame(P.InMemory(self._failures))
 
     # -- projections ----------------------------------------------------------------------------
     def select(self, *columns: ColumnLike) -> Frame:
@@ -242,14 +266,14 @@ class Frame:
     # -- running --------------------------------------------------------------------------------
     def _run(self) -> pa.Table:
         if self._result is None:
-            outcome = get_context().executor().run(optimize(self._plan), Collect())
+            outcome = get_context().executor().run(optimize(self._plan), Collect(), self._capture)
             self._result = outcome.table.select(self.column_names)
-            self._counts = outcome.nulled
-            self._metrics = outcome.metrics
+            self._ran(outcome)
         return self._result
 
     def _ran(self, outcome: Outcome) -> None:
         self._counts, self._metrics = outcome.nulled, outcome.metrics
+        self._failures = outcome.failures
 
     @property
     def metrics(self) -> pa.Table | None:
@@ -329,7 +353,7 @@ class Frame:
             yield from (pa.Table.from_batches([b]) for b in self._result.to_batches())
             return
         names = self.column_names
-        stream = get_context().executor().stream(optimize(self._plan), self._ran)
+        stream = get_context().executor().stream(optimize(self._plan), self._ran, self._capture)
         try:
             for table in stream:
                 yield table.select(names)
@@ -402,25 +426,34 @@ class Frame:
         return table_to_pandas(self._run())
 
     def write_parquet(self, root_dir: str, partition_cols: Sequence[str] | None = None,
-                      io_config: Any = None) -> Frame:
-        """Write Parquet files under ``root_dir``; returns a frame of written paths."""
-        return self._write("parquet", root_dir, partition_cols, io_config)
+                      io_config: Any = None, failures_path: str | None = None) -> Frame:
+        """Write Parquet files under ``root_dir``; returns a frame of written paths. With
+        ``failures_path`` (failure-capturing mode, see :meth:`with_exception_handling`; implied)
+        the run's failures table is written there as Parquet too, from the same run."""
+        return self._write("parquet", root_dir, partition_cols, io_config, failures_path)
 
     def write_csv(self, root_dir: str, partition_cols: Sequence[str] | None = None,
-                  io_config: Any = None) -> Frame:
-        """Write CSV files under ``root_dir``; returns a frame of written paths."""
-        return self._write("csv", root_dir, partition_cols, io_config)
+                  io_config: Any = None, failures_path: str | None = None) -> Frame:
+        """Write CSV files under ``root_dir``; returns a frame of written paths (and the
+        failures under ``failures_path``, as :meth:`write_parquet`)."""
+        return self._write("csv", root_dir, partition_cols, io_config, failures_path)
 
-    def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any) -> Frame:
-        from mmbeam.io.writers import WriteSpec
+    def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any,
+               failures_path: str | None = None) -> Frame:
+        from mmbeam.io.writers import WriteSpec, write_table
 
         cols = tuple(partition_cols or ())
         for c in cols:
             self._plan.schema[c]
         spec = WriteSpec(fmt, root, cols, io_config)
+        capture = self._capture
+        if failures_path is not None and capture is None:
+            capture = FailureCapture()
         written = P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names))
-        outcome = get_context().executor().run(optimize(written), WriteFiles(spec))
+        outcome = get_context().executor().run(optimize(written), WriteFiles(spec), capture)
         self._ran(outcome)
+        if failures_path is not None:
+            write_table(outcome.failures, WriteSpec(fmt, failures_path, (), io_config))
         paths = Frame(P.InMemory(outcome.table))
         paths._metrics = outcome.metrics
         return paths

@@ -115,7 +115,9 @@ class Fetcher:
         or the retries are used up."""
         retry_after = _retry_delay(exc)
         if retry_after is None or attempt >= self.retries:
-            raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
+            error = DownloadError(_describe(exc, attempt + 1, self.timeout_s))
+            error.attempts = attempt + 1  # the failures table's attempts column
+            raise error from exc
         delay = min(self.max_backoff_s, max(retry_after, self.backoff_s * 2**attempt))
         return delay * (0.5 + random.random() / 2)
 

@@ -29,6 +29,7 @@ from mmbeam.exec.arrow import concat_tables as _concat
 from mmbeam.exec.beam import udf_stage
 from mmbeam.exec.beam.channel import Channel, held, hold
 from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.failures import FAILURE_KEY, FAILURES
 from mmbeam.exec.metrics import OperatorCounters, operator_kind, unique_name
 from mmbeam.exec.options import ExecOptions
 from mmbeam.plan import nodes as P
@@ -92,11 +93,12 @@ class _RowStageFn(beam.DoFn):
     """
 
     def __init__(self, ops: list[tuple[str, Any]], sub_rows: int | str | None,
-                 schema: pa.Schema, name: str = "Project"):
+                 schema: pa.Schema, name: str = "Project", capture: Any = None):
         self._ops = ops
         self._sub_rows = sub_rows
         self._schema = schema
         self._name = name
+        self._capture = capture  # failure-capturing mode: failed rows to the FAILURES output
 
     def setup(self):
         self._errors = {}
@@ -109,11 +111,13 @@ class _RowStageFn(beam.DoFn):
 
     def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
         started = time.perf_counter()
-        before = sum(ctx.errors.values())
+        before, failed = sum(ctx.errors.values()), len(ctx.failed)
         out = operators.run_row_ops(table, self._ops, ctx)
         nulled = sum(ctx.errors.values()) - before
+        failures = nulled if self._capture is None else sum(
+            t.num_rows for t in ctx.failed[failed:])
         self._metrics.update(rows_in=table.num_rows, rows_out=out.num_rows, nulls=nulled,
-                             failures=nulled, seconds=time.perf_counter() - started,
+                             failures=failures, seconds=time.perf_counter() - started,
                              held_bytes=table.nbytes + out.nbytes)
         return out
 
@@ -131,7 +135,7 @@ class _RowStageFn(beam.DoFn):
     def process(self, element):
         key, batch = element
         table = _table(batch)
-        ctx = EvalContext()
+        ctx = EvalContext(capture=self._capture)
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
             yield key, to_batch(self._run(table, ctx))
         else:
@@ -146,6 +150,9 @@ class _RowStageFn(beam.DoFn):
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
+        for j, failed in enumerate(ctx.failed):
+            yield beam.pvalue.TaggedOutput(FAILURES, ((FAILURE_KEY,) + key + (j,),
+                                                      to_batch(failed)))
 
 
 #: rows per piece when spreading batches over a cluster's workers before per-row work
@@ -385,8 +392,12 @@ class Compiler:
     """Expands plan nodes into a pipeline; each node is expanded once. In-memory tables reach
     the workers through ``channel`` (see :mod:`mmbeam.exec.beam.channel`)."""
 
-    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions, channel: Channel):
+    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions, channel: Channel,
+                 capture: Any = None):
         self.pipeline = pipeline
+        #: failure-capturing mode (a FailureCapture) and the failed-row outputs of the stages
+        self.capture = capture
+        self.failures: list[beam.PCollection] = []
         self.options = options
         self.channel = channel
         self._by_reference = options.shuffle_by_reference(channel.in_process)
@@ -419,6 +430,23 @@ class Compiler:
         return (pcoll | self.label("Split") >> beam.ParDo(_SplitFn(SPREAD_ROWS))
                 .with_output_types(KeyedBatch)
                 | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
+
+    def capturing(self, pcoll_or_tuple: Any) -> beam.PCollection:
+        """The main output of a stage; its failed rows join :attr:`failures` (when capturing,
+        the stage was applied ``with_outputs(FAILURES, main="main")``)."""
+        if self.capture is None:
+            return pcoll_or_tuple
+        main, failed = pcoll_or_tuple.main, pcoll_or_tuple[FAILURES]
+        main.element_type = failed.element_type = KeyedBatch
+        self.failures.append(failed)
+        return main
+
+    def stage(self, fn: beam.DoFn) -> Any:
+        """``ParDo(fn)``, with a failed-rows output when capturing."""
+        pardo = beam.ParDo(fn)
+        if self.capture is not None:
+            return pardo.with_outputs(FAILURES, main="main")
+        return pardo.with_output_types(KeyedBatch)
 
     def label(self, what: str) -> str:
         self._count += 1
@@ -469,8 +497,8 @@ def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     if multimodal:
         source = c.spread(source)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
-    fn = _RowStageFn(ops, sub, plan.schema.to_arrow(), c.operator(plan))
-    return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)
+    fn = _RowStageFn(ops, sub, plan.schema.to_arrow(), c.operator(plan), c.capture)
+    return c.capturing(source | c.label("Stage") >> c.stage(fn))
 
 
 _expand.register(P.Project, _row_stage)

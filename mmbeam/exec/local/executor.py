@@ -31,6 +31,7 @@ from mmbeam.exec import operators, physical
 from mmbeam.exec.arrow import concat_tables as _concat
 from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles
 from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.failures import FailureCapture, concat_failures
 from mmbeam.exec.metrics import RunMetrics, operator_kind
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
@@ -86,25 +87,25 @@ class LocalExecutor(Executor):
     def _here(self, plan: P.Plan) -> tuple[bool, str]:
         return execution_path(plan, self.options, self.runner_name)
 
-    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+    def run(self, plan: P.Plan, sink: Sink, capture: FailureCapture | None = None) -> Outcome:
         here, why = self._here(plan)
         if not here:
-            return self.fallback(why).run(plan, sink)
+            return self.fallback(why).run(plan, sink, capture)
         if isinstance(sink, WriteFiles):
-            return write_in_process(plan, sink.spec, self.options)
+            return write_in_process(plan, sink.spec, self.options, capture)
         assert isinstance(sink, Collect)
-        return run_in_process(plan, self.options)
+        return run_in_process(plan, self.options, capture)
 
     def in_process(self, plan: P.Plan) -> bool:
         return self._here(plan)[0]
 
-    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None) \
-            -> Iterator[pa.Table]:
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
+               capture: FailureCapture | None = None) -> Iterator[pa.Table]:
         here, why = self._here(plan)
         if not here:
-            yield from self.fallback(why).stream(plan, done)
+            yield from self.fallback(why).stream(plan, done, capture)
             return
-        yield from stream_in_process(plan, self.options, done)
+        yield from stream_in_process(plan, self.options, done, capture)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         here, why = self._here(plan)
@@ -118,37 +119,43 @@ class LocalExecutor(Executor):
         return text
 
 
-def _run_context() -> RunContext:
+#: the most rows per sub-batch of URL/image work in a stream (iterators): the first batch comes
+#: early and the rows in flight stay few however long the stream (flat memory)
+STREAM_ROWS = 256
+
+
+def _run_context(capture: FailureCapture | None, max_sub_rows: int = 8192) -> RunContext:
     from mmbeam.progress import get_progress
 
     progress = get_progress()
-    return RunContext(RunMetrics(progress if getattr(progress, "enabled", False) else None))
+    return RunContext(RunMetrics(progress if getattr(progress, "enabled", False) else None),
+                      max_sub_rows, capture)
 
 
-def _finish(ctx: RunContext) -> tuple[dict[str, int], pa.Table]:
-    """End a run: close its progress bars, log its null counts; (null counts, metrics)."""
+def _finish(ctx: RunContext, table: pa.Table) -> Outcome:
+    """End a run: close its progress bars, log its null counts; its outcome."""
     if ctx.metrics.progress is not None:
         ctx.metrics.progress.close()
-    return _counted(ctx), ctx.metrics.table()
+    failures = None if ctx.capture is None else concat_failures(ctx.failed, ctx.capture.columns)
+    return Outcome(table, _counted(ctx), ctx.metrics.table(), failures)
 
 
-def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
-    """The rows of an (optimized) plan, the counts of rows nulled per operation and the run's
-    metrics."""
-    ctx = _run_context()
-    try:
-        table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
-    finally:
-        nulled, metrics = _finish(ctx)
-    return Outcome(table, nulled, metrics)
+def run_in_process(plan: P.Plan, options: ExecOptions,
+                   capture: FailureCapture | None = None) -> Outcome:
+    """The rows of an (optimized) plan, the counts of rows nulled per operation, the run's
+    metrics and (capturing) its failures."""
+    ctx = _run_context(capture)
+    table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    return _finish(ctx, table)
 
 
 def stream_in_process(plan: P.Plan, options: ExecOptions,
-                      done: Callable[[Outcome], None] | None = None) -> Iterator[pa.Table]:
+                      done: Callable[[Outcome], None] | None = None,
+                      capture: FailureCapture | None = None) -> Iterator[pa.Table]:
     """The rows of an (optimized) plan as they come; closing the stream stops the stages (no
     URL/image work past the sub-batches in flight). When the stream ends (or is closed),
-    ``done`` gets an :class:`Outcome` with no rows, the null counts and the metrics."""
-    ctx = _run_context()
+    ``done`` gets an :class:`Outcome` with no rows, the null counts, metrics and failures."""
+    ctx = _run_context(capture, STREAM_ROWS)
     batches = _stream(plan, options, ctx)
     try:
         for table in batches:
@@ -156,17 +163,18 @@ def stream_in_process(plan: P.Plan, options: ExecOptions,
                 yield table
     finally:
         batches.close()
-        nulled, metrics = _finish(ctx)
+        outcome = _finish(ctx, plan.schema.to_arrow().empty_table())
         if done is not None:
-            done(Outcome(plan.schema.to_arrow().empty_table(), nulled, metrics))
+            done(outcome)
 
 
-def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
+def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions,
+                     capture: FailureCapture | None = None) -> Outcome:
     """Run an (optimized) ``plan`` here writing its rows as files as they come (files of up to
     ``batch_rows`` rows); the table of written paths."""
     from mmbeam.io.writers import write_table
 
-    ctx = _run_context()
+    ctx = _run_context(capture)
     paths: list[str] = []
     pending: list[pa.Table] = []
 
@@ -176,16 +184,13 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
             paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
         pending.clear()
 
-    try:
-        for table in _stream(plan, options, ctx):
-            pending.append(table)
-            if sum(t.num_rows for t in pending) >= options.batch_rows:
-                flush()
-        if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
+    for table in _stream(plan, options, ctx):
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= options.batch_rows:
             flush()
-    finally:
-        nulled, metrics = _finish(ctx)
-    return Outcome(pa.table({"path": pa.array(paths, pa.large_string())}), nulled, metrics)
+    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
+        flush()
+    return _finish(ctx, pa.table({"path": pa.array(paths, pa.large_string())}))
 
 
 def _counted(ctx: EvalContext) -> dict[str, int]:
@@ -211,10 +216,13 @@ class RunContext(EvalContext):
     the run's per-operator :class:`~mmbeam.exec.metrics.RunMetrics`, and the operator whose
     batch is being computed (so the operators it reads from know their consumer)."""
 
-    def __init__(self, metrics: RunMetrics) -> None:
-        super().__init__()
+    def __init__(self, metrics: RunMetrics, max_sub_rows: int = 8192,
+                 capture: FailureCapture | None = None) -> None:
+        super().__init__(capture=capture)
         self.metrics = metrics
         self.operator: str | None = None
+        #: the most rows per sub-batch of URL/image work (smaller for streams: see STREAM_ROWS)
+        self.max_sub_rows = max_sub_rows
 
 
 def _stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool = True) \
@@ -275,17 +283,18 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: RunContext,
     batches = _stream(source, options, ctx, ahead)
     if not multimodal:
         for table in batches:
-            before = sum(ctx.errors.values())
+            nulls, failed = sum(ctx.errors.values()), len(ctx.failed)
             out = operators.run_row_ops(table, ops, ctx)
-            nulled = sum(ctx.errors.values()) - before
-            ctx.metrics.update(name, nulls=nulled, failures=nulled)
+            nulls = sum(ctx.errors.values()) - nulls
+            ctx.metrics.update(name, nulls=nulls,
+                               failures=_failures(ctx, nulls, ctx.failed[failed:]))
             yield out
         return
-    sizer = operators.multimodal_sizer(options.multimodal_batch_rows)
+    sizer = operators.multimodal_sizer(options.multimodal_batch_rows, ctx.max_sub_rows)
     held = _Held()
 
     def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
-        sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
+        sub = EvalContext(ctx.chains, ctx.capture)  # the same fused chains and window
         ctx.metrics.update(name, held_bytes=held.add(part.nbytes))
         with sizer.measure(part.num_rows) as cost:
             out = operators.run_row_ops(part, ops, sub)
@@ -296,9 +305,16 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: RunContext,
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
     for out, sub in _in_order(run, parts, 2 if ahead else 1):
         ctx.errors.update(sub.errors)
-        nulled = sum(sub.errors.values())
-        ctx.metrics.update(name, nulls=nulled, failures=nulled, held_bytes=held.add(-out.nbytes))
+        ctx.failed.extend(sub.failed)
+        nulls = sum(sub.errors.values())
+        ctx.metrics.update(name, nulls=nulls, failures=_failures(ctx, nulls, sub.failed),
+                           held_bytes=held.add(-out.nbytes))
         yield out
+
+
+def _failures(ctx: RunContext, nulls: int, failed: list[pa.Table]) -> int:
+    """Rows a batch failed on: its failure rows when capturing, else the rows it nulled."""
+    return nulls if ctx.capture is None else sum(t.num_rows for t in failed)
 
 
 class _Held:

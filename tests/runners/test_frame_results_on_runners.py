@@ -51,3 +51,32 @@ def test_every_iterator_gives_the_rows_of_to_arrow(mmbeam_http, on_runner):
     assert torch.equal(torch.cat([b["image"] for b in torch_batches]), torch.from_numpy(images))
     assert torch.cat([b["id"] for b in torch_batches]).tolist() == expected["id"].to_pylist()
     assert [r["id"] for r in df.iter_rows()] == expected["id"].to_pylist()
+
+
+def test_failures_table_from_the_same_run(mmbeam_http, on_runner):
+    """404s, non-images, a 503 that is retried and a UDF raising on some rows: the good rows
+    and every failure from one run, counts equal to the metrics'."""
+    urls = [mmbeam_http.add(f"fail-runners/{i}.jpg", encode_sample(make_image(12, 10, seed=i)))
+            for i in range(8)]
+    urls += [mmbeam_http.url("files/fail-runners/missing.jpg"),
+             mmbeam_http.add("fail-runners/junk.jpg", b"<html>no</html>"),
+             mmbeam_http.url("status/503")]
+
+    @mmbeam.udf(return_dtype=mmbeam.DataType.int64())
+    def picky(ids, images):
+        values = ids.to_pylist()
+        if 5 in values:
+            raise ValueError("five")
+        return values
+
+    df = (mmbeam.from_pydict({"id": list(range(11)), "url": urls})
+          .with_column("image", mmbeam.col("url").url.download().image.decode())
+          .with_column("p", picky(mmbeam.col("id"), mmbeam.col("image")))
+          .with_exception_handling(columns=["id"]))
+    out = df.collect()
+    assert sorted(out.to_pydict()["id"]) == [0, 1, 2, 3, 4, 6, 7]
+    failures = {r["id"]: r for r in out.failures.to_pylist()}
+    assert {i: r["stage"] for i, r in failures.items()} == {
+        5: "udf picky", 8: "url.download", 9: "image.decode", 10: "url.download"}
+    assert failures[10]["attempts"] == 4 and failures[5]["error_type"] == "UdfError"
+    assert sum(out.metrics.column("failures").to_pylist()) == 4
