@@ -366,20 +366,9 @@ class Frame:
         computed: ``batch_format`` ``"arrow"`` (``pyarrow.Table``), ``"numpy"`` (dict of column
         → ndarray; images of one size stacked N×H×W×C) or ``"pandas"``. Stopping early stops
         the work (see :mod:`mmbeam.frame.iterators`)."""
-        from mmbeam.frame.iterators import BATCH_FORMATS, rebatch, table_to_numpy, table_to_pandas
+        from mmbeam.frame.iterators import iter_batches
 
-        if batch_format not in BATCH_FORMATS:
-            near = get_close_matches(str(batch_format), BATCH_FORMATS, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"batch_format must be one of {BATCH_FORMATS}, not "
-                              f"{batch_format!r}.{hint}")
-        convert = {"arrow": None, "numpy": table_to_numpy, "pandas": table_to_pandas}[batch_format]
-        batches = rebatch(self._stream(), batch_size, drop_last)
-        try:
-            for table in batches:
-                yield table if convert is None else convert(table)
-        finally:
-            batches.close()
+        return iter_batches(self._stream(), batch_size, batch_format, drop_last)
 
     def iter_torch_batches(self, batch_size: int | None = 256, dtypes: Any = None,
                            device: Any = "cpu", drop_last: bool = False) -> Iterator[dict]:
@@ -387,26 +376,16 @@ class Frame:
         and images of one size become tensors (images uint8 N×H×W×C) of ``dtypes`` (one torch
         dtype or a dict per column) on ``device``; strings stay lists. Streams like
         :meth:`iter_batches`."""
-        from mmbeam.frame.iterators import rebatch, table_to_torch
+        from mmbeam.frame.iterators import iter_torch_batches
 
-        batches = rebatch(self._stream(), batch_size, drop_last)
-        try:
-            for table in batches:
-                yield table_to_torch(table, dtypes, device)
-        finally:
-            batches.close()
+        return iter_torch_batches(self._stream(), batch_size, dtypes, device, drop_last)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """The rows as dicts, as they are computed (image cells are numpy arrays); stopping
         early stops the work."""
-        from mmbeam.frame.iterators import table_to_rows
+        from mmbeam.frame.iterators import iter_rows
 
-        stream = self._stream()
-        try:
-            for table in stream:
-                yield from table_to_rows(table)
-        finally:
-            stream.close()
+        return iter_rows(self._stream())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_rows()

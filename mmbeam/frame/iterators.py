@@ -14,7 +14,8 @@ arrays), ``"pandas"`` a DataFrame (image cells are arrays in object columns).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from difflib import get_close_matches
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ from mmbeam.types import DataType, ImageArrowType, arrow_to_images, arrow_to_ten
 __all__ = [
     "BATCH_FORMATS",
     "column_values",
+    "iter_batches",
+    "iter_rows",
+    "iter_torch_batches",
     "rebatch",
     "table_to_numpy",
     "table_to_pandas",
@@ -151,3 +155,40 @@ def table_to_torch(table: pa.Table, dtypes: Any = None, device: Any = "cpu") -> 
             tensor = tensor.to(device=device, dtype=dtype)
         out[name] = tensor
     return out
+
+
+def _converted(tables: Iterator[pa.Table], convert: Callable[[pa.Table], Any]) -> Iterator[Any]:
+    try:
+        for table in tables:
+            yield convert(table)
+    finally:
+        tables.close()  # type: ignore[attr-defined]
+
+
+def iter_batches(tables: Iterator[pa.Table], batch_size: int | None, batch_format: str,
+                 drop_last: bool) -> Iterator[Any]:
+    """``Frame.iter_batches`` over a frame's stream of tables."""
+    if batch_format not in BATCH_FORMATS:
+        near = get_close_matches(str(batch_format), BATCH_FORMATS, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"batch_format must be one of {BATCH_FORMATS}, not "
+                          f"{batch_format!r}.{hint}")
+    convert = {"arrow": lambda t: t, "numpy": table_to_numpy,
+               "pandas": table_to_pandas}[batch_format]
+    return _converted(rebatch(tables, batch_size, drop_last), convert)
+
+
+def iter_torch_batches(tables: Iterator[pa.Table], batch_size: int | None, dtypes: Any,
+                       device: Any, drop_last: bool) -> Iterator[dict[str, Any]]:
+    """``Frame.iter_torch_batches`` over a frame's stream of tables."""
+    return _converted(rebatch(tables, batch_size, drop_last),
+                      lambda t: table_to_torch(t, dtypes, device))
+
+
+def iter_rows(tables: Iterator[pa.Table]) -> Iterator[dict[str, Any]]:
+    """``Frame.iter_rows`` over a frame's stream of tables."""
+    try:
+        for table in tables:
+            yield from table_to_rows(table)
+    finally:
+        tables.close()  # type: ignore[attr-defined]

@@ -132,10 +132,14 @@ def _run_context(capture: FailureCapture | None, max_sub_rows: int = 8192) -> Ru
                       max_sub_rows, capture)
 
 
-def _finish(ctx: RunContext, table: pa.Table) -> Outcome:
-    """End a run: close its progress bars, log its null counts; its outcome."""
+def _close_progress(ctx: RunContext) -> None:
     if ctx.metrics.progress is not None:
         ctx.metrics.progress.close()
+
+
+def _finish(ctx: RunContext, table: pa.Table) -> Outcome:
+    """End a run: close its progress bars, log its null counts; its outcome."""
+    _close_progress(ctx)
     failures = None if ctx.capture is None else concat_failures(ctx.failed, ctx.capture.columns)
     return Outcome(table, _counted(ctx), ctx.metrics.table(), failures)
 
@@ -145,7 +149,11 @@ def run_in_process(plan: P.Plan, options: ExecOptions,
     """The rows of an (optimized) plan, the counts of rows nulled per operation, the run's
     metrics and (capturing) its failures."""
     ctx = _run_context(capture)
-    table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    try:
+        table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    except BaseException:
+        _close_progress(ctx)
+        raise
     return _finish(ctx, table)
 
 
@@ -184,12 +192,16 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions,
             paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
         pending.clear()
 
-    for table in _stream(plan, options, ctx):
-        pending.append(table)
-        if sum(t.num_rows for t in pending) >= options.batch_rows:
+    try:
+        for table in _stream(plan, options, ctx):
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= options.batch_rows:
+                flush()
+        if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
             flush()
-    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
-        flush()
+    except BaseException:
+        _close_progress(ctx)
+        raise
     return _finish(ctx, pa.table({"path": pa.array(paths, pa.large_string())}))
 
 
