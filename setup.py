@@ -20,10 +20,12 @@ MODEL = [
 ]
 TEST = [
     "pytest>=8",
+    "pytest-timeout>=2.3",
     "ruff>=0.6",
     "pandas>=2.1",
     "moto[server]>=5.0",
     "gcp-storage-emulator>=2024.8",
+    "ipywidgets>=8",  # the notebook progress mode's widgets
     *S3,
     *GCS,
 ]
@@ -46,6 +48,8 @@ setup(
         "simplejpeg>=1.7",
         "fsspec>=2024.6",
         "aiohttp>=3.9",
+        "tqdm>=4.66",
+        "urllib3>=2.2,<3",
     ],
     extras_require={
         "s3": S3,

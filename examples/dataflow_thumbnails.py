@@ -40,10 +40,12 @@ import json
 import posixpath
 import sys
 
+import mmbeam  # before Beam, whose import-time warnings it filters
+
+# isort: split
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-import mmbeam
 from mmbeam import transforms as mt
 from mmbeam.io.config import GCSConfig, IOConfig
 

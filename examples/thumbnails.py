@@ -13,6 +13,9 @@ import argparse
 import os
 import time
 
+import mmbeam  # noqa: F401 - before Beam, whose import-time warnings it filters
+
+# isort: split
 import apache_beam as beam
 
 from mmbeam import transforms as mt

@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mmbeam import errors
+from mmbeam import errors, quiet
 from mmbeam.io.config import GCSConfig, HTTPConfig, IOConfig, S3Config
 
 __version__ = "0.1.0"
+
+quiet.install()  # before anything imports Beam
 
 _LAZY_MODULES = ("io", "ops", "runners", "testing", "transforms")
 _FRAME_NAMES = (
@@ -36,6 +38,7 @@ _FRAME_NAMES = (
     "from_pylist",
     "lit",
     "read_csv",
+    "read_images",
     "read_parquet",
 )
 

@@ -5,10 +5,12 @@
     MmbeamError
     ├── ConfigError            a bad argument or option, raised when the pipeline is built
     ├── SchemaError            an unknown column or a type mismatch, raised before anything runs
+    ├── ReadError              a source file is corrupt or unreadable; names the file
     ├── UnsupportedError       a runner or backend lacks a feature (never a wrong result instead)
     ├── LostDataError          a worker died with data a stage needed; the runner re-runs
     ├── ResourceUnavailableError  the cluster cannot give a step the CPUs/GPUs it asks for
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
+        ├── CastError          a value cannot become the target type of a cast
         ├── DownloadError
         │   └── UnsupportedSchemeError
         ├── ImageError
@@ -31,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CastError",
     "ConfigError",
     "DecodeError",
     "DownloadError",
@@ -39,6 +42,7 @@ __all__ = [
     "ImageTooLargeError",
     "LostDataError",
     "MmbeamError",
+    "ReadError",
     "ResizeError",
     "ResourceUnavailableError",
     "SchemaError",
@@ -65,6 +69,11 @@ class SchemaError(MmbeamError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0]) if self.args else ""
+
+
+class ReadError(MmbeamError, OSError):
+    """A source file (Parquet, CSV) could not be read: corrupt, truncated or unreadable. The
+    message names the file and the cause."""
 
 
 class UnsupportedError(MmbeamError, NotImplementedError):

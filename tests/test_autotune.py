@@ -7,14 +7,6 @@ import pytest
 from mmbeam.autotune import BatchSizeController, Measurement, default_memory_budget
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def run_batches(ctl, clock, seconds_per_element, bytes_per_element=0, batches=12):
     sizes = []
     for _ in range(batches):
@@ -26,24 +18,21 @@ def run_batches(ctl, clock, seconds_per_element, bytes_per_element=0, batches=12
     return sizes
 
 
-def test_slow_start_then_time_target():
-    clock = FakeClock()
+def test_slow_start_then_time_target(clock):
     ctl = BatchSizeController(target_seconds=1.0, memory_budget=1 << 40, max_size=10_000, clock=clock)
     sizes = run_batches(ctl, clock, seconds_per_element=0.01)
     assert sizes[:4] == [2, 4, 8, 16]  # grows at most 2x per step
     assert sizes[-1] == 100  # then settles where a batch takes the 1 s target
 
 
-def test_memory_budget_caps_batches_of_big_elements():
-    clock = FakeClock()
+def test_memory_budget_caps_batches_of_big_elements(clock):
     ctl = BatchSizeController(target_seconds=10.0, memory_budget=400 << 20, clock=clock)
     sizes = run_batches(ctl, clock, seconds_per_element=0.001, bytes_per_element=48 << 20)
     assert sizes[-1] == 8  # 400 MB / 48 MB per camera photo, although time would allow 10,000
     assert ctl.window() == 8
 
 
-def test_batches_shrink_when_elements_get_expensive_and_grow_back():
-    clock = FakeClock()
+def test_batches_shrink_when_elements_get_expensive_and_grow_back(clock):
     ctl = BatchSizeController(target_seconds=1.0, memory_budget=1 << 40, clock=clock, smoothing=1.0)
     run_batches(ctl, clock, seconds_per_element=0.001, batches=15)
     assert ctl.next_size() == 1000
@@ -53,8 +42,7 @@ def test_batches_shrink_when_elements_get_expensive_and_grow_back():
     assert grown[-1] == 1000 and grown[1] <= 2 * grown[0]
 
 
-def test_bounds_are_respected():
-    clock = FakeClock()
+def test_bounds_are_respected(clock):
     ctl = BatchSizeController(min_size=4, initial=4, max_size=64, memory_budget=1 << 40, clock=clock)
     assert max(run_batches(ctl, clock, seconds_per_element=1e-6, batches=20)) == 64
     assert min(run_batches(ctl, clock, seconds_per_element=100.0, batches=5)) == 4
@@ -90,10 +78,9 @@ def feed_rows(ctl, clock, rows, io_s, cpu_s, peak):
             m.peak_bytes = peak
 
 
-def test_inflight_window_grows_with_waiting_and_shrinks_with_work():
+def test_inflight_window_grows_with_waiting_and_shrinks_with_work(clock):
     from mmbeam.autotune import chosen_sizes
 
-    clock = FakeClock()
     ctl = BatchSizeController(name="rows", memory_budget=1 << 40, max_size=4096, clock=clock,
                               smoothing=1.0).register()
     assert ctl.inflight(workers=2, floor=8) == 8  # nothing measured yet
@@ -104,8 +91,7 @@ def test_inflight_window_grows_with_waiting_and_shrinks_with_work():
     assert "rows: batch 8" in chosen_sizes()["rows"]
 
 
-def test_inflight_window_stays_under_the_memory_budget():
-    clock = FakeClock()
+def test_inflight_window_stays_under_the_memory_budget(clock):
     ctl = BatchSizeController(memory_budget=100 << 20, max_size=4096, clock=clock)
     feed_rows(ctl, clock, 4, io_s=0.5, cpu_s=0.005, peak=10 << 20)  # 10 MB per row
     assert ctl.inflight(workers=2, floor=32) == 10  # memory wins over time and the floor

@@ -112,9 +112,12 @@ def _nullable(fn: ir.Function) -> bool:
 def _io_step(fn: ir.Function, nullable: bool) -> Step:
     limit = fn.option("max_connections", 32)
     if fn.name == "url.download":
-        from mmbeam.ops.fetch import Fetcher
+        from mmbeam.ops.fetch import DEFAULT_MAX_BYTES, Fetcher
 
-        fetcher = Fetcher(fn.option("io_config"))
+        fetcher = Fetcher(fn.option("io_config"), timeout_s=fn.option("timeout_s", 60.0),
+                          retries=fn.option("retries", 3),
+                          max_bytes=fn.option("max_bytes", DEFAULT_MAX_BYTES),
+                          allowed_schemes=fn.option("allowed_schemes"))
         return Step(fn.name, "io", functools.partial(_fetch, fetcher), nullable, limit,
                     functools.partial(_fetch_blocking, fetcher))
     from mmbeam.ops.store import Store

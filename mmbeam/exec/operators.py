@@ -7,7 +7,9 @@ way: one implementation, two drivers. Nothing here imports Beam.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ __all__ = [
     "broadcast_right",
     "empty_batch",
     "has_multimodal",
+    "in_order",
     "multimodal_sizer",
     "physical_size",
     "prune_tasks",
@@ -146,6 +149,25 @@ def sub_batches(table: pa.Table, sizer: Any) -> Iterator[pa.Table]:
         size = sizer.next_size()
         yield table.slice(start, size)
         start += size
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
+    the next sub-batch's rows fill the kernel's window while the current one drains."""
+    if depth == 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) == depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prune_tasks(scan: P.Scan, tasks: list) -> list:

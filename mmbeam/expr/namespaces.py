@@ -7,6 +7,7 @@ are checked here (a bad option fails when the expression is built), column types
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from mmbeam.errors import ConfigError
@@ -87,11 +88,25 @@ class UrlNamespace(_Namespace):
     _label = ".url"
 
     def download(self, max_connections: int = 32, on_error: str = "raise",
-                 io_config: Any = None, use_native_downloader: bool = True) -> Expr:
-        """The bytes at each URL; ``on_error="null"`` gives null for a failed URL."""
+                 io_config: Any = None, use_native_downloader: bool | None = None, *,
+                 timeout_s: float = 60.0, retries: int = 3, max_bytes: int | None = None,
+                 allowed_schemes: tuple[str, ...] | None = None) -> Expr:
+        """The bytes at each URL; ``on_error="null"`` gives null for a failed URL. The options
+        are ``mmbeam.transforms.Download``'s (``max_bytes`` None: its 256 MiB default);
+        ``use_native_downloader`` is accepted for Daft compatibility and does nothing."""
+        from mmbeam.ops.fetch import DEFAULT_MAX_BYTES, Fetcher
+
+        if use_native_downloader is not None:
+            warnings.warn("url.download(use_native_downloader=...) does nothing in mmbeam: "
+                          "every download uses the same client", DeprecationWarning, stacklevel=2)
+        max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        checked = Fetcher(io_config, timeout_s=timeout_s, retries=retries, max_bytes=max_bytes,
+                          allowed_schemes=allowed_schemes)  # options fail here, not at run time
         return self._fn("url.download", max_connections=_positive("max_connections",
                                                                   max_connections),
-                        on_error=_on_error(on_error), io_config=io_config)
+                        on_error=_on_error(on_error), io_config=io_config, timeout_s=timeout_s,
+                        retries=retries, max_bytes=max_bytes,
+                        allowed_schemes=checked.allowed_schemes)
 
     def upload(self, location: str, max_connections: int = 32, on_error: str = "raise",
                io_config: Any = None) -> Expr:

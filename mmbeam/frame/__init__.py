@@ -7,6 +7,7 @@ expressions; plans compile to Beam transforms over Arrow record batches only whe
 from mmbeam.expr import col, lit
 from mmbeam.frame import context
 from mmbeam.frame.frame import Frame, GroupedFrame
+from mmbeam.frame.images import read_images
 from mmbeam.frame.sources import (
     from_arrow,
     from_glob_path,
@@ -34,5 +35,6 @@ __all__ = [
     "from_pylist",
     "lit",
     "read_csv",
+    "read_images",
     "read_parquet",
 ]

@@ -18,10 +18,10 @@ from fsspec.asyn import AsyncFileSystem
 from mmbeam.errors import UnsupportedSchemeError
 from mmbeam.io.config import IOConfig
 
-__all__ = ["SUPPORTED_PROTOCOLS", "filesystem_for", "is_async", "split_protocol"]
+__all__ = ["SCHEME_ALIASES", "SUPPORTED_PROTOCOLS", "filesystem_for", "is_async", "split_protocol"]
 
 SUPPORTED_PROTOCOLS = ("http", "https", "s3", "gs", "file")
-_ALIASES = {"gcs": "gs", "s3a": "s3", "local": "file"}
+SCHEME_ALIASES = {"gcs": "gs", "s3a": "s3", "local": "file"}
 _PACKAGES = {"s3": "s3fs (pip install 'mmbeam[s3]')", "gs": "gcsfs (pip install 'mmbeam[gcs]')"}
 
 _cache: dict[tuple, fsspec.AbstractFileSystem] = {}
@@ -39,7 +39,7 @@ def split_protocol(url: str) -> tuple[str, str]:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "file", os.path.abspath(url)
-    protocol = _ALIASES.get(scheme.lower(), scheme.lower())
+    protocol = SCHEME_ALIASES.get(scheme.lower(), scheme.lower())
     if protocol not in SUPPORTED_PROTOCOLS:
         raise UnsupportedSchemeError(
             f"unsupported URL scheme {scheme!r} in {url!r}; "

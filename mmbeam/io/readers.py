@@ -5,20 +5,30 @@ A path is a file, a folder (read recursively), or a glob (``**`` recurses). Fold
 list and the ``IOConfig``; workers open files through :func:`mmbeam.io.filesystems.filesystem_for`.
 Each source offers ``schema``, ``tasks(limit)`` (one per file), ``read(task, columns, rows)``
 and ``count_rows()``.
+
+Parquet files with different schemas are unified by column name (the footer of every file is
+read when the source is made): a column missing from some files is null in their rows; a column
+whose types cannot be unified (``int64`` and ``string``) is a SchemaError naming both files, and
+so are two names that differ only in case (``url`` in one file, ``URL`` in another), which would
+otherwise become two half-null columns. At read time a file lacking a column it had when the read
+was planned is a SchemaError, and every other read failure is a ReadError naming the file.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import difflib
 import json
 import posixpath
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
 
-from mmbeam.errors import ConfigError, SchemaError
+from mmbeam.errors import ConfigError, MmbeamError, ReadError, SchemaError
 from mmbeam.io.filesystems import filesystem_for, split_protocol
 from mmbeam.types import DataType, Schema, normalize_table
 
@@ -29,11 +39,13 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 @dataclass(frozen=True)
 class FileTask:
-    """One file to read and its hive partition values."""
+    """One file to read, its hive partition values, and the columns of the source's unified
+    schema it lacks (null in its rows)."""
 
     path: str
     size: int
     partitions: tuple[tuple[str, Any], ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 def _url(protocol: str, path: str) -> str:
@@ -190,31 +202,29 @@ class _FileSource:
 
 @dataclass(frozen=True)
 class ParquetSource(_FileSource):
-    """Parquet files; schema from the first file plus hive partition columns."""
+    """Parquet files; the schema unified from every file's footer, plus hive partition columns."""
 
     _counts: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def create(path: str | Sequence[str], io_config: Any = None,
                hive_partitioning: bool = True) -> ParquetSource:
-        import pyarrow.parquet as pq
-
         protocol, files, bases = list_files(path, io_config)
         parts: list[tuple[str, DataType]] = []
         if hive_partitioning:
             files, parts = _hive(files, bases)
         fs = filesystem_for(protocol, io_config)
-        with fs.open(files[0].path, "rb") as f:
-            try:
-                arrow_schema = pq.ParquetFile(f).schema_arrow
-            except Exception as exc:  # noqa: BLE001 - reported with the file name
-                raise ConfigError(f"{_url(protocol, files[0].path)} is not a Parquet file: "
-                                  f"{exc}") from exc
-        file_schema = Schema.from_arrow(_restore_fixed_size_lists(arrow_schema))
+        footers = _footers(fs, protocol, files)
+        arrow_schema = _unify(protocol, files, [schema for schema, _ in footers])
+        files = [replace(f, missing=tuple(n for n in arrow_schema.names if n not in schema.names))
+                 for f, (schema, _) in zip(files, footers, strict=True)]
+        file_schema = Schema.from_arrow(arrow_schema)
         cols = list(file_schema.items()) + [(k, t) for k, t in parts if k not in file_schema]
         return ParquetSource(protocol, tuple(files), Schema(cols),
                              tuple(k for k, _ in parts if k not in file_schema), io_config,
-                             label=str(path))
+                             label=str(path),
+                             _counts={f.path: rows for f, (_, rows) in zip(files, footers,
+                                                                           strict=True)})
 
     def _file_rows(self, task: FileTask) -> int:
         import pyarrow.parquet as pq
@@ -239,13 +249,22 @@ class ParquetSource(_FileSource):
         return sum(self._file_rows(t) for t in self.files)
 
     def read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
-        """Batches of ``task`` with ``columns`` (partition columns filled in)."""
+        """Batches of ``task`` with ``columns`` (partition columns filled in, columns the file
+        lacks by schema unification null); errors name the file."""
+        with _naming(self.protocol, task.path):
+            yield from self._read(task, columns, rows)
+
+    def _read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
         import pyarrow.parquet as pq
 
         file_cols = [c for c in columns if c not in self.partition_columns]
         with self._fs().open(task.path, "rb") as f:
             pf = pq.ParquetFile(f)
-            available = set(pf.schema_arrow.names)
+            available = pf.schema_arrow.names
+            for c in file_cols:
+                if c not in available and c not in task.missing:
+                    raise SchemaError(f"{_url(self.protocol, task.path)} has no column {c!r} "
+                                      f"(it had when the read was planned){_close(c, available)}")
             read_cols = [c for c in file_cols if c in available]
             if not read_cols:
                 total = pf.metadata.num_rows
@@ -260,6 +279,77 @@ class ParquetSource(_FileSource):
                     table = table.cast(pa.schema([restored.field(c) for c in read_cols]))
                 table = normalize_table(table)
                 yield _with_partitions(table, task, columns, self.schema)
+
+
+@contextlib.contextmanager
+def _naming(protocol: str, path: str) -> Iterator[None]:
+    """Re-raise any failure but mmbeam's own as a ReadError that names the file."""
+    try:
+        yield
+    except MmbeamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported with the file name
+        raise ReadError(f"reading {_url(protocol, path)} failed: {type(exc).__name__}: "
+                        f"{exc}") from exc
+
+
+def _close(name: str, names: Sequence[str]) -> str:
+    """`` (did you mean 'URL'?)`` when a name in ``names`` is close to ``name``."""
+    same_case = [n for n in names if n.casefold() == name.casefold()]
+    close = same_case or difflib.get_close_matches(name, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _footers(fs: Any, protocol: str, files: list[FileTask]) -> list[tuple[pa.Schema, int]]:
+    """(schema, rows) from the footer of every Parquet file; object stores read in parallel."""
+    import pyarrow.parquet as pq
+
+    def footer(task: FileTask) -> tuple[pa.Schema, int]:
+        try:
+            with fs.open(task.path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                return _restore_fixed_size_lists(pf.schema_arrow), pf.metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - reported with the file name
+            raise ConfigError(f"{_url(protocol, task.path)} is not a Parquet file: "
+                              f"{exc}") from exc
+
+    if protocol == "file" or len(files) == 1:
+        return [footer(t) for t in files]
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(files))) as pool:
+        return list(pool.map(footer, files))
+
+
+def _unify(protocol: str, files: list[FileTask], schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for all files, by column name in order of first appearance (see the module
+    docstring); SchemaError names the two files that disagree."""
+    fields: dict[str, tuple[pa.Field, str]] = {}  # name -> (field, the first file that has it)
+    for task, schema in zip(files, schemas, strict=True):
+        for f in schema:
+            seen = fields.get(f.name)
+            if seen is None:
+                fields[f.name] = (f, task.path)
+                continue
+            if seen[0].type == f.type:
+                continue
+            try:
+                merged = pa.unify_schemas([pa.schema([seen[0]]), pa.schema([f])],
+                                          promote_options="permissive").field(0)
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+                raise SchemaError(
+                    f"column {f.name!r} is {seen[0].type} in {_url(protocol, seen[1])} but "
+                    f"{f.type} in {_url(protocol, task.path)}; cast one of them, or read the "
+                    "files separately") from exc
+            fields[f.name] = (merged, seen[1])
+    folded: dict[str, str] = {}
+    for name in fields:
+        other = folded.setdefault(name.casefold(), name)
+        if other != name and not any(name in s.names and other in s.names for s in schemas):
+            raise SchemaError(
+                f"column {name!r} in {_url(protocol, fields[name][1])} and {other!r} in "
+                f"{_url(protocol, fields[other][1])} differ only in case; names are "
+                "case-sensitive, so rename one to make the files agree")
+    metadata = schemas[0].metadata if schemas else None
+    return pa.schema([f for f, _ in fields.values()], metadata=metadata)
 
 
 def _restore_fixed_size_lists(schema: pa.Schema) -> pa.Schema:
@@ -320,6 +410,10 @@ class CsvSource(_FileSource):
             raise SchemaError(f"cannot read CSV {self.label!r}: {exc}") from exc
 
     def read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
+        with _naming(self.protocol, task.path):
+            yield from self._read(task, columns, rows)
+
+    def _read(self, task: FileTask, columns: Sequence[str], rows: int) -> Iterator[pa.Table]:
         file_names = [n for n in self.schema.names() if n not in self.partition_columns]
         with self._fs().open(task.path, "rb") as f:
             reader = self._reader(f, file_names)

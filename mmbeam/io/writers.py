@@ -1,7 +1,8 @@
 """Write Arrow tables as Parquet or CSV files under a folder (local, s3://, gs://).
 
 Each call writes one file per hive partition value (``key=value/`` folders when
-``partition_cols`` are given) with a unique name, so parallel workers never collide.
+``partition_cols`` are given) with a unique name, so parallel workers never collide. A file
+appears whole or not at all, even if the writer is killed, so readers never see a partial file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmbeam.errors import ConfigError, UnsupportedError
+from mmbeam.io.atomic import check_inside, write_atomic
 from mmbeam.io.filesystems import filesystem_for, split_protocol
 
 __all__ = ["FIXED_SIZE_LISTS", "WriteSpec", "parquet_safe", "write_table"]
@@ -44,23 +46,35 @@ def _value_text(value: Any) -> str:
     return HIVE_NULL if value is None else quote(str(value), safe="")
 
 
-def _write_one(fs: Any, path: str, table: pa.Table, fmt: str) -> None:
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+def _encode(table: pa.Table, fmt: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
 
-            pq.write_table(parquet_safe(table), f)
-        else:
-            import pyarrow.csv as pcsv
+        pq.write_table(parquet_safe(table), sink)
+    else:
+        import pyarrow.csv as pcsv
 
-            for field in table.schema:
-                t = field.type
-                if isinstance(t, pa.ExtensionType) or pa.types.is_nested(t) or \
-                        pa.types.is_binary(t) or pa.types.is_large_binary(t):
-                    raise UnsupportedError(f"CSV cannot hold column {field.name!r} of type "
-                                           f"{t}; use write_parquet")
-            pcsv.write_csv(table, f)
+        for field in table.schema:
+            t = field.type
+            if isinstance(t, pa.ExtensionType) or pa.types.is_nested(t) or \
+                    pa.types.is_binary(t) or pa.types.is_large_binary(t):
+                raise UnsupportedError(f"CSV cannot hold column {field.name!r} of type "
+                                       f"{t}; use write_parquet")
+        pcsv.write_csv(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_one(fs: Any, protocol: str, root: str, path: str, table: pa.Table, fmt: str) -> None:
+    """Encode in memory, then write in one atomic step: a local file linked into place
+    (:func:`mmbeam.io.atomic.write_atomic`), or one object upload (a single PUT, or a multipart
+    upload that only becomes visible when complete)."""
+    data = _encode(table, fmt)
+    if protocol == "file":
+        check_inside(root, path)
+        write_atomic(path, data)
+    else:
+        fs.pipe_file(path, data)
 
 
 #: schema metadata naming the fixed-size-list columns stored as lists, with their sizes
@@ -110,6 +124,6 @@ def write_table(table: pa.Table, spec: WriteSpec) -> list[str]:
     written = []
     for folder, part in groups:
         path = posixpath.join(root, folder, name) if folder else posixpath.join(root, name)
-        _write_one(fs, path, part, spec.format)
+        _write_one(fs, protocol, root, path, part, spec.format)
         written.append(path if protocol == "file" else f"{protocol}://{path}")
     return written

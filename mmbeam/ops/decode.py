@@ -11,12 +11,20 @@ which cuts both the decode and the resize after it. RGB and grey JPEGs decode wi
 (CMYK, PNG, ...) goes to Pillow. A JPEG whose pixel data is truncated or damaged raises
 DecodeError instead of coming out partly grey; stray bytes between markers are harmless and such
 files decode (with Pillow).
+
+``max_pixels`` is the only pixel limit, in both directions: Pillow's own process-wide
+decompression-bomb check (``Image.MAX_IMAGE_PIXELS``: a warning above 89.5 MP, an error above
+179 MP) is replaced, for mmbeam's calls only, by the per-call limit, kept in a context variable
+so concurrent decodes with different limits never see each other's. Outside mmbeam's calls
+Pillow behaves as configured.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
-import warnings
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -72,19 +80,50 @@ def check_mode(mode: str | None) -> str | None:
     return mode
 
 
-def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
-    """Open ``data`` lazily (header only) and refuse it when it is larger than ``max_pixels``."""
-    if not data:
-        raise DecodeError("empty input: zero bytes is not an image")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-    width, height = img.size
+_max_pixels: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "mmbeam_max_pixels", default=None)
+_pillow_bomb_check = Image._decompression_bomb_check
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"{width}x{height} = {width * height:,} pixels exceeds max_pixels={max_pixels:,} "
             "(a decompression bomb?); raise max_pixels if the image is genuine"
         )
+
+
+def _bomb_check(size: tuple[int, int]) -> None:
+    """Pillow's check of every size it opens, loads or crops (open, GIF frames, TIFF tiles):
+    inside :func:`_pixel_limit` the per-call ``max_pixels``, elsewhere Pillow's own."""
+    limit = _max_pixels.get()
+    if limit is None:
+        _pillow_bomb_check(size)
+    else:
+        _check_pixels(size, limit)
+
+
+Image._decompression_bomb_check = _bomb_check  # Pillow looks it up at each call
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    token = _max_pixels.set(max_pixels)
+    try:
+        yield
+    finally:
+        _max_pixels.reset(token)
+
+
+def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
+    """Open ``data`` lazily (header only) and refuse it when it is larger than ``max_pixels``
+    (call inside :func:`_pixel_limit`, which also governs Pillow's own checks)."""
+    if not data:
+        raise DecodeError("empty input: zero bytes is not an image")
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    _check_pixels(img.size, max_pixels)
     orientation = img.getexif().get(_ORIENTATION_TAG, 1) if img.format in _JPEG_FORMATS else 1
     if orientation not in range(1, 9):
         orientation = 1
@@ -94,7 +133,8 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageHeader]:
 def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Read and check only the header of ``data`` (DecodeError / ImageTooLargeError)."""
     try:
-        return _open(data, max_pixels)[1]
+        with _pixel_limit(max_pixels):
+            return _open(data, max_pixels)[1]
     except Exception as exc:  # noqa: BLE001 - classified by _classify
         raise _classify(exc, data) from exc
 
@@ -134,20 +174,27 @@ def decode_image(
     ``max_pixels``.
     """
     try:
-        img, header = _open(data, max_pixels)
-        target = mode or _natural_mode(img)
-        if header.format in _JPEG_FORMATS and {header.mode, target} <= {"RGB", "L"}:
-            pixels = _decode_jpeg(data, target, header, min_size)
-            if pixels is not None:
-                return np.ascontiguousarray(_orient(pixels, header.orientation))
-        if min_size is not None and header.format in _JPEG_FORMATS:
-            img.draft(img.mode, _stored_box(header, min_size))  # Pillow: 1/2, 1/4 or 1/8
-        img.load()
-        if header.orientation != 1:
-            img = ImageOps.exif_transpose(img)
-        return np.asarray(img.convert(target))
+        with _pixel_limit(max_pixels):
+            return _decode(data, mode, max_pixels, min_size)
     except Exception as exc:  # noqa: BLE001 - classified by _classify
         raise _classify(exc, data) from exc
+
+
+def _decode(data: bytes, mode: str | None, max_pixels: int,
+            min_size: tuple[int, int] | None) -> np.ndarray:
+    """:func:`decode_image` inside its pixel limit; errors are classified by the caller."""
+    img, header = _open(data, max_pixels)
+    target = mode or _natural_mode(img)
+    if header.format in _JPEG_FORMATS and {header.mode, target} <= {"RGB", "L"}:
+        pixels = _decode_jpeg(data, target, header, min_size)
+        if pixels is not None:
+            return np.ascontiguousarray(_orient(pixels, header.orientation))
+    if min_size is not None and header.format in _JPEG_FORMATS:
+        img.draft(img.mode, _stored_box(header, min_size))  # Pillow: 1/2, 1/4 or 1/8
+    img.load()
+    if header.orientation != 1:
+        img = ImageOps.exif_transpose(img)
+    return np.asarray(img.convert(target))
 
 
 def _decode_jpeg(

@@ -2,17 +2,19 @@
 
 A name comes from the element's key (``cats/7.jpg``) or, without a key, from a hash of the content
 with an extension sniffed from its magic bytes, so a rerun overwrites instead of duplicating.
-Local files are written to a temporary name and renamed into place; S3 and GCS objects appear
-only when their single upload completes. Either way no reader ever sees a partial file.
+Local files are written as unnamed files linked into place (:mod:`mmbeam.io.atomic`), so even a
+killed writer leaves no partial file, and a symlink cannot lead a write outside the destination.
+S3 and GCS objects appear only when their upload completes (a single PUT, or a multipart or
+resumable upload that is aborted on failure; after a SIGKILL the unfinished multipart upload is
+invisible to readers, and a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` frees it).
+Either way no reader ever sees a partial file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
-import itertools
 import os
 import posixpath
 import stat
@@ -20,6 +22,7 @@ import stat
 from fsspec.asyn import get_loop
 
 from mmbeam.errors import MmbeamError, UnsafePathError, UnsupportedSchemeError, UploadError
+from mmbeam.io.atomic import check_inside, write_atomic
 from mmbeam.io.config import IOConfig
 from mmbeam.io.filesystems import filesystem_for, is_async, split_protocol
 
@@ -108,8 +111,9 @@ class Store:
         return self.protocol == "file"
 
     def write_local(self, name: str, data: bytes, *, content_named: bool = False) -> str:
-        """Write ``data`` as ``name`` into a local folder on the calling thread (a temporary
-        file renamed into place); raises UploadError (or UnsafePathError) on failure.
+        """Write ``data`` as ``name`` into a local folder on the calling thread (see
+        :func:`mmbeam.io.atomic.write_atomic`); raises UploadError (or UnsafePathError, also
+        for a folder that a symlink leads outside the destination) on failure.
 
         ``content_named`` says ``name`` is :func:`content_name` of ``data``: a file already
         there with that name and size holds these very bytes (files only appear whole, by
@@ -120,10 +124,11 @@ class Store:
             raise UnsupportedSchemeError(f"write_local needs a local folder, not {self.location!r}")
         target = self.url_for(name)
         data = _as_bytes(data)
+        check_inside(self.root, target)
         if content_named and _has_size(target, len(data)):
             return target
         try:
-            _write_local_atomic(target, data)
+            write_atomic(target, data)
         except Exception as exc:  # noqa: BLE001 - reported with its cause
             raise UploadError(f"writing {target} failed: {type(exc).__name__}: {exc}") from exc
         return target
@@ -148,42 +153,9 @@ class Store:
         return target
 
 
-_TEMP_TOKEN = os.urandom(4).hex()  # with the pid: unique across hosts sharing a folder
-_TEMP_IDS = itertools.count()  # next() is atomic: unique across the threads of a process
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
 def _has_size(path: str, size: int) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symlink under that name is replaced, never written through
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_size == size
-
-
-def _write_local_atomic(path: str, data: bytes) -> None:
-    """Write a temporary file beside ``path`` and rename it into place (the folder is made
-    only when the first open finds it missing: no mkdir call per file). The temporary name is
-    the process's random token, its pid and a counter (no uuid4, no urandom per file), and it
-    is created exclusively, so a clash would fail instead of mixing two writers' bytes."""
-    folder = os.path.dirname(path)
-    tmp = os.path.join(
-        folder, f".{os.path.basename(path)}.{_TEMP_TOKEN}{os.getpid()}.{next(_TEMP_IDS)}.tmp"
-    )
-    try:
-        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
-    try:  # from here on the temporary file is ours: removed on any failure
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

@@ -58,6 +58,7 @@ from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController, Measurement
 from mmbeam.errors import LostDataError, UnsupportedError
+from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
@@ -174,6 +175,7 @@ class DistributedRunner(FnApiRunner):
             return DistributedResult(PipelineState.DONE, infos, execution_run.bundle_sizes,
                                      execution_run.recoveries, retained)
         finally:
+            get_progress().close()
             handlers.close_all()
             backend.close()
 
@@ -426,12 +428,15 @@ class _StageScheduler:
         self.infos: list[metrics_pb2.MonitoringInfo] = []
         self.in_flight: dict[Any, tuple[list, int, int]] = {}
         self.load: collections.Counter = collections.Counter()
+        self.progress = get_progress()  # the driver's per-stage view of finished elements
 
     def run(self, units: list[tuple[str, list[_Part]]], stream: list[tuple[str, _Part]]) -> None:
         pending = collections.deque(units)
         self.stream = collections.deque(stream)
         self.offset = 0
         total = sum(p.count for _, p in stream)
+        self.progress.update(self.plan.stage_name,
+                             total=total + sum(p.count for _, parts in units for p in parts))
         #: at least one task per worker slot, however cheap the elements are
         self.cap = max(1, math.ceil(total / max(1, self.backend.slots)))
         max_in_flight = 2 * self.backend.slots
@@ -503,6 +508,7 @@ class _StageScheduler:
             self.infos.extend(metrics_pb2.MonitoringInfo.FromString(b)
                               for b in result.monitoring_infos)
             self._store(outs, result)
+            self.progress.update(self.plan.stage_name, done=result.elements)
 
     def _store(self, outs: list, result: worker.TaskResult) -> None:
         position = 0

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from mmbeam.progress import get_progress
 from mmbeam.runners.fusion import create_stages
 
 __all__ = ["LocalRunner", "local_pipeline", "local_runner"]
@@ -25,7 +26,10 @@ class LocalRunner(FnApiRunner):
 
     def run_via_runner_api(self, pipeline_proto, options):
         self._options = options
-        return super().run_via_runner_api(pipeline_proto, options)
+        try:
+            return super().run_via_runner_api(pipeline_proto, options)
+        finally:
+            get_progress().close()  # this run's bars end here; the next run starts new ones
 
     def create_stages(self, pipeline_proto):
         return create_stages(self, pipeline_proto, self._options)

@@ -58,7 +58,8 @@ class _Slot:
         return os.getpid()
 
 
-_pools: dict[tuple[str, int], list[Any]] = {}
+#: (GCS address, job id, size) -> the actor pool kept for a caller-initialised Ray
+_pools: dict[tuple[str, str, int], list[Any]] = {}
 _pools_lock = threading.Lock()
 
 
@@ -77,13 +78,16 @@ class RayBackend(Backend):
             self._connect(address)
         resources = ray.cluster_resources()
         n = num_workers or max(1, int(resources.get("CPU", 1)))
-        key = (ray.get_runtime_context().get_job_id(), n)
-        with _pools_lock:
-            if key not in _pools or self._started:
-                actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Slot)
-                _pools[key] = [actor.remote() for _ in range(n)]
-            self.actors = _pools[key]
-        self._key = key
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Slot)
+        if self._started:  # this run's own connection: its own actors, gone with it
+            self.actors = [actor.remote() for _ in range(n)]
+        else:  # the caller's Ray: keep the pool for the next run of this driver and cluster
+            context = ray.get_runtime_context()
+            key = (context.gcs_address, context.get_job_id(), n)
+            with _pools_lock:
+                if key not in _pools:
+                    _pools[key] = [actor.remote() for _ in range(n)]
+                self.actors = _pools[key]
         self.slots = n
         store = resources.get("object_store_memory", 0)
         self.memory_budget = int(store * memory_fraction) or default_memory_budget()
@@ -169,8 +173,7 @@ class RayBackend(Backend):
                 self._ray.kill(actor)
         self._stage_pools.clear()
         if self._started:
-            with _pools_lock:
-                _pools.pop(self._key, None)
+            self.actors = []
             self._ray.shutdown()
 
 

@@ -24,11 +24,13 @@ if TYPE_CHECKING:
         truncated,
     )
     from mmbeam.testing.namespaced import NamespacedBeamPool, NamespacedDask, NamespacedRay
+    from mmbeam.testing.proxy import FaultProxy
     from mmbeam.testing.ray_cluster import RayHead, init_local_ray
     from mmbeam.testing.s3 import S3Server
 
 __all__ = [
     "Collected",
+    "FaultProxy",
     "FaultServer",
     "GCSServer",
     "NamespacedBeamPool",
@@ -47,6 +49,7 @@ __all__ = [
 
 _HOME = {
     "FaultServer": "http_server",
+    "FaultProxy": "proxy",
     "GCSServer": "gcs",
     "S3Server": "s3",
     "NamespacedBeamPool": "namespaced",

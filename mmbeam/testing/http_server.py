@@ -10,6 +10,15 @@ Routes (``<name>`` is a file added with :meth:`FaultServer.add`)::
     /truncated/<name>        full Content-Length, half the body, then the connection closes
     /reset/<name>            the connection is reset (TCP RST) before any response
     /redirect/<name>         302 to /files/<name>; /redirect/<k>/<name> chains k redirects
+    /drip/<seconds>/<name>   full Content-Length, then one byte of the file every <seconds>
+    /endless                 a chunked body of zeros that never ends (until the client leaves)
+    /huge/<bytes>            declares Content-Length <bytes>, then sends zeros slowly (64 KiB
+                             every 50 ms) until the client leaves
+    /goto?to=<url>           302 (or ``&status=301|303|307|308``) to any URL: another server's,
+                             ``ftp://...``, ``file:///...``
+
+``/status/<code>`` and ``/throttle/...`` take ``?retry_after=N`` (default 0) for their
+``Retry-After`` header. Every request's headers are recorded: :meth:`FaultServer.received`.
 
 Connections are kept alive, so pooled clients (aiohttp, fsspec) reuse them; ``latency_s`` and
 ``max_connections`` make it behave like a remote server with limited capacity in benchmarks.
@@ -24,10 +33,10 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from mmbeam.errors import ConfigError
 
@@ -42,6 +51,8 @@ _MAX_SLEEP_S = 30.0
 _MAX_QUEUE_WAIT_S = 60.0  # a request waiting for a max_connections slot gives up with 503
 _IDLE_TIMEOUT_S = 30.0  # a kept-alive connection with no new request is closed after this
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_KEEP_REQUESTS = 10_000  # request headers remembered (the oldest are forgotten)
+_STREAM_CHUNK = 64 * 1024
 
 
 class FaultServer:
@@ -60,6 +71,7 @@ class FaultServer:
         self.max_connections = max_connections
         self._files: dict[str, tuple[bytes, str]] = {}
         self._hits: Counter[str] = Counter()
+        self._received: deque[tuple[str, dict[str, str]]] = deque(maxlen=_KEEP_REQUESTS)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections) if max_connections else None
         self._closing = threading.Event()
@@ -124,6 +136,18 @@ class FaultServer:
             self._files[name] = (bytes(data), content_type)
         return self.url("files/" + name) if self._httpd is not None else "files/" + name
 
+    def goto(self, target: str, status: int = 302) -> str:
+        """The URL of a redirect (``status``) from this server to ``target`` (any URL)."""
+        return self.url(f"goto?to={quote(target, safe='')}&status={status}")
+
+    def received(self, path: str | None = None) -> list[dict[str, str]]:
+        """The headers of each request for ``path`` (a path or URL; None: every request),
+        oldest first, names as the client sent them."""
+        with self._lock:
+            got = list(self._received)
+        key = None if path is None else _key(path)
+        return [headers for p, headers in got if key is None or p == key]
+
     def hits(self, path: str) -> int:
         """How many requests were made for ``path`` (a path like ``"flaky/2/a.jpg"`` or a URL)."""
         return self._hits[_key(path)]
@@ -147,11 +171,13 @@ class FaultServer:
         """Forget hit counts (so flaky routes fail again), the peak and the connection count."""
         with self._lock:
             self._hits.clear()
+            self._received.clear()
             self._peak = self._connections = 0
 
-    def _record(self, path: str) -> int:
+    def _record(self, path: str, headers: dict[str, str]) -> int:
         key = _key(path)
         with self._lock:
+            self._received.append((key, headers))
             self._hits[key] += 1
             return self._hits[key]
 
@@ -239,26 +265,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:  # count, wait for a slot and the latency, route
         self._head, owner = head, self.server.owner
-        count = owner._record(self.path)
+        count = owner._record(self.path, dict(self.headers.items()))
         if not owner._enter_slot():
             self._send(503, b"busy\n", extra={"Retry-After": "0"})
             return
         try:
             if owner._sleep(owner.latency_s):
-                self._route(unquote(urlsplit(self.path).path), count)
+                parts = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+                self._route(unquote(parts.path), count, query)
             else:
                 self.close_connection = True
         finally:
             owner._leave_slot()
 
-    def _route(self, path: str, count: int) -> None:
+    def _route(self, path: str, count: int, query: dict[str, str]) -> None:
         owner = self.server.owner
         kind, _, rest = path.lstrip("/").partition("/")
         number, _, name = rest.partition("/") if _has_number(rest) else ("", "", rest)
+        retry_after = query.get("retry_after", "0")
         if kind == "files":
             self._send_file(rest)
         elif kind == "status" and rest.isdigit() and 200 <= int(rest) <= 599:
-            retry = {"Retry-After": "0"} if rest in ("429", "503") else {}
+            retry = {"Retry-After": retry_after} if rest in ("429", "503") else {}
             self._send(int(rest), f"status {rest}\n".encode(), extra=retry)
         elif kind == "redirect" and name:
             k = int(float(number or 1))
@@ -275,7 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif kind == "flaky":
                 self._send(500, f"flaky {count}/{number}\n".encode())
             else:
-                self._send(429, f"throttle {count}/{number}\n".encode(), extra={"Retry-After": "0"})
+                self._send(429, f"throttle {count}/{number}\n".encode(),
+                           extra={"Retry-After": retry_after})
         elif kind == "truncated" and (found := owner._file(rest)) is not None:
             data, ctype = found
             self._send(200, data[: len(data) // 2], ctype=ctype, length=len(data))
@@ -286,8 +316,55 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.close()
             self.connection.close()
             self.close_connection = True
+        elif kind == "goto" and query.get("to"):
+            status = int(query.get("status", "302"))
+            self._send(status if status in (301, 302, 303, 307, 308) else 302, b"",
+                       extra={"Location": query["to"]})
+        elif kind == "drip" and (found := owner._file(name)) is not None and number:
+            self._drip(found[0], float(number))
+        elif kind == "endless":
+            self._endless()
+        elif kind == "huge" and rest.isdigit():
+            self._huge(int(rest))
         else:
             self._send(404, f"no route for {path!r}\n".encode())
+
+    def _drip(self, data: bytes, interval: float) -> None:
+        """The whole Content-Length, then one byte every ``interval`` seconds."""
+        self._head_only(200, {"Content-Length": str(len(data))})
+        for i in range(len(data)):
+            if not self.server.owner._sleep(interval):
+                break
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _endless(self) -> None:
+        """Chunks of zeros until the client goes away (the write fails) or the server closes."""
+        self._head_only(200, {"Transfer-Encoding": "chunked"})
+        chunk = b"%x\r\n" % _STREAM_CHUNK + bytes(_STREAM_CHUNK) + b"\r\n"
+        while not self.server.owner._closing.is_set():
+            self.wfile.write(chunk)
+        self.close_connection = True
+
+    def _huge(self, declared: int) -> None:
+        """Declares ``declared`` bytes, then trickles zeros (64 KiB per 50 ms) until the client
+        goes away, the server closes or the declared size is sent."""
+        self._head_only(200, {"Content-Length": str(declared)})
+        sent = 0
+        while sent < declared and self.server.owner._sleep(0.05):
+            part = min(_STREAM_CHUNK, declared - sent)
+            self.wfile.write(bytes(part))
+            sent += part
+        self.close_connection = True
+
+    def _head_only(self, code: int, headers: dict[str, str]) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/octet-stream")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.flush()
 
     def _send_file(self, name: str) -> None:
         found = self.server.owner._file(name)

@@ -150,7 +150,6 @@ class ElementFn(beam.DoFn):
         for index, size in self._end_bytes.items():
             if size:
                 self._ends[index].inc(size)
-        self._progress.finish()
 
     def _split(self, element):
         if not self.keyed:

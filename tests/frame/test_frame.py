@@ -156,13 +156,10 @@ def test_where_filter_and_limit(engine):
 
 def test_limit_keeps_source_order_across_batches(engine):
     mf.context.set_execution_config(batch_rows=7)
-    try:
-        df = mf.from_pydict({"i": list(range(100))})
-        assert df.limit(30).to_pydict()["i"] == list(range(30))
-        assert df.where(col("i") % 3 == 0).limit(5).to_pydict()["i"] == [0, 3, 6, 9, 12]
-        assert df.to_pydict()["i"] == list(range(100))
-    finally:
-        mf.context.set_execution_config(batch_rows=131_072)
+    df = mf.from_pydict({"i": list(range(100))})
+    assert df.limit(30).to_pydict()["i"] == list(range(30))
+    assert df.where(col("i") % 3 == 0).limit(5).to_pydict()["i"] == [0, 3, 6, 9, 12]
+    assert df.to_pydict()["i"] == list(range(100))
 
 
 def test_len_getitem_iter_rows_and_sinks():
@@ -298,3 +295,14 @@ def test_pcollection_interop():
     frame = mf.from_pcollection(pcoll, {"n": DataType.int64(), "s": DataType.string()})
     out = frame.where(col("n") >= 7).sort("n").to_pydict()
     assert out == {"n": [7, 8, 9], "s": ["7", "8", "9"]}
+
+
+@pytest.mark.parametrize("make", [lambda: mf.from_pydict({}), lambda: mf.from_pylist([]),
+                                  lambda: mf.from_arrow(pa.table({}))])
+def test_a_frame_without_columns_has_no_rows_everywhere(engine, make):
+    """Before: counted 0 rows but collected 131,072 (a slice of a column-less table)."""
+    assert make().count_rows() == 0 and len(make()) == 0
+    assert make().to_arrow().num_rows == 0 and make().to_pylist() == []
+    assert make().collect().count_rows() == 0
+    assert make().with_column("x", lit(1)).to_pydict() == {"x": []}
+    assert make().limit(5).to_pylist() == []

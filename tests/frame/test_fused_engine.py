@@ -57,10 +57,7 @@ def test_fused_chain_writes_every_row_bounded_by_connections_and_explains_its_si
 
 def test_pinned_multimodal_batch_rows_still_work():
     context.set_execution_config(multimodal_batch_rows=2)
-    try:
-        imgs = [np.full((4, 6, 3), i, np.uint8) for i in range(5)]
-        out = mf.from_pydict({"i": imgs}).select(
-            col("i").image.resize(3, 2).alias("r")).to_pydict()["r"]
-        assert [int(a[0, 0, 0]) for a in out] == [0, 1, 2, 3, 4] and out[0].shape == (2, 3, 3)
-    finally:
-        context.set_execution_config(multimodal_batch_rows=None)
+    imgs = [np.full((4, 6, 3), i, np.uint8) for i in range(5)]
+    out = mf.from_pydict({"i": imgs}).select(
+        col("i").image.resize(3, 2).alias("r")).to_pydict()["r"]
+    assert [int(a[0, 0, 0]) for a in out] == [0, 1, 2, 3, 4] and out[0].shape == (2, 3, 3)

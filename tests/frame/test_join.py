@@ -130,21 +130,17 @@ def test_hash_partitioning_is_deterministic_and_type_stable():
 def test_shuffle_by_value_and_by_file_agree(shuffle_files):
     mf.context.set_execution_config(shuffle_files=shuffle_files, batch_rows=50, in_process=False,
                                      broadcast_bytes=0)
-    try:
-        ldata, rdata = _random(3, 300, "lv"), _random(4, 200, "rv")
-        ldata.pop("sk")
-        rdata["name"] = rdata.pop("sk")
-        left, right = mf.from_pydict(ldata), mf.from_pydict(rdata)
-        joined = left.join(right, on="k", how="outer").to_pandas()
-        expected = _expected(pd.DataFrame(ldata, dtype=object), pd.DataFrame(rdata, dtype=object),
-                             "k", "outer")
-        cols = ["k", "lv", "rv", "name"]
-        assert list(joined.columns) == cols
-        assert _canon(joined[cols].itertuples(index=False)) == \
-            _canon(expected[cols].itertuples(index=False))
-        counts = left.groupby("k").agg(col("lv").count()).sort("k").to_pydict()
-        assert sum(counts["lv"]) == sum(v is not None for v in ldata["lv"])
-        assert left.distinct("k").count_rows() == len(set(ldata["k"]))
-    finally:
-        mf.context.set_execution_config(shuffle_files=None, batch_rows=131_072, in_process=None,
-                                         broadcast_bytes=64 << 20)
+    ldata, rdata = _random(3, 300, "lv"), _random(4, 200, "rv")
+    ldata.pop("sk")
+    rdata["name"] = rdata.pop("sk")
+    left, right = mf.from_pydict(ldata), mf.from_pydict(rdata)
+    joined = left.join(right, on="k", how="outer").to_pandas()
+    expected = _expected(pd.DataFrame(ldata, dtype=object), pd.DataFrame(rdata, dtype=object),
+                         "k", "outer")
+    cols = ["k", "lv", "rv", "name"]
+    assert list(joined.columns) == cols
+    assert _canon(joined[cols].itertuples(index=False)) == \
+        _canon(expected[cols].itertuples(index=False))
+    counts = left.groupby("k").agg(col("lv").count()).sort("k").to_pydict()
+    assert sum(counts["lv"]) == sum(v is not None for v in ldata["lv"])
+    assert left.distinct("k").count_rows() == len(set(ldata["k"]))

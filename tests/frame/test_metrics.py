@@ -1,12 +1,16 @@
-"""Per-operator metrics after a run (Frame.metrics), in process and on Beam."""
+"""Per-operator metrics after a run (Frame.metrics), in process and on Beam; the in-process
+operators' progress in log mode."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 
 import mmbeam
 import mmbeam.frame as mf
 from mmbeam.frame import DataType, col
+from mmbeam.progress import Progress, set_progress
 from mmbeam.testing.images import encode_sample, make_image
 
 
@@ -77,3 +81,29 @@ def test_write_parquet_reports_metrics(tmp_path):
     paths = df.write_parquet(str(tmp_path / "out"))
     assert _by_operator(paths)["Project"]["rows_out"] == 50
     assert _by_operator(df)["Project"]["rows_out"] == 50
+
+
+def test_in_process_operators_report_progress_and_close_it(corpus):
+    stream = io.StringIO()
+    previous = set_progress(Progress(stream, mode="log", log_interval=0))
+    try:
+        _frame(corpus).collect()
+    finally:
+        set_progress(previous)
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.startswith("mmbeam progress: ") for line in lines)
+    last = lines[-1]  # the summary of close(), with every operator's final counts
+    assert "InMemory 20 rows" in last
+    assert "Filter+Project[url.download>image.decode>image.width] 19 rows" in last
+    assert "4 failed" in last
+
+
+def test_progress_off_draws_nothing(corpus, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setenv("MMBEAM_PROGRESS", "0")
+    previous = set_progress(Progress(stream))
+    try:
+        _frame(corpus[:3]).collect()
+    finally:
+        set_progress(previous)
+    assert stream.getvalue() == ""

@@ -9,7 +9,7 @@ import pytest
 
 import mmbeam.frame as mf
 import mmbeam.ops.decode as decode_mod
-from mmbeam.errors import DecodeError, DownloadError
+from mmbeam.errors import DecodeError, DownloadError, SchemaError
 from mmbeam.expr import ir
 from mmbeam.frame import DataType, col
 from mmbeam.plan import nodes as P
@@ -18,10 +18,8 @@ from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture
-def served(mmbeam_http):
-    urls = [mmbeam_http.add(f"mm/{i}.jpg", encode_sample(make_image(64 + i, 48, seed=i)))
-            for i in range(6)]
-    return mmbeam_http, urls
+def served(mmbeam_http, serve_jpegs):
+    return mmbeam_http, list(serve_jpegs("mm", [(64 + i, 48) for i in range(6)]).values())
 
 
 def test_download_decode_chain_and_image_functions(served):
@@ -124,7 +122,7 @@ def test_upload_writes_content_named_files(tmp_path, served):
 
 def test_image_type_mismatch_before_running(runs):
     df = mf.from_pydict({"s": ["a"]})
-    with pytest.raises(Exception, match="image.resize expects an Image"):
+    with pytest.raises(SchemaError, match="image.resize expects an Image"):
         df.with_column("x", col("s").image.resize(2, 2))
     assert runs.runs == 0
 
@@ -142,3 +140,38 @@ def test_show_over_a_filtered_parquet_scan_downloads_only_shown_rows(served, tmp
     out = capsys.readouterr().out
     assert [server.hits(u) for u in urls] == [0, 1, 0, 1, 0, 0]
     assert "65" in out and "67" in out and "(Showing first 2 rows)" in out
+
+
+@pytest.mark.parametrize("in_process", [None, False], ids=["in_process", "beam"])
+def test_fused_thumbnail_is_the_reduced_scale_decode_resized(served, in_process):
+    """The frame's thumbnail equals resize(decode at the reduced scale), pixel for pixel, and
+    not resize(decode at full size): the two differ for this photo, so a frame that decoded at
+    full size would give other pixels. Checked on both execution paths."""
+    from mmbeam.ops.decode import decode_image
+    from mmbeam.ops.resize import resize_image
+
+    server, _ = served
+    data = encode_sample(make_image(800, 600, seed=11))
+    url = server.add("mm/reduced.jpg", data)
+    reduced = resize_image(decode_image(data, min_size=(50, 40)), 50, 40)
+    full = resize_image(decode_image(data), 50, 40)
+    assert decode_image(data, min_size=(50, 40)).shape[0] < 600
+    assert not np.array_equal(reduced, full)
+    mf.context.set_execution_config(in_process=in_process)  # restored by the conftest
+    out = mf.from_pydict({"url": [url]}).select(
+        col("url").url.download().image.decode().image.resize(50, 40).alias("thumb")).to_pydict()
+    assert np.array_equal(out["thumb"][0], reduced)
+
+
+def test_limit_after_a_filter_on_downloaded_bytes_stops_at_the_first_sub_batch(mmbeam_http):
+    """Rows are filtered on what was downloaded, so the limit cannot move to the source: the
+    stream must stop pulling once it has its row. With sub-batches of two, only the first
+    sub-batch's URLs are fetched (a stream that read ahead would fetch the second too)."""
+    urls = [mmbeam_http.add(f"mm/limit/{i}.bin", bytes(10 + i)) for i in range(8)]
+    mmbeam_http.reset_stats()
+    mf.context.set_execution_config(multimodal_batch_rows=2)  # restored by the conftest
+    df = mf.from_pydict({"url": urls, "i": list(range(8))}).with_column(
+        "data", col("url").url.download())
+    out = df.where(col("data").not_null()).limit(1).select("i").to_pydict()
+    assert out == {"i": [0]}
+    assert [mmbeam_http.hits(u) for u in urls] == [1, 1, 0, 0, 0, 0, 0, 0]

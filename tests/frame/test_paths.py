@@ -83,50 +83,31 @@ def test_both_paths_give_the_same_rows(sources, name):
     assert _canon(local) == _canon(beam_rows)
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.runs = 0
-
-    def factory(self):
-        from mmbeam.runners.direct import local_runner
-
-        self.runs += 1
-        return local_runner()
-
-
-def test_explain_names_the_path_and_only_beam_starts_a_runner(capsys, mmbeam_http):
-    counter = Counter()
-    context.set_runner(counter.factory, "local")
-    try:
-        df = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
-        df.explain()
-        assert "in-process" in capsys.readouterr().out
-        assert df.to_pydict() == {"a": [3, 2]} and counter.runs == 0
-        context.set_execution_config(in_process=False)
-        df2 = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
-        df2.explain()
-        assert "Beam pipeline" in capsys.readouterr().out
-        assert df2.to_pydict() == {"a": [3, 2]} and counter.runs == 1
-        context.set_execution_config(in_process=None)
-        url = mmbeam_http.add("paths-a.txt", b"hello")
-        mm = mf.from_pydict({"u": [url]}).with_column("b", col("u").url.download())
-        mm.explain()
-        out = capsys.readouterr().out
-        assert "in-process" in out and "URL/image work streams" in out
-        assert mm.to_pydict()["b"] == [b"hello"] and counter.runs == 1
-    finally:
-        context.set_execution_config(in_process=None)
-        context.set_runner_local()
+def test_explain_names_the_path_and_only_beam_starts_a_runner(capsys, mmbeam_http, runs):
+    runs.install("local")  # counted, under the name that lets frames run in this process
+    df = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
+    df.explain()
+    assert "in-process" in capsys.readouterr().out
+    assert df.to_pydict() == {"a": [3, 2]} and runs.runs == 0
+    context.set_execution_config(in_process=False)
+    df2 = mf.from_pydict({"a": [3, 1, 2]}).where(col("a") > 1)
+    df2.explain()
+    assert "Beam pipeline" in capsys.readouterr().out
+    assert df2.to_pydict() == {"a": [3, 2]} and runs.runs == 1
+    context.set_execution_config(in_process=None)
+    url = mmbeam_http.add("paths-a.txt", b"hello")
+    mm = mf.from_pydict({"u": [url]}).with_column("b", col("u").url.download())
+    mm.explain()
+    out = capsys.readouterr().out
+    assert "in-process" in out and "URL/image work streams" in out
+    assert mm.to_pydict()["b"] == [b"hello"] and runs.runs == 1
 
 
 def test_write_parquet_same_files_either_way(tmp_path):
     df = mf.from_pydict({"k": ["x", "y", None], "v": [1, 2, 3]})
     df.write_parquet(str(tmp_path / "local"), partition_cols=["k"])
     context.set_execution_config(in_process=False)
-    try:
-        df.write_parquet(str(tmp_path / "beam"), partition_cols=["k"])
-    finally:
-        context.set_execution_config(in_process=None)
+    df.write_parquet(str(tmp_path / "beam"), partition_cols=["k"])
     a = mf.read_parquet(str(tmp_path / "local")).sort("v").to_pydict()
     b = mf.read_parquet(str(tmp_path / "beam")).sort("v").to_pydict()
     assert a == b == {"v": [1, 2, 3], "k": ["x", "y", None]}
@@ -235,11 +216,10 @@ def _both_ways(make):
 
 
 @pytest.fixture
-def images(mmbeam_http):
+def images(mmbeam_http, serve_jpegs):
     from mmbeam.testing.images import encode_sample, make_image
 
-    urls = [mmbeam_http.add(f"paths/{i}.jpg", encode_sample(make_image(40 + i, 30, seed=i)))
-            for i in range(5)]
+    urls = list(serve_jpegs("paths", [(40 + i, 30) for i in range(5)]).values())
     mmbeam_http.add("paths/corrupt.jpg", encode_sample(make_image(40, 30, seed=7))[:200])
     return mmbeam_http, urls
 
@@ -302,13 +282,10 @@ def test_a_limit_over_url_work_downloads_only_the_rows_it_needs(images):
     """The limit cannot be pushed below the multimodal filter: the stream stops pulling."""
     server, urls = images
     context.set_execution_config(multimodal_batch_rows=2)
-    try:
-        server.reset_stats()
-        df = mf.from_pydict({"url": urls}).with_column(
-            "w", col("url").url.download().image.decode().image.width())
-        out = df.where(col("w") > 40).limit(2).to_pydict()
-    finally:
-        context.set_execution_config(multimodal_batch_rows=None)
+    server.reset_stats()
+    df = mf.from_pydict({"url": urls}).with_column(
+        "w", col("url").url.download().image.decode().image.width())
+    out = df.where(col("w") > 40).limit(2).to_pydict()
     assert out["w"] == [41, 42]
     assert [server.hits(u) for u in urls] == [1, 1, 1, 1, 0]
 

@@ -39,10 +39,7 @@ def scaled_length(words, factor=1):
 
 @pytest.fixture
 def partitions():
-    before = context.get_context().exec_options.num_partitions
-    context.set_execution_config(num_partitions=3)
-    yield
-    context.set_execution_config(num_partitions=before)
+    context.set_execution_config(num_partitions=3)  # restored by tests/conftest.py
 
 
 def test_class_udf_runs_once_per_process_in_batches_of_batch_size(partitions):
@@ -93,11 +90,8 @@ def test_autotuned_batches_grow():
         return [len(values)] * len(values)
 
     context.set_execution_config(batch_rows=5000)
-    try:
-        out = mmbeam.from_pydict({"x": list(range(3000))}).with_column(
-            "b", batch_len(col("x"))).to_pydict()["b"]
-    finally:
-        context.set_execution_config(batch_rows=131_072)
+    out = mmbeam.from_pydict({"x": list(range(3000))}).with_column(
+        "b", batch_len(col("x"))).to_pydict()["b"]
     assert out[0] <= 2 and max(out) >= 256  # starts small, doubles as batches prove cheap
 
 

@@ -31,9 +31,8 @@ def store(request, mmbeam_bucket_name):
 
 @pytest.fixture(params=[None, False], ids=["in_process", "beam"])
 def path_mode(request):
-    context.set_execution_config(in_process=request.param)
-    yield request.param
-    context.set_execution_config(in_process=None)
+    context.set_execution_config(in_process=request.param)  # restored by tests/conftest.py
+    return request.param
 
 
 def test_read_a_file_a_folder_and_globs(store, path_mode):

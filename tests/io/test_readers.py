@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mmbeam.frame as mf
-from mmbeam.errors import ConfigError
+from mmbeam.errors import ConfigError, ReadError, SchemaError
 from mmbeam.frame import DataType, col
 from mmbeam.io.readers import list_files
 from mmbeam.plan import nodes as P
@@ -149,3 +149,85 @@ def test_s3_read_and_write(mmbeam_s3, mmbeam_bucket_name):
     assert total == 6
     listed = mf.from_glob_path(f"{bucket}/owners.pq/**", io_config=cfg).to_pydict()
     assert sorted(listed["path"])[0] == f"{bucket}/owners.pq/country=DE/part-0.parquet"
+
+
+# -- files that disagree, and files that are damaged ------------------------------------------
+@pytest.fixture(params=["in_process", "beam"])
+def engine(request):
+    """Both execution paths read through the same source."""
+    from mmbeam.frame import context
+
+    context.set_execution_config(in_process=None if request.param == "in_process" else False)
+    yield request.param
+    context.set_execution_config(in_process=None)
+
+
+def _corrupt_data_page(path):
+    """Overwrite bytes inside the first (snappy-compressed) data page, keeping the footer."""
+    meta = pq.read_metadata(path)
+    column = meta.row_group(0).column(0)
+    start = column.data_page_offset + column.total_compressed_size // 2
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(b"\xff" * 64)
+
+
+def test_a_corrupt_data_page_is_an_error_naming_the_file(tmp_path, engine):
+    """Before: a bare ``OSError: Corrupt snappy compressed data.``"""
+    words = [f"row {i} " * 20 for i in range(2000)]
+    for name in ("good", "bad"):
+        pq.write_table(pa.table({"s": words}), tmp_path / f"{name}.parquet", compression="snappy",
+                       use_dictionary=False)
+    _corrupt_data_page(tmp_path / "bad.parquet")
+    df = mf.read_parquet(str(tmp_path))
+    with pytest.raises(Exception, match=r"reading .*bad\.parquet failed: .*(Corrupt|snappy)") \
+            as info:
+        df.collect()
+    if engine == "in_process":
+        assert isinstance(info.value, ReadError) and isinstance(info.value, OSError)
+
+
+def test_a_type_clash_between_files_names_both_files_and_the_column(tmp_path):
+    """Before: a bare ArrowInvalid when the second file was read."""
+    pq.write_table(pa.table({"id": [1, 2], "v": [1, 2]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [3], "v": ["three"]}), tmp_path / "b.parquet")
+    with pytest.raises(SchemaError, match=r"column 'v' is int64 in .*a\.parquet but string in "
+                                          r".*b\.parquet"):
+        mf.read_parquet(str(tmp_path))
+
+
+def test_files_are_unified_by_column_name(tmp_path, engine):
+    """Before: the schema came from the first file and ``extra`` was silently dropped."""
+    pq.write_table(pa.table({"id": [1, 2], "n": pa.array([1, 2], pa.int32())}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"extra": ["x"], "id": [3], "n": pa.array([3], pa.int64())}),
+                   tmp_path / "b.parquet")
+    df = mf.read_parquet(str(tmp_path))
+    assert df.column_names == ["id", "n", "extra"] and df.schema()["n"] == DataType.int64()
+    assert df.sort("id").to_pydict() == {"id": [1, 2, 3], "n": [1, 2, 3],
+                                         "extra": [None, None, "x"]}
+    assert df.select("extra").to_pydict() == {"extra": [None, None, "x"]}
+    assert df.where(col("extra").not_null()).count_rows() == 1 and df.count_rows() == 3
+
+
+def test_a_column_name_differing_only_in_case_is_an_error(tmp_path):
+    """Before: ``url`` in one file and ``URL`` in another silently gave null urls."""
+    pq.write_table(pa.table({"url": ["http://a/1.jpg"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"URL": ["http://a/2.jpg"]}), tmp_path / "b.parquet")
+    with pytest.raises(SchemaError, match=r"'URL' in .*b\.parquet and 'url' in .*a\.parquet "
+                                          "differ only in case"):
+        mf.read_parquet(str(tmp_path))
+    both = tmp_path / "both"  # one file with both names: two distinct columns, no error
+    both.mkdir()
+    pq.write_table(pa.table({"url": ["u"], "URL": ["U"]}), both / "c.parquet")
+    assert mf.read_parquet(str(both)).to_pydict() == {"url": ["u"], "URL": ["U"]}
+
+
+def test_a_file_that_lost_a_requested_column_is_an_error_not_nulls(tmp_path, engine):
+    """A file rewritten after the read was planned, ``url`` renamed ``URL``: before, null rows."""
+    pq.write_table(pa.table({"url": ["http://a/1.jpg"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"url": ["http://a/2.jpg"]}), tmp_path / "b.parquet")
+    df = mf.read_parquet(str(tmp_path))
+    pq.write_table(pa.table({"URL": ["http://a/2.jpg"]}), tmp_path / "b.parquet")
+    with pytest.raises(Exception, match=r"b\.parquet has no column 'url' .*did you mean 'URL'"):
+        df.collect()

@@ -93,7 +93,7 @@ def test_bad_bytes_raise_decode_error(data, message):
 def test_decompression_bomb_is_refused_before_decoding():
     bomb = decompression_bomb(20000, 20000)
     assert len(bomb) < 100_000
-    with pytest.raises(ImageTooLargeError, match="400000000 pixels"):
+    with pytest.raises(ImageTooLargeError, match="400,000,000 pixels exceeds max_pixels=100,000,000"):
         decode_image(bomb)
     small = encode_sample(make_image(200, 100), "PNG")
     with pytest.raises(ImageTooLargeError, match="max_pixels=10,000"):
@@ -252,3 +252,63 @@ def test_phone_mpo_is_a_jpeg_oriented_and_reduced():
     assert out.shape == (160, 120, 3)  # 1/4 of 640x480 (1/8 is 80x60), turned upright
     ref = cv2.resize(np.rot90(np.asarray(first), k=-1), (120, 160), interpolation=cv2.INTER_AREA)
     assert psnr(out, ref) > 30
+
+
+@pytest.fixture(scope="module")
+def jpeg_91mp():
+    """A flat grey 10000x9100 JPEG (91 MP: above Pillow's 89.5 MP warning), ~1 MB."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (10000, 9100), 128).save(buf, "JPEG", quality=50)
+    return buf.getvalue()
+
+
+def test_max_pixels_can_raise_the_limit_above_pillows(jpeg_91mp, jpeg_backend):
+    """Before: Pillow's DecompressionBombWarning (89.5 MP) refused this even with 10**12."""
+    out = decode_image(jpeg_91mp, "L", max_pixels=10**12, min_size=(1000, 900))
+    assert out.shape == (1138, 1250) and abs(int(out.mean()) - 128) <= 2
+    with pytest.raises(ImageTooLargeError, match="91,000,000 pixels exceeds max_pixels=90,000,000"):
+        decode_image(jpeg_91mp, "L", max_pixels=90_000_000, min_size=(1000, 900))
+
+
+def test_max_pixels_above_pillows_error_limit_on_the_pillow_path():
+    """A 1-bit PNG goes through Pillow: 91 MP decodes in full; 180 MP (over Pillow's 179 MP
+    DecompressionBombError) passes the header check with a high max_pixels."""
+    png_91mp = decompression_bomb(10000, 9100)
+    out = decode_image(png_91mp, "L", max_pixels=10**12)
+    assert out.shape == (9100, 10000) and out.max() == 0
+    del out
+    png_180mp = decompression_bomb(20000, 9000)
+    assert probe_image(png_180mp, max_pixels=10**12)[1:3] == (20000, 9000)
+    with pytest.raises(ImageTooLargeError, match="max_pixels=179,999,999"):
+        probe_image(png_180mp, max_pixels=179_999_999)
+
+
+def test_max_pixels_can_lower_the_limit_and_pillow_keeps_its_own_elsewhere(jpeg_91mp):
+    from PIL import Image
+
+    small = encode_sample(make_image(200, 100), "PNG")
+    with pytest.raises(ImageTooLargeError, match="20,000 pixels exceeds max_pixels=19,999"):
+        probe_image(small, max_pixels=19_999)
+    assert probe_image(small, max_pixels=20_000).width == 200
+    with pytest.raises(Image.DecompressionBombError):  # outside mmbeam: Pillow as configured
+        Image.open(io.BytesIO(decompression_bomb(20000, 9000)))
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(jpeg_91mp))
+
+
+def test_concurrent_decodes_keep_their_own_limits(jpeg_91mp):
+    """The limit is per call: threads with a high and a low max_pixels never mix them up."""
+    import concurrent.futures
+
+    def probe(i):
+        limit = 10**12 if i % 2 else 10**6
+        try:
+            return i, probe_image(jpeg_91mp, max_pixels=limit).width
+        except ImageTooLargeError:
+            return i, None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(probe, range(400)))
+    assert all((width == 10000) == bool(i % 2) for i, width in results)

@@ -114,3 +114,177 @@ def test_fetch_all_keeps_order_nulls_and_bounds_connections():
     assert [o for i, o in enumerate(out) if i not in (3, 7)] == [
         bytes([i]) * 10 for i in range(20) if i not in (3, 7)
     ]
+
+
+# backoff and retry policy (issue 17, M2): waits recorded through the injected sleep, not timed
+
+
+def _recorded(**kwargs):
+    waits = []
+    return Fetcher(sleep=waits.append, **kwargs), waits
+
+
+def fetch_with(fetcher, url):
+    if _FORM["name"] == "blocking":
+        return fetcher.fetch_blocking(url)
+    return fetcher.submit(url).result(timeout=60)
+
+
+def test_backoff_doubles_and_is_capped_at_max_backoff_s(server):
+    server.add("backoff.bin", DATA)
+    fetcher, waits = _recorded(retries=5, backoff_s=1.0, max_backoff_s=3.0)
+    assert fetch_with(fetcher, server.url("flaky/5/backoff.bin")) == DATA
+    assert len(waits) == 5
+    # jitter keeps each wait within [1/2, 1] of min(max_backoff_s, backoff_s * 2**attempt)
+    for wait, full in zip(waits, [1, 2, 3, 3, 3]):
+        assert full / 2 <= wait <= full, waits
+
+
+def test_retry_after_is_honoured(server):
+    server.add("after.bin", DATA)
+    fetcher, waits = _recorded(retries=2, backoff_s=0.01, max_backoff_s=10)
+    assert fetch_with(fetcher, server.url("throttle/1/after.bin?retry_after=4")) == DATA
+    assert waits and 4 <= waits[0] <= 4.01, waits
+
+
+def test_retry_after_beyond_max_backoff_s_ends_the_retries(server):
+    fetcher, waits = _recorded(retries=3, backoff_s=0.01, max_backoff_s=5)
+    with pytest.raises(DownloadError, match=r"retry after 30 s, more than max_backoff_s=5"):
+        fetch_with(fetcher, server.url("status/503?retry_after=30"))
+    assert waits == [] and server.hits("status/503") == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried(server, status):
+    fetcher, waits = _recorded(retries=2, backoff_s=0.01)
+    with pytest.raises(DownloadError, match=rf"HTTP {status} .*\(after 3 attempts\)"):
+        fetch_with(fetcher, server.url(f"status/{status}"))
+    assert server.hits(f"status/{status}") == 3 and len(waits) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 418, 451])
+def test_client_errors_are_not_retried(server, status):
+    fetcher, waits = _recorded(retries=3, backoff_s=0.01)
+    with pytest.raises(DownloadError):
+        fetch_with(fetcher, server.url(f"status/{status}"))
+    assert server.hits(f"status/{status}") == 1 and waits == []
+
+
+def test_invalid_url_is_not_retried():
+    fetcher, waits = _recorded(retries=3)
+    with pytest.raises(DownloadError, match="invalid URL 'http://exa mple.invalid/a.jpg'"):
+        fetch_with(fetcher, "http://exa mple.invalid/a.jpg")
+    assert waits == []
+
+
+@pytest.mark.parametrize("name", ["a b.bin", "café.bin", "猫.bin"])
+def test_spaces_and_non_ascii_in_paths_are_percent_encoded(server, name):
+    server.add(name, DATA)
+    assert fetch(server.url("files/" + name)) == DATA
+    assert server.hits("files/" + name) == 1
+
+
+# redirects, size cap, scheme restriction
+
+
+def test_too_many_redirects_is_a_clear_error(server):
+    with pytest.raises(DownloadError, match="more than 10 redirects"):
+        fetch(server.url("redirect/11/fetch.bin"), retries=3)
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/x", "file:///etc/hostname",
+                                    "gopher://127.0.0.1/x"])
+def test_redirects_go_to_http_and_https_only(server, target):
+    with pytest.raises(UnsupportedSchemeError, match="is not followed"):
+        fetch(server.goto(target), retries=3)
+    assert server.hits("goto") == 1
+
+
+def test_credentials_are_dropped_after_a_cross_origin_redirect(server):
+    from mmbeam.io.config import HTTPConfig, IOConfig
+    from mmbeam.testing.http_server import FaultServer
+
+    creds = IOConfig(http=HTTPConfig(headers=(("X-Api-Key", "k"), ("Cookie", "c=1")),
+                                     bearer_token="t"))
+    with FaultServer() as other:
+        other.add("x.bin", DATA)
+        for status in (301, 302, 303, 307, 308):
+            assert fetch(server.goto(other.url("files/x.bin"), status), io_config=creds) == DATA
+        assert len(other.received()) == 5
+        for headers in other.received():
+            assert {k.lower() for k in headers} & {"authorization", "x-api-key", "cookie"} == set()
+    assert all(h["Authorization"] == "Bearer t" for h in server.received("goto"))
+
+
+def test_a_body_over_max_bytes_is_refused(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"Content-Length 102400 bytes is over max_bytes=1000"):
+        fetch(server.url("files/fetch.bin"), max_bytes=1000)
+    with pytest.raises(DownloadError, match=r"body passed max_bytes=100000"):
+        fetch(server.url("endless"), max_bytes=100_000, retries=0)
+    path = tmp_path / "big.bin"
+    path.write_bytes(DATA)
+    with pytest.raises(DownloadError, match=r"102400 bytes is over max_bytes=1000"):
+        fetch(str(path), max_bytes=1000)
+    assert fetch(str(path), max_bytes=len(DATA)) == DATA
+
+
+def test_allowed_schemes_refuses_other_schemes_and_local_paths(server, tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(DATA)
+    web = ("http", "https")
+    with pytest.raises(UnsupportedSchemeError, match="is a local path, which is not allowed"):
+        fetch(str(path), allowed_schemes=web)
+    with pytest.raises(UnsupportedSchemeError, match="scheme 'file'"):
+        fetch(f"file://{path}", allowed_schemes=web)
+    assert fetch(server.url("files/fetch.bin"), allowed_schemes=web) == DATA
+    assert fetch(str(path), allowed_schemes=("file",)) == DATA
+    with pytest.raises(UnsupportedSchemeError, match="'https' is not followed"):
+        fetch(server.goto("https://127.0.0.1:1/x"), allowed_schemes=("http", "file"))
+    with pytest.raises(ConfigError, match="unknown scheme 'ftp'"):
+        Fetcher(allowed_schemes=("ftp",))
+
+
+def test_the_deadline_bounds_a_dripping_body(server):
+    import time
+
+    server.add("drip.bin", bytes(100))
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out after 1 s"):
+        fetch(server.url("drip/0.2/drip.bin"), timeout_s=1, retries=0)
+    assert time.monotonic() - start < 10  # a per-read timeout would take 20 s
+
+
+def test_a_cancelled_download_stops_reading_at_once(server):
+    import asyncio
+    import time
+
+    from fsspec.asyn import get_loop
+
+    if _FORM["name"] == "blocking":
+        pytest.skip("cancellation is the event-loop form's")
+    server.add("cancel.bin", bytes(100))
+    fetcher = Fetcher(timeout_s=60, retries=0)
+
+    async def give_up():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fetcher.fetch(server.url("drip/0.1/cancel.bin")), 0.5)
+
+    asyncio.run_coroutine_threadsafe(give_up(), get_loop()).result(timeout=30)
+    deadline = time.monotonic() + 10
+    while server.active_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.active_requests == 0  # the drip lost its reader well before its 10 s
+
+
+@pytest.mark.parametrize("store", ["mmbeam_s3", "mmbeam_gcs"])
+def test_max_bytes_applies_to_object_stores_from_metadata(store, request, mmbeam_bucket_name):
+    srv = request.getfixturevalue(store)
+    bucket = srv.make_bucket(mmbeam_bucket_name)
+    url = f"{bucket.rstrip('/')}/big.bin"
+    srv.put(url, DATA)
+    with pytest.raises(DownloadError, match=r"big.bin is too large: 102400 bytes is over "
+                                            r"max_bytes=1000"):
+        fetch(url, io_config=srv.io_config(), max_bytes=1000)
+    assert fetch(url, io_config=srv.io_config(), max_bytes=len(DATA)) == DATA
+    with pytest.raises(UnsupportedSchemeError, match="not allowed"):
+        fetch(url, io_config=srv.io_config(), allowed_schemes=("http", "https"))

@@ -14,7 +14,6 @@ from mmbeam.ops.fetch import Fetcher
 from mmbeam.ops.resize import resize_image
 from mmbeam.ops.rowchain import RowChain, Step, value_bytes
 from mmbeam.testing.http_server import FaultServer
-from mmbeam.testing.images import encode_sample, make_image
 
 
 async def _fetch(fetcher, url, key):
@@ -38,10 +37,9 @@ def thumbnail_chain(limit=4, null_decode=False):
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    pixels = {i: make_image(200 + 8 * i, 150, seed=i) for i in range(6)}
-    urls = {i: mmbeam_http.add(f"rc/{i}.jpg", encode_sample(p, "JPEG")) for i, p in pixels.items()}
-    return mmbeam_http, urls
+def served(mmbeam_http, serve_jpegs):
+    urls = serve_jpegs("rc", [(200 + 8 * i, 150) for i in range(6)])
+    return mmbeam_http, dict(enumerate(urls.values()))
 
 
 def test_chain_matches_the_ops_called_one_by_one(served):
@@ -195,3 +193,26 @@ def test_cpu_only_outcome_gives_sizes_and_failed_input():
     assert chain.submit(8).result(30).sizes == (8, 0, 4)
     out = chain.submit(7).result(30)
     assert out.sizes == (7, 0) and out.failed_input == 7 and out.error.stage == "half"
+
+
+def test_async_only_io_step_honours_nullable_on_the_event_loop():
+    """An I/O step with no blocking form runs on the I/O loop; its failure nulls the row when
+    the step is nullable (later steps skip it) and is a located StageError when it is not."""
+    async def lookup(value, key):
+        if value == "missing":
+            raise FileNotFoundError(f"no such object: {value}")
+        return value.encode()
+
+    def chain(nullable):
+        return RowChain([Step("lookup", "io", lookup, nullable, limit=2),
+                         Step("size", "cpu", lambda value, key: len(value))])
+
+    nullable = chain(True)
+    assert not nullable._threaded
+    outs = [nullable.submit(v).result(30) for v in ("abc", "missing", "de")]
+    assert [(o.value, o.error, o.nulled) for o in outs] == [
+        (3, None, None), (None, None, "lookup"), (2, None, None)]
+    assert outs[1].sizes == ()
+    out = chain(False).submit("missing", name="row 4").result(30)
+    assert out.value is None and out.nulled is None and out.error.stage == "lookup"
+    assert str(out.error) == "lookup failed for 'row 4': FileNotFoundError: no such object: missing"

@@ -38,8 +38,10 @@ def ray_session():
         ray.shutdown()
 
 
-@pytest.fixture(params=["local", "dask", "ray"])
+@pytest.fixture(params=["local", pytest.param("dask", marks=pytest.mark.slow),
+                        pytest.param("ray", marks=pytest.mark.slow)])
 def runner_name(request) -> str:
+    """The runner kind; dask and ray are also marked ``distributed`` (tests/conftest.py)."""
     return request.param
 
 

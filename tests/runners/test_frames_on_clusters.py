@@ -145,7 +145,10 @@ def _on(runner_name: str, request, data) -> None:
 
         if ray.is_initialized():  # another test's local Ray: the runner would run there
             ray.shutdown()
-        context.set_runner_ray(cluster.address)
+        # one connection for the test's runs (the runner keeps its actors between them)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        context.set_runner_ray()
     else:
         from apache_beam.options.pipeline_options import PortableOptions
         from apache_beam.runners.portability.portable_runner import PortableRunner
@@ -169,6 +172,10 @@ def test_reference_pipeline_every_sink_same_as_in_process(runner_name, source, d
         explained = _explained(frame)
     finally:
         context.set_runner_local()
+        if runner_name == "ray":
+            import ray
+
+            ray.shutdown()
     want, want_thumbs = expected[source]
     _compare(got, want, _thumbs(dataset, f"{runner_name}-{source}/thumbs"), want_thumbs)
     if runner_name == "portable":  # the runs went through --temp_location, and left nothing

@@ -19,6 +19,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils import proto_utils
 
 from mmbeam import transforms as mt
+from mmbeam.errors import DecodeError
 from mmbeam.runners.direct import local_runner
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import encode_sample, make_image
@@ -34,13 +35,11 @@ def unfused() -> PipelineOptions:
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    urls = {}
-    for i in range(10):
-        data = encode_sample(make_image(300 + 20 * i, 200, seed=i), "JPEG", exif_orientation=1 + i % 8)
-        urls[f"f{i}.png"] = mmbeam_http.add(f"autofuse/f{i}.jpg", data)
+def served(mmbeam_http, serve_jpegs):
+    urls = serve_jpegs("autofuse", [(300 + 20 * i, 200) for i in range(10)], orientations=True,
+                       name="f{i}.jpg")
     mmbeam_http.add("autofuse/junk.jpg", b"<html>not an image</html>")
-    return urls
+    return {f"f{i}.png": url for i, url in enumerate(urls.values())}  # keys: the upload names
 
 
 def five(out, **kw):
@@ -202,7 +201,7 @@ def test_exception_handling_routes_and_names_failures_as_unfused(served, mmbeam_
     bad = [("bad.png", junk)] if keyed else [junk]
     expected = "DecodeImage failed for " + ("key 'bad.png'" if keyed else "<25 bytes>")
     for options, out in ((None, "d"), (unfused(), "e")):
-        with pytest.raises(Exception, match=re.escape(expected) + ": not an image"):
+        with pytest.raises(DecodeError, match=re.escape(expected) + ": not an image"):
             run_collect(handled(tmp_path / out, bad), options=options)
 
 

@@ -18,6 +18,8 @@ from mmbeam.runners import DaskRunner, RayRunner
 from mmbeam.testing import run_collect
 from mmbeam.transforms import RunModel
 
+pytestmark = pytest.mark.slow  # a model per worker process, on Dask and Ray (~1 min in all)
+
 N = 48
 #: instances built in this process, by model name (a module global: one per worker process)
 _LOADS: collections.Counter = collections.Counter()
@@ -115,13 +117,9 @@ def test_frame_udf_concurrency_on_ray_is_its_actor_pool(ray_session):
             return [self.tag] * len(values)
 
     mmbeam.context.set_execution_config(batch_rows=4)
-    try:
-        mmbeam.context.set_runner_ray()
-        out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
-               .collect().to_pydict())
-    finally:
-        mmbeam.context.set_runner_local()
-        mmbeam.context.set_execution_config(batch_rows=131_072)
+    mmbeam.context.set_runner_ray()
+    out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
+           .collect().to_pydict())
     assert sorted(out["v"]) == list(range(N))
     tags = collections.defaultdict(set)
     for tag in out["w"]:
@@ -142,13 +140,9 @@ def test_frame_udf_loads_once_per_dask_worker_process(dask_cluster):
             return [self.tag] * len(values)
 
     mmbeam.context.set_execution_config(batch_rows=4)
-    try:
-        mmbeam.context.set_runner_dask(dask_cluster.scheduler_address)
-        out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
-               .collect().to_pydict())
-    finally:
-        mmbeam.context.set_runner_local()
-        mmbeam.context.set_execution_config(batch_rows=131_072)
+    mmbeam.context.set_runner_dask(dask_cluster.scheduler_address)
+    out = (mmbeam.from_pydict({"v": list(range(N))}).with_column("w", Where(col("v")))
+           .collect().to_pydict())
     tags = collections.defaultdict(set)
     for tag in out["w"]:
         pid, instance, load = tag.split(":")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -151,12 +152,9 @@ def test_registry_picks_mmbeam_coders_from_type_hints():
 
 # -- transforms -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
+def served(mmbeam_http, serve_jpegs):
     """Six JPEGs and two broken inputs on the loopback server: key -> URL."""
-    urls = {}
-    for i in range(6):
-        data = encode_sample(make_image(40 + 9 * i, 30 + 5 * i, seed=i), "JPEG")
-        urls[f"p{i}.jpg"] = mmbeam_http.add(f"portable/p{i}.jpg", data)
+    urls = serve_jpegs("portable", [(40 + 9 * i, 30 + 5 * i) for i in range(6)])
     urls["cut.jpg"] = mmbeam_http.add("portable/cut.jpg", truncated(
         encode_sample(make_image(64, 64, seed=9), "JPEG"), keep=0.2))
     urls["gone.jpg"] = mmbeam_http.url("status/404")
@@ -186,6 +184,7 @@ def image_chain(urls: dict[str, str], out: str):
     return build
 
 
+@pytest.mark.distributed
 def test_image_chain_runs_portable_with_the_local_results(served, tmp_path):
     local = run_collect(image_chain(served, str(tmp_path / "local")))
     portable = run_portable(image_chain(served, str(tmp_path / "portable")))
@@ -208,6 +207,7 @@ def test_image_chain_runs_portable_with_the_local_results(served, tmp_path):
     assert portable.counter("DecodeImage", "failed") == 1
 
 
+@pytest.mark.distributed
 def test_nulls_and_unkeyed_elements_cross_the_runner_boundary(served):
     def build(p):
         return (p | beam.Create(sorted(served.values()))
@@ -221,6 +221,7 @@ def test_nulls_and_unkeyed_elements_cross_the_runner_boundary(served):
     assert sorted(map(arrays_key, portable.outputs)) == sorted(map(arrays_key, local.outputs))
 
 
+@pytest.mark.distributed
 def test_join_transform_runs_portable_with_the_local_results():
     owners = [{"id": i, "name": f"o{i}"} for i in range(5)] + [{"id": None, "name": "nobody"}]
     pets = [{"id": i % 3, "pet": f"p{i}"} for i in range(6)]
@@ -308,10 +309,9 @@ ORDERED = {"parquet-project-filter", "explode", "sort-limit", "multimodal"}
 
 @pytest.fixture
 def portable_frames():
-    """Frames in this test run on the PortableRunner (through mmbeam.context.set_runner)."""
+    """Frames in this test run on the PortableRunner (through mmbeam.context.set_runner);
+    tests/conftest.py restores the runner afterwards."""
     context.set_runner(PortableRunner, "portable", **PORTABLE_FLAGS)
-    yield
-    context.set_runner_local()
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -344,6 +344,7 @@ def test_frame_write_parquet_runs_portable(frame_data, portable_frames, tmp_path
     assert _sorted(back).equals(_sorted(frame.to_arrow()))
 
 
+@pytest.mark.distributed
 def test_frame_to_pcollection_inside_a_portable_pipeline(frame_data):
     frame = _parquet(frame_data).join(_csv(frame_data), on="id").select("id", "city")
 
@@ -353,6 +354,7 @@ def test_frame_to_pcollection_inside_a_portable_pipeline(frame_data):
     assert sorted(run_portable(build).outputs) == [(i, f"c{i % 3}") for i in range(0, 40, 2)]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("sink", ["to_pydict", "write_parquet"])
 def test_frame_sink_on_a_runner_without_shared_disk_needs_temp_location(sink, tmp_path):
     """Workers of an EXTERNAL environment may be other machines: without --temp_location the
@@ -397,6 +399,7 @@ def _load_example():
     return module
 
 
+@pytest.mark.distributed
 def test_dataflow_example_runs_on_gcs_through_the_portable_runner(mmbeam_gcs,
                                                                    mmbeam_bucket_name):
     from mmbeam.testing.gcs import PROJECT
@@ -456,9 +459,15 @@ def test_runner_docs_name_every_option_the_example_uses():
 
 
 def test_sdist_packs_every_module_and_the_runtime_requirements(tmp_path):
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=ROOT,
-                   check=True, capture_output=True)
-    (archive,) = tmp_path.glob("mmbeam-*.tar.gz")
+    # built from a copy, so setup.py's egg-info and build folders never land in the checkout
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy2(ROOT / "setup.py", source)
+    shutil.copytree(ROOT / "mmbeam", source / "mmbeam",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
+                   cwd=source, check=True, capture_output=True)
+    (archive,) = (tmp_path / "dist").glob("mmbeam-*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         requires = next(tar.extractfile(m).read().decode() for m in tar.getmembers()

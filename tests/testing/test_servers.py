@@ -293,3 +293,52 @@ def test_fixtures_give_images_and_unique_bucket_names(mmbeam_sample_images, mmbe
     for name, data in mmbeam_sample_images.items():
         assert name.endswith(".jpg") and Image.open(io.BytesIO(data)).format == "JPEG"
     assert 3 <= len(mmbeam_bucket_name) <= 63 and mmbeam_bucket_name == mmbeam_bucket_name.lower()
+
+
+# -- FaultServer: hostile routes and recorded headers -------------------------------------------
+
+
+def _raw(srv: FaultServer, path: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/" + path, headers={"X-Probe": "p-1"})
+    return conn.getresponse()
+
+
+def test_fault_server_records_request_headers():
+    with FaultServer() as srv:
+        srv.add("h.bin", b"x")
+        _raw(srv, "files/h.bin").read()
+        _raw(srv, "status/404").read()
+        assert [h["X-Probe"] for h in srv.received("files/h.bin")] == ["p-1"]
+        assert len(srv.received()) == 2
+        srv.reset_stats()
+        assert srv.received() == []
+
+
+def test_fault_server_retry_after_per_route():
+    with FaultServer() as srv:
+        srv.add("t.bin", b"x")
+        assert _raw(srv, "status/503?retry_after=7").getheader("Retry-After") == "7"
+        assert _raw(srv, "throttle/1/t.bin?retry_after=3").getheader("Retry-After") == "3"
+        assert _raw(srv, "status/429").getheader("Retry-After") == "0"
+
+
+def test_fault_server_goto_redirects_anywhere():
+    with FaultServer() as srv:
+        for target in ("ftp://example.invalid/a", "file:///etc/hostname", "http://127.0.0.1:1/x"):
+            response = _raw(srv, srv.goto(target, 307).split("/", 3)[3])
+            assert response.status == 307 and response.getheader("Location") == target
+
+
+def test_fault_server_drip_endless_and_huge_bodies():
+    with FaultServer() as srv:
+        srv.add("d.bin", b"abc")
+        start = time.monotonic()
+        assert _raw(srv, "drip/0.2/d.bin").read() == b"abc"
+        assert time.monotonic() - start >= 0.5  # three bytes, 0.2 s apart
+        endless = _raw(srv, "endless")
+        assert endless.getheader("Transfer-Encoding") == "chunked"
+        assert len(endless.read(1_000_000)) == 1_000_000  # more than any file here, still going
+        huge = _raw(srv, "huge/2000000000")
+        assert huge.getheader("Content-Length") == "2000000000"
+        assert huge.read(10) == bytes(10)

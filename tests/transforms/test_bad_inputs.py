@@ -4,7 +4,14 @@ import apache_beam as beam
 import pytest
 
 from mmbeam import transforms as mt
-from mmbeam.errors import ConfigError
+from mmbeam.errors import (
+    ConfigError,
+    DecodeError,
+    DownloadError,
+    ImageTooLargeError,
+    UnsafePathError,
+    UnsupportedSchemeError,
+)
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import decompression_bomb, encode_sample, make_image, truncated
 
@@ -63,6 +70,19 @@ CASES = {
 }
 
 
+# id -> the exact error type a run raises (Beam's runner re-raises the DoFn's own error type)
+RAISES = {
+    "http-404": DownloadError,
+    "unreachable-host": DownloadError,
+    "unsupported-scheme": UnsupportedSchemeError,
+    "non-image-bytes": DecodeError,
+    "truncated-jpeg": DecodeError,
+    "zero-bytes": DecodeError,
+    "decompression-bomb": ImageTooLargeError,
+    "upload-escape": UnsafePathError,
+}
+
+
 def _resolve(case, mmbeam_http, tmp_path, on_error):
     factory, element, stage, words = CASES[case]
     transform = factory(on_error, tmp_path)
@@ -83,8 +103,9 @@ def _expected_name(element):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_raise_names_element_stage_and_cause(case, mmbeam_http, tmp_path):
     transform, element, stage, words = _resolve(case, mmbeam_http, tmp_path, "raise")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RAISES[case]) as info:
         run_collect(lambda p: p | beam.Create([element]) | transform)
+    assert type(info.value) is RAISES[case]
     message = str(info.value)
     assert f"{stage} failed for" in message
     assert _expected_name(element) in message

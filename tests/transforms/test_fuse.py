@@ -12,19 +12,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from mmbeam import transforms as mt
-from mmbeam.errors import ConfigError
+from mmbeam.errors import ConfigError, DecodeError, DownloadError, UnsafePathError
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.http_server import FaultServer
 from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
-    urls = {}
-    for i in range(10):
-        data = encode_sample(make_image(700 + 40 * i, 500, seed=i), "JPEG", exif_orientation=1 + i % 8)
-        urls[f"f{i}.jpg"] = mmbeam_http.add(f"fuse/f{i}.jpg", data)
-    return urls
+def served(serve_jpegs):
+    return serve_jpegs("fuse", [(700 + 40 * i, 500) for i in range(10)], orientations=True,
+                       name="f{i}.jpg")
 
 
 def parts(out, **kw):
@@ -63,11 +60,12 @@ def test_fused_writes_the_same_pixels_as_the_separate_transforms(served, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "broken, stage",
-    [("files/fuse/missing.jpg", "Download"), ("files/fuse/junk.jpg", "DecodeImage"),
-     ("files/fuse/f0.jpg", "Upload")],
+    "broken, stage, error",
+    [("files/fuse/missing.jpg", "Download", DownloadError),
+     ("files/fuse/junk.jpg", "DecodeImage", DecodeError),
+     ("files/fuse/f0.jpg", "Upload", UnsafePathError)],
 )
-def test_each_stage_routes_its_failure(served, mmbeam_http, tmp_path, broken, stage):
+def test_each_stage_routes_its_failure(served, mmbeam_http, tmp_path, broken, stage, error):
     mmbeam_http.add("fuse/junk.jpg", b"<html>not an image</html>")
     url = mmbeam_http.url(broken)
     key = "../escape.png" if stage == "Upload" else "bad.png"
@@ -81,8 +79,9 @@ def test_each_stage_routes_its_failure(served, mmbeam_http, tmp_path, broken, st
     (record,) = failed
     assert record.stage == stage and record.element == (key, url)
     assert f"{stage} failed for key {key!r}" in record.error
-    with pytest.raises(Exception, match=f"{stage} failed for key {re.escape(repr(key))}"):
+    with pytest.raises(error, match=f"{stage} failed for key {re.escape(repr(key))}") as info:
         run_collect(lambda p: p | beam.Create(pairs) | fuse)
+    assert type(info.value) is error
     nulling = mt.Fuse(mt.Download(retries=0, keyed=True, on_error="null"),
                       mt.DecodeImage(keyed=True, on_error="null"), mt.ResizeImage(8, 8, keyed=True),
                       mt.EncodeImage("PNG", keyed=True),

@@ -18,13 +18,9 @@ from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture(scope="module")
-def served(mmbeam_http):
+def served(serve_jpegs):
     """Twelve JPEGs of different sizes on the loopback server: name -> URL."""
-    urls = {}
-    for i in range(12):
-        data = encode_sample(make_image(120 + 20 * i, 90 + 10 * i, seed=i), "JPEG")
-        urls[f"p{i}.jpg"] = mmbeam_http.add(f"pipe/p{i}.jpg", data)
-    return urls
+    return serve_jpegs("pipe", [(120 + 20 * i, 90 + 10 * i) for i in range(12)])
 
 
 def test_download_decode_resize_encode_upload(served, tmp_path):
@@ -133,3 +129,27 @@ def test_upload_returns_written_bytes_unchanged(tmp_path):
     paths = run_collect(lambda p: p | beam.Create(blobs) | mt.Upload(str(tmp_path))).outputs
     assert sorted(open(p, "rb").read() for p in paths) == sorted(blobs)
     assert all(Image.open(io.BytesIO(open(p, "rb").read())).format == "PNG" for p in paths)
+
+
+def _max_window(collected, stage):
+    windows = [d.committed.max for d in collected.result.metrics().query()["distributions"]
+               if d.key.metric.name == "window" and d.key.metric.namespace == stage]
+    assert windows, f"no window metric for {stage}"
+    return max(windows)
+
+
+def test_memory_budget_option_caps_the_decode_window_of_big_images():
+    """Each 600x500 PNG decodes to 0.9 MB: under ``--memory_budget=1500KB`` at most one row
+    is in flight, while without the option the same pipeline keeps several in flight."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    pngs = [encode_sample(make_image(600, 500, seed=i), "PNG") for i in range(2)] * 8
+
+    def run(flags):
+        return run_collect(lambda p: p | beam.Create(pngs) | mt.DecodeImage(),
+                           options=PipelineOptions(flags))
+
+    budgeted, free = run(["--memory_budget=1500KB"]), run([])
+    assert len(budgeted.outputs) == len(free.outputs) == 16
+    assert _max_window(budgeted, "DecodeImage") == 1
+    assert _max_window(free, "DecodeImage") > 1

@@ -117,16 +117,7 @@ def test_batches_respect_batch_size():
     assert max(sizes) == 8 and all(s <= 8 for s in sizes)
 
 
-class _FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_autotuned_batches_grow_when_rows_are_cheap_and_shrink_when_they_get_dear():
-    clock = _FakeClock()
+def test_autotuned_batches_grow_when_rows_are_cheap_and_shrink_when_they_get_dear(clock):
     cost = {"per_row": 0.001}
 
     def run(_instance, columns):
@@ -152,8 +143,7 @@ def test_autotuned_batches_grow_when_rows_are_cheap_and_shrink_when_they_get_dea
     assert invoker.controller.describe().startswith("cheap-then-dear: batch")
 
 
-def test_autotuned_batches_stay_under_the_memory_budget():
-    clock = _FakeClock()
+def test_autotuned_batches_stay_under_the_memory_budget(clock):
 
     def run(_instance, columns):
         clock.now += 1e-6 * len(columns[0])

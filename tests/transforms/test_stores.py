@@ -7,7 +7,7 @@ import pytest
 
 from mmbeam import transforms as mt
 from mmbeam.errors import UploadError
-from mmbeam.ops.store import content_name
+from mmbeam.ops.store import Store, content_name
 from mmbeam.testing.collect import run_collect
 from mmbeam.testing.images import encode_sample, make_image
 
@@ -71,3 +71,139 @@ def test_upload_to_missing_bucket_fails_clearly(mmbeam_s3):
     assert good == [] and "s3://no-such-bucket-mmbeam/out/" in failed[0].error
     with pytest.raises(UploadError, match="Upload failed for <3 bytes>: .*bucket does not exist"):
         run_collect(lambda p: p | beam.Create([b"abc"]) | store)
+
+
+def test_upload_takes_255_byte_keys_and_refuses_symlinks_leading_outside(tmp_path):
+    outside, dest = tmp_path / "outside", tmp_path / "dest"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "link").symlink_to(outside)
+    long_key = "n" * 251 + ".png"
+    good, failed = run_collect(
+        lambda p: p
+        | beam.Create([(long_key, BLOBS["k0/img.png"]), ("link/x.png", BLOBS["k1/img.png"])])
+        | mt.Upload(str(dest), keyed=True).with_exception_handling()
+    ).outputs
+    assert good == [(long_key, str(dest / long_key))]
+    assert (dest / long_key).read_bytes() == BLOBS["k0/img.png"]
+    assert len(failed) == 1 and failed[0].stage == "Upload"
+    assert "outside the destination" in failed[0].error, failed[0].error
+    assert list(outside.iterdir()) == []
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_store(request):
+    """(scheme, server) for the object stores, whose Upload runs on the event-loop I/O path."""
+    return request.param, request.getfixturevalue("mmbeam_s3" if request.param == "s3" else "mmbeam_gcs")
+
+
+def test_upload_to_missing_bucket_with_on_error_null_gives_a_counted_none(object_store):
+    scheme, server = object_store
+    location = f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:10]}/out"
+    upload = mt.Upload(location, on_error="null", io_config=server.io_config())
+    assert upload.step(True).blocking is None  # the event-loop path, not the threaded one
+    collected = run_collect(lambda p: p | beam.Create([b"abc", b"defg"]) | upload)
+    assert collected.outputs == [None, None]
+    assert collected.counter("Upload", "nulls") == 2
+    assert collected.counter("Upload", "succeeded") == 0
+
+
+def test_upload_to_missing_bucket_with_exception_handling_names_the_upload_stage(object_store):
+    scheme, server = object_store
+    location = f"{scheme}://no-such-bucket-{uuid.uuid4().hex[:10]}/out"
+    upload = mt.Upload(location, on_error="null", io_config=server.io_config())
+    good, failed = run_collect(
+        lambda p: p | beam.Create([b"abc"]) | upload.with_exception_handling()
+    ).outputs
+    assert good == [] and len(failed) == 1
+    (record,) = failed
+    assert isinstance(record, mt.FailedRecord) and record.stage == "Upload"
+    assert record.element == b"abc" and location in record.error
+
+
+def _payloads(count=4, size=256 << 10):
+    return [bytes([65 + i]) * (size + 1000 * i) for i in range(count)]
+
+
+def test_readers_never_see_a_partial_object_while_uploads_overwrite_it(object_store):
+    """One key is overwritten again and again with payloads of different sizes while a reader
+    fetches it with the store's own client: every read is one whole payload."""
+    import threading
+
+    scheme, server = object_store
+    bucket = f"mmbeam-{uuid.uuid4().hex[:10]}"
+    server.make_bucket(bucket)
+    store = Store(f"{scheme}://{bucket}/out", server.io_config())
+    payloads = _payloads()
+    url = store.write("same.bin", payloads[0])
+    done, seen, bad = threading.Event(), set(), []
+
+    def read():
+        for _ in range(100_000):  # bounded; ends when the writer is done
+            if done.is_set():
+                return
+            data = server.get(url)
+            if data in payloads:
+                seen.add(len(data))
+            else:
+                bad.append(len(data))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(40):
+            store.write("same.bin", payloads[i % len(payloads)])
+    finally:
+        done.set()
+        reader.join(60)
+    assert bad == [] and len(seen) >= 2  # the reader saw the object change, always whole
+
+
+def test_listed_objects_always_have_their_full_size(object_store):
+    """While new objects are uploaded, a lister (the store's own listing, sizes included)
+    never finds an object shorter than what was uploaded under its name."""
+    import threading
+
+    scheme, server = object_store
+    bucket = f"mmbeam-{uuid.uuid4().hex[:10]}"
+    server.make_bucket(bucket)
+    store = Store(f"{scheme}://{bucket}/out", server.io_config())
+    payloads = _payloads()
+    fs = server.filesystem()
+    done, listed, short = threading.Event(), set(), []
+
+    def watch():
+        for _ in range(100_000):
+            if done.is_set():
+                return
+            fs.invalidate_cache()
+            for info in fs.ls(f"{bucket}/out", detail=True) if fs.exists(f"{bucket}/out") else []:
+                name = info["name"].rsplit("/", 1)[1]
+                listed.add(name)
+                if int(info["size"]) != len(payloads[int(name.split(".")[0]) % len(payloads)]):
+                    short.append((name, info["size"]))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(40):
+            store.write(f"{i}.bin", payloads[i % len(payloads)])
+    finally:
+        done.set()
+        watcher.join(60)
+    assert short == [] and len(listed) >= 2
+
+
+def test_each_s3_upload_is_one_whole_object_version(mmbeam_s3):
+    """In a versioned bucket every version S3 ever held is kept: each key uploaded once through
+    the Upload transform has exactly one version, holding all its bytes."""
+    bucket = f"mmbeam-{uuid.uuid4().hex[:10]}"
+    mmbeam_s3.make_bucket(bucket)
+    client = mmbeam_s3.filesystem()
+    client.call_s3("put_bucket_versioning", Bucket=bucket,
+                   VersioningConfiguration={"Status": "Enabled"})
+    run_collect(lambda p: p | beam.Create(sorted(BLOBS.items()))
+                | mt.Upload(f"s3://{bucket}/v", io_config=mmbeam_s3.io_config(), keyed=True))
+    versions = client.call_s3("list_object_versions", Bucket=bucket)["Versions"]
+    assert sorted((v["Key"], v["Size"]) for v in versions) == sorted(
+        (f"v/{k}", len(data)) for k, data in BLOBS.items())

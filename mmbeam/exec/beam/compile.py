@@ -57,7 +57,8 @@ class _SliceTableFn(beam.DoFn):
         started = time.perf_counter()
         if self._loaded is None:  # read when first needed: engine values arrive with the task
             self._loaded = self._source.load()
-        batch = to_batch(self._loaded.slice(i * self._rows, self._rows))
+        start = i * self._rows  # clamped: a table without columns does not clamp its slices
+        batch = to_batch(self._loaded.slice(start, min(self._rows, self._loaded.num_rows - start)))
         self._metrics.update(rows_in=batch.num_rows, rows_out=batch.num_rows,
                              seconds=time.perf_counter() - started, held_bytes=batch.nbytes)
         yield (i,), batch
@@ -109,17 +110,31 @@ class _RowStageFn(beam.DoFn):
             self._size_metric = beam.metrics.Metrics.distribution(
                 "mmbeam", "multimodal_batch_rows")
 
-    def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
+    def _run(self, table: pa.Table, ctx: EvalContext) -> tuple[pa.Table, dict]:
+        """The stage's ops over ``table`` and what they did (for the operator's counters, which
+        only count when updated on the bundle's own thread)."""
         started = time.perf_counter()
         before, failed = sum(ctx.errors.values()), len(ctx.failed)
         out = operators.run_row_ops(table, self._ops, ctx)
         nulled = sum(ctx.errors.values()) - before
         failures = nulled if self._capture is None else sum(
             t.num_rows for t in ctx.failed[failed:])
-        self._metrics.update(rows_in=table.num_rows, rows_out=out.num_rows, nulls=nulled,
-                             failures=failures, seconds=time.perf_counter() - started,
-                             held_bytes=table.nbytes + out.nbytes)
-        return out
+        return out, {"rows_in": table.num_rows, "rows_out": out.num_rows, "nulls": nulled,
+                     "failures": failures, "seconds": time.perf_counter() - started,
+                     "held_bytes": table.nbytes + out.nbytes}
+
+    def _run_part(self, item: tuple[pa.Table, EvalContext]) \
+            -> tuple[pa.Table, EvalContext, dict]:
+        """One sub-batch (measured for the autotuner), the context it counted nulls in and
+        what it did."""
+        part, sub = item
+        if self._sizer is None:
+            out, done = self._run(part, sub)
+            return out, sub, done
+        with self._sizer.measure(part.num_rows) as cost:
+            out, done = self._run(part, sub)
+            cost.output_bytes = out.nbytes
+        return out, sub, done
 
     def _slices(self, rows: int):
         """(start, length) of each sub-batch; lengths come from the controller when "auto"."""
@@ -137,16 +152,17 @@ class _RowStageFn(beam.DoFn):
         table = _table(batch)
         ctx = EvalContext(capture=self._capture)
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
-            yield key, to_batch(self._run(table, ctx))
+            out, done = self._run(table, ctx)
+            self._metrics.update(**done)
+            yield key, to_batch(out)
         else:
-            for j, (start, size) in enumerate(self._slices(table.num_rows)):
-                part = table.slice(start, size)
-                if self._sizer is None:
-                    out = self._run(part, ctx)
-                else:
-                    with self._sizer.measure(part.num_rows) as cost:
-                        out = self._run(part, ctx)
-                        cost.output_bytes = out.nbytes
+            # two sub-batches at once: the next one fills the kernel's window while one drains
+            parts = ((table.slice(start, size), EvalContext(ctx.chains, self._capture))
+                     for start, size in self._slices(table.num_rows))  # chains shared
+            for j, (out, sub, done) in enumerate(operators.in_order(self._run_part, parts, 2)):
+                self._metrics.update(**done)
+                ctx.errors.update(sub.errors)
+                ctx.failed.extend(sub.failed)
                 yield key + (j,), to_batch(out)
         for op, count in ctx.errors.items():
             beam.metrics.Metrics.counter("mmbeam", f"{op}.nulled").inc(count)
@@ -155,23 +171,28 @@ class _RowStageFn(beam.DoFn):
                                                       to_batch(failed)))
 
 
-#: rows per piece when spreading batches over a cluster's workers before per-row work
-SPREAD_ROWS = 64
+#: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
+#: of the batch, within these bounds (small pieces balance, big ones keep each kernel's window
+#: of rows in flight full)
+SPREAD_ROWS = (64, 1024)
 
 
 class _SplitFn(beam.DoFn):
-    """Cut each batch into pieces of at most ``rows`` rows, keyed ``key + (piece,)``."""
+    """Cut each batch into pieces of an eighth of it (within ``bounds`` rows), keyed
+    ``key + (piece,)``."""
 
-    def __init__(self, rows: int):
-        self._rows = rows
+    def __init__(self, bounds: tuple[int, int]):
+        self._bounds = bounds
 
     def process(self, element):
         key, batch = element
-        if batch.num_rows <= self._rows:
+        low, high = self._bounds
+        rows = min(high, max(low, -(-batch.num_rows // 8)))
+        if batch.num_rows <= rows:
             yield key + (0,), batch
             return
-        for j, start in enumerate(range(0, batch.num_rows, self._rows)):
-            yield key + (j,), batch.slice(start, self._rows)
+        for j, start in enumerate(range(0, batch.num_rows, rows)):
+            yield key + (j,), batch.slice(start, rows)
 
 
 class _PartitionFn(beam.DoFn):
@@ -421,7 +442,7 @@ class Compiler:
         return self.channel.token if self._by_reference else None
 
     def spread(self, pcoll: beam.PCollection) -> beam.PCollection:
-        """``pcoll``'s batches cut into pieces of :data:`SPREAD_ROWS` rows and redistributed,
+        """``pcoll``'s batches cut into pieces (see :data:`SPREAD_ROWS`) and redistributed,
         before slow per-row work (URL/image functions, UDFs), so a cluster runs it on all its
         workers even when the source is one file or one table; a no-op when the workers are in
         this process. Keys grow by the piece's index, so row order is kept."""

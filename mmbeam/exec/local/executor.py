@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import singledispatch
 from typing import Any
 
@@ -275,9 +273,9 @@ def _node_stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: boo
 @_node_stream.register
 def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
-    rows = options.batch_rows
-    for start in range(0, max(plan.table.num_rows, 1), rows):
-        yield plan.table.slice(start, rows)
+    rows, total = options.batch_rows, plan.table.num_rows
+    for start in range(0, max(total, 1), rows):  # clamped: pyarrow 25 does not clamp a slice of
+        yield plan.table.slice(start, min(rows, total - start))  # a table without columns
 
 
 @_node_stream.register
@@ -315,7 +313,7 @@ def _rows(plan: P.Plan, options: ExecOptions, ctx: RunContext,
         return out, sub
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
-    for out, sub in _in_order(run, parts, 2 if ahead else 1):
+    for out, sub in operators.in_order(run, parts, 2 if ahead else 1):
         ctx.errors.update(sub.errors)
         ctx.failed.extend(sub.failed)
         nulls = sum(sub.errors.values())
@@ -340,25 +338,6 @@ class _Held:
         with self._lock:
             self.bytes += n
             return self.bytes
-
-
-def _in_order(fn: Callable[[Any], Any], items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """``fn`` over ``items``, results in order, up to ``depth`` calls running at once: with 2,
-    the next sub-batch's rows fill the kernel's window while the current one drains."""
-    if depth == 1:
-        yield from map(fn, items)
-        return
-    pool = ThreadPoolExecutor(depth, thread_name_prefix="mmbeam-stage")
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) == depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _node_stream.register(P.Project, _rows)

@@ -1,0 +1,58 @@
+"""Transient object-store errors (S3 503 ServiceUnavailable, 500 InternalError) are retried by mmbeam's
+Fetcher; permanent ones are not. moto's S3 server sits behind a FaultProxy that fails chosen
+requests, and botocore's own retries are off (``S3Config(num_tries=1)``) so the count of GETs
+shows mmbeam's retries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mmbeam.errors import DownloadError
+from mmbeam.ops.fetch import Fetcher
+from mmbeam.testing import FaultProxy
+
+DATA = b"object-bytes" * 1000
+
+
+@pytest.fixture
+def proxied(mmbeam_s3, mmbeam_bucket_name):
+    """(proxy, URL of an object, io_config through the proxy)."""
+    bucket = mmbeam_s3.make_bucket(mmbeam_bucket_name)
+    url = f"{bucket}/flaky.bin"
+    mmbeam_s3.put(url, DATA)
+    with FaultProxy(mmbeam_s3.endpoint_url) as proxy:
+        base = mmbeam_s3.io_config()
+        s3 = dataclasses.replace(base.s3, endpoint_url=proxy.url, num_tries=1)
+        yield proxy, url, dataclasses.replace(base, s3=s3)
+
+
+# (s3fs itself retries "SlowDown" five times, so 503 comes as ServiceUnavailable here)
+@pytest.mark.parametrize("status, code", [(503, "ServiceUnavailable"), (500, "InternalError")])
+def test_a_transient_s3_error_is_retried_until_it_recovers(proxied, status, code):
+    proxy, url, io_config = proxied
+    waits = []
+    fetcher = Fetcher(io_config, retries=3, backoff_s=0.5, max_backoff_s=5, sleep=waits.append)
+    proxy.fail("/flaky.bin", times=2, status=status, code=code, method="GET")
+    assert fetcher.fetch_blocking(url) == DATA
+    assert proxy.count("GET", "/flaky.bin") == 3  # two failures, then the object
+    assert len(waits) == 2 and 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0
+
+
+def test_s3_errors_left_after_every_retry_name_the_attempts(proxied):
+    proxy, url, io_config = proxied
+    fetcher = Fetcher(io_config, retries=1, backoff_s=0.01, sleep=lambda s: None)
+    proxy.fail("/flaky.bin", times=5, code="ServiceUnavailable", method="GET")
+    with pytest.raises(DownloadError, match=r"after 2 attempts"):
+        fetcher.fetch_blocking(url)
+    assert proxy.count("GET", "/flaky.bin") == 2
+
+
+def test_a_permanent_s3_error_is_not_retried(proxied):
+    proxy, url, io_config = proxied
+    fetcher = Fetcher(io_config, retries=3, backoff_s=0.01, sleep=lambda s: None)
+    proxy.fail("/flaky.bin", times=5, status=403, code="AccessDenied")
+    with pytest.raises(DownloadError, match="permission denied|AccessDenied|403"):
+        fetcher.fetch_blocking(url)
+    assert proxy.count("GET", "/flaky.bin") + proxy.count("HEAD", "/flaky.bin") == 1
