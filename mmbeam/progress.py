@@ -70,7 +70,7 @@ class Progress:
 
     def __init__(self, stream: IO[str] | None = None, *, mode: str | None = None,
                  log_interval: float = 30.0, clock: Callable[[], float] = time.monotonic):
-        self.stream = stream if stream is not None else sys.stderr
+        self._stream = stream
         self.mode = mode if mode is not None else progress_mode(self.stream)
         if self.mode not in MODES:
             raise ValueError(f"progress mode must be one of {MODES}, got {self.mode!r}")
@@ -80,6 +80,12 @@ class Progress:
         self._start: float | None = None
         self._last_log: float | None = None
         self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> IO[str]:
+        """Where it draws: the stream given, else ``sys.stderr`` as it is now (a process-wide
+        display outlives a replaced stderr: pytest's capture, a notebook's)."""
+        return self._stream if self._stream is not None else sys.stderr
 
     @property
     def enabled(self) -> bool:

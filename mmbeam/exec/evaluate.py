@@ -21,7 +21,7 @@ from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
 from mmbeam.types import DataType, Schema
 
-__all__ = ["EvalContext", "evaluate", "project", "filter_table"]
+__all__ = ["EvalContext", "evaluate", "evaluate_capturing", "project", "filter_table"]
 
 Array = pa.Array | pa.ChunkedArray
 
@@ -278,7 +278,7 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
         elif isinstance(e, ir.Column):
             value = table.column(e.name)
         elif ctx.failures is not None:
-            value = _evaluate_capturing(e, table, ctx, infer(e, schema).to_arrow())
+            value = evaluate_capturing(e, table, ctx, infer(e, schema).to_arrow())
         else:
             value = evaluate(e, table, ctx)
         target = infer(e, schema).to_arrow()
@@ -294,7 +294,7 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
 _PLAN_ERRORS = (ConfigError, SchemaError, UnsupportedError)
 
 
-def _evaluate_capturing(node: ir.Node, table: pa.Table, ctx: EvalContext,
+def evaluate_capturing(node: ir.Node, table: pa.Table, ctx: EvalContext,
                         target: pa.DataType) -> Array | pa.Scalar:
     """``node`` over ``table``; when a vectorised function (a cast ...) fails, again row by row,
     the failing rows recorded in ``ctx.failures`` and null. (URL/image functions record their
@@ -327,15 +327,17 @@ def _evaluate_capturing(node: ir.Node, table: pa.Table, ctx: EvalContext,
 
 
 def _stage_of(exc: BaseException, node: ir.Node) -> str:
-    """The stage a row failed in: the error's own, else the failing function's name."""
+    """The stage a row failed in: the error's own, else the expression's first cast or function
+    (``cast`` in ``col("n").cast(int) > 0``)."""
     stage = getattr(exc, "stage", None)
     if stage:
         return stage
-    while isinstance(node, ir.Alias):
-        node = node.child
-    if isinstance(node, ir.Cast):
-        return "cast"
-    return node.name if isinstance(node, ir.Function) else type(node).__name__.lower()
+    for inner in ir.walk(node):
+        if isinstance(inner, ir.Cast):
+            return "cast"
+        if isinstance(inner, ir.Function):
+            return inner.name
+    return type(node).__name__.lower()
 
 
 def filter_table(table: pa.Table, predicate: ir.Node, ctx: EvalContext) -> pa.Table:

@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmbeam.exec import physical
-from mmbeam.exec.evaluate import EvalContext, filter_table, project
+from mmbeam.exec.evaluate import EvalContext, evaluate_capturing, filter_table, project
+from mmbeam.exec.failures import RowFailures, failure_rows
 from mmbeam.expr import ir
 from mmbeam.plan import nodes as P
 
@@ -96,19 +99,13 @@ def run_row_ops(table: pa.Table, ops: RowOps, ctx: EvalContext) -> pa.Table:
 def _capturing(kind: str, arg: Any, table: pa.Table, ctx: EvalContext) -> pa.Table:
     """One projection or filter with its rows' failures recorded: a failure table (of this
     op's input rows) in ``ctx.failed``, the dropped rows out of the result."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from mmbeam.exec.evaluate import evaluate
-    from mmbeam.exec.failures import RowFailures, failure_rows
-
     ctx.failures = failures = RowFailures()
     try:
         if kind == "project":
             out = project(table, arg, ctx)
             keep = np.ones(table.num_rows, bool)
         else:
-            mask = evaluate(arg, table, ctx)
+            mask = evaluate_capturing(arg, table, ctx, pa.bool_())
             if isinstance(mask, pa.Scalar):
                 mask = pa.repeat(pa.scalar(bool(mask.as_py())), table.num_rows)
             mask = pc.fill_null(pc.cast(mask, pa.bool_()), False)

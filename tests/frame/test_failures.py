@@ -128,3 +128,13 @@ def test_udf_failures_on_a_beam_pipeline(urls):
         **EXPECTED_STAGES, 1: "udf odd_one_out", 5: "udf odd_one_out", 9: "udf odd_one_out"}
     assert got[5]["error_type"] == "UdfError" and "ValueError: refusing [5]" in got[5]["error"]
     assert sum(out.metrics.column("failures").to_pylist()) == len(got) == 9
+
+
+def test_a_failing_filter_predicate_sends_its_row_to_the_failures():
+    df = (mf.from_pydict({"id": [0, 1, 2, 3], "n": ["5", "x", "-1", "7"]})
+          .where(col("n").cast(DataType.int64()) > 0).with_exception_handling())
+    out = df.collect()
+    assert out.to_pydict()["id"] == [0, 3]
+    failures = out.failures.to_pylist()
+    assert [(r["id"], r["stage"], r["error_type"]) for r in failures] == [
+        (1, "cast", "ArrowInvalid")]
