@@ -19,7 +19,13 @@ from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, suggest_attribute
 from mmbeam.frame.context import get_context
 from mmbeam.frame.display import Preview
-from mmbeam.frame.iterators import column_values
+from mmbeam.frame.iterators import (
+    column_values,
+    iter_batches,
+    iter_rows,
+    iter_torch_batches,
+    table_to_pandas,
+)
 from mmbeam.plan import nodes as P
 from mmbeam.plan.optimizer import optimize
 from mmbeam.types import Schema
@@ -94,7 +100,7 @@ class Frame:
         ``stage``, ``error_type``, ``error``, ``attempts`` (see :mod:`mmbeam.exec.failures`)."""
         names = None
         if columns is not None:
-            names = tuple(_flatten((columns,)) if not isinstance(columns, str) else (columns,))
+            names = (columns,) if isinstance(columns, str) else tuple(columns)
             for name in names:
                 self._plan.schema[name]  # unknown names fail here with a suggestion
         return Frame(self._plan, FailureCapture(names))
@@ -366,8 +372,6 @@ class Frame:
         computed: ``batch_format`` ``"arrow"`` (``pyarrow.Table``), ``"numpy"`` (dict of column
         → ndarray; images of one size stacked N×H×W×C) or ``"pandas"``. Stopping early stops
         the work (see :mod:`mmbeam.frame.iterators`)."""
-        from mmbeam.frame.iterators import iter_batches
-
         return iter_batches(self._stream(), batch_size, batch_format, drop_last)
 
     def iter_torch_batches(self, batch_size: int | None = 256, dtypes: Any = None,
@@ -376,15 +380,11 @@ class Frame:
         and images of one size become tensors (images uint8 N×H×W×C) of ``dtypes`` (one torch
         dtype or a dict per column) on ``device``; strings stay lists. Streams like
         :meth:`iter_batches`."""
-        from mmbeam.frame.iterators import iter_torch_batches
-
         return iter_torch_batches(self._stream(), batch_size, dtypes, device, drop_last)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """The rows as dicts, as they are computed (image cells are numpy arrays); stopping
         early stops the work."""
-        from mmbeam.frame.iterators import iter_rows
-
         return iter_rows(self._stream())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -400,8 +400,6 @@ class Frame:
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
-        from mmbeam.frame.iterators import table_to_pandas
-
         return table_to_pandas(self._run())
 
     def write_parquet(self, root_dir: str, partition_cols: Sequence[str] | None = None,
