@@ -57,13 +57,12 @@ class _Call:
         self.sizes = Metrics.distribution(f"udf {udf.name}", "batch_size")
         self.nulled = Metrics.counter("mmbeam", f"udf {udf.name}.nulled")
 
-    def run(self, table: pa.Table, failures: RowFailures | None = None) \
+    def run(self, table: pa.Table, capture: RowFailures | None = None) \
             -> tuple[pa.ChunkedArray | pa.Array, int]:
-        """The call's output column over ``table`` and the rows it nulled; capturing
-        (``failures``), every failed row is recorded there instead of raising."""
+        """The call's output column over ``table`` and the rows it nulled; capturing failures,
+        every failed row is recorded in ``capture`` instead of raising."""
         columns = [table.column(a.name) for a in self.call.args]
         values = [_python(c) for c in columns]
-        capture = failures
         outputs: list[Any] = []
         nulled = 0
         start = 0
