@@ -126,9 +126,8 @@ def _with_failures(out: beam.PCollection, compiler: Compiler) -> beam.PCollectio
     under FAILURE_KEY), or ``out`` alone when nothing captures failures."""
     if not compiler.failures:
         return out
-    both = ((out, *compiler.failures) | compiler.label("WithFailures") >> beam.Flatten()
+    return ((out, *compiler.failures) | compiler.label("WithFailures") >> beam.Flatten()
             | compiler.label("Result") >> beam.Map(lambda kb: kb).with_output_types(KeyedBatch))
-    return both
 
 
 def _split_failures(parts: list, capture: FailureCapture | None) \
