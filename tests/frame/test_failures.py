@@ -86,10 +86,15 @@ def test_on_error_null_nulls_the_value_and_records_the_failure(urls):
     assert stage["nulls"] == 3 and stage["failures"] == 5 == failures.num_rows
 
 
-def test_write_parquet_writes_the_failures_beside_the_output(urls, tmp_path):
-    paths = corpus_frame(urls).write_parquet(str(tmp_path / "out"),
-                                             failures_path=str(tmp_path / "failed"))
-    written = pq.read_table(paths.to_pydict()["path"][0])
+@pytest.mark.parametrize("in_process", [None, False], ids=["in_process", "beam"])
+def test_write_parquet_writes_the_failures_beside_the_output(urls, tmp_path, in_process):
+    context.set_execution_config(in_process=in_process)
+    try:
+        paths = corpus_frame(urls).write_parquet(str(tmp_path / "out"),
+                                                 failures_path=str(tmp_path / "failed"))
+    finally:
+        context.set_execution_config(in_process=None)
+    written = pq.read_table([p for p in paths.to_pydict()["path"]])
     assert sorted(written.column("id").to_pylist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     failed = pq.read_table(str(tmp_path / "failed"))
     assert sorted(failed.column("id").to_pylist()) == sorted(EXPECTED_STAGES)
