@@ -117,6 +117,8 @@ class StageError(MmbeamError):
         new = type(self).__new__(type(self))
         StageError.__init__(new, self.cause, stage=stage, element=element)
         new.__cause__ = self.__cause__
+        if hasattr(self, "attempts"):  # requests a download made (failures tables show it)
+            new.attempts = self.attempts
         return new
 
     def __reduce__(self):  # picklable across worker processes, with its context

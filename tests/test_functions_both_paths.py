@@ -4,7 +4,7 @@ Both surfaces run the one declaration of a function on the one row engine, so fo
 input they must give the same values, the same nulls (``on_error="null"``), the same failures
 (stage and error type), the same stage names and the same per-stage counts: the transforms'
 Beam counters ``succeeded``/``failed``/``nulls`` (namespace: the stage) against the frame's
-``Frame.metrics``.
+``Frame.stage_metrics``.
 """
 
 from __future__ import annotations
@@ -131,9 +131,9 @@ def test_nulls_values_stage_names_and_counts_agree(case, mmbeam_http, tmp_path):
     counts = {name: beam_run.counter(case.stage, name) for name in ("succeeded", "failed", "nulls")}
     assert counts == {"succeeded": len(values) - len(case.bad), "failed": len(case.bad),
                       "nulls": len(case.bad)}
-    frame_counts = {k: v for k, v in frame.metrics[case.stage].items() if k != "bytes"}
+    frame_counts = {k: v for k, v in frame.stage_metrics[case.stage].items() if k != "bytes"}
     assert frame_counts == counts
-    assert set(frame.metrics) == {case.stage}
+    assert set(frame.stage_metrics) == {case.stage}
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.bad], ids=lambda c: c.name)
@@ -185,9 +185,9 @@ def test_a_fused_chain_reports_every_stage_the_same_way(mmbeam_http, tmp_path):
         assert path is None or open(path, "rb").read() == open(other, "rb").read()
     for stage in ("Download", "DecodeImage", "ResizeImage", "EncodeImage", "Upload"):
         for name in ("succeeded", "failed", "nulls"):
-            assert frame.metrics[stage][name] == beam_run.counter(stage, name), (stage, name)
-    assert frame.metrics["Download"]["nulls"] == 1
-    assert frame.metrics["EncodeImage"]["bytes"] == beam_run.counter("EncodeImage", "bytes") > 0
+            assert frame.stage_metrics[stage][name] == beam_run.counter(stage, name), (stage, name)
+    assert frame.stage_metrics["Download"]["nulls"] == 1
+    assert frame.stage_metrics["EncodeImage"]["bytes"] == beam_run.counter("EncodeImage", "bytes") > 0
 
 
 def test_upload_names_by_key_and_by_name_column_alike(tmp_path):

@@ -9,6 +9,7 @@ streams (:mod:`mmbeam.exec.local`) and Beam pipelines (:mod:`mmbeam.exec.beam`) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +43,16 @@ PATHS_SCHEMA = pa.schema([("path", pa.large_string())])
 @dataclass
 class Outcome:
     """What a run gives back: the result table, the rows nulled per operation (URL/image
-    stage or UDF), and what each URL/image stage did (``{stage: {"succeeded", "failed",
-    "nulls", "bytes"}}``, the counters the Beam transforms report)."""
+    stage or UDF), what each URL/image stage did (``{stage: {"succeeded", "failed", "nulls",
+    "bytes"}}``, the counters the Beam transforms report), the per-operator metrics
+    (:mod:`mmbeam.exec.metrics`; None where the executor has none) and, capturing failures,
+    the failures table (:mod:`mmbeam.exec.failures`; else None)."""
 
     table: pa.Table
     nulled: dict[str, int] = field(default_factory=dict)
     stages: dict[str, dict[str, int]] = field(default_factory=dict)
+    metrics: pa.Table | None = None
+    failures: pa.Table | None = None
 
 
 def log_counts(stages: dict[str, Any], udfs: dict[str, int] | None = None) \
@@ -63,9 +68,28 @@ def log_counts(stages: dict[str, Any], udfs: dict[str, int] | None = None) \
 class Executor:
     """Runs optimized plans into sinks; subclasses implement both methods."""
 
-    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
-        """Run an optimized plan into ``sink``; its outcome."""
+    def run(self, plan: P.Plan, sink: Sink, capture: Any = None) -> Outcome:
+        """Run an optimized plan into ``sink``; with ``capture`` (a
+        :class:`~mmbeam.exec.failures.FailureCapture`) failed rows go to ``Outcome.failures``."""
         raise NotImplementedError
+
+    def in_process(self, plan: P.Plan) -> bool:
+        """Whether ``plan`` runs in this process (as a stream of Arrow operators)."""
+        return False
+
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
+               capture: Any = None) -> Iterator[pa.Table]:
+        """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
+        the work where the executor can. ``done`` gets the run's :class:`Outcome` (its null
+        counts and metrics; no rows) once they are known. This default runs the whole plan
+        first."""
+        outcome = self.run(plan, Collect(), capture)
+        table = outcome.table
+        if done is not None:
+            done(Outcome(table.schema.empty_table(), outcome.nulled, outcome.stages,
+                         outcome.metrics, outcome.failures))
+        for batch in table.to_batches():
+            yield pa.Table.from_batches([batch])
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         """How an optimized plan runs: the ``== Execution ==`` section of ``Frame.explain``, and

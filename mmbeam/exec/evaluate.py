@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmbeam.errors import CastError, UnsupportedError
+from mmbeam.errors import CastError, ConfigError, SchemaError, UnsupportedError
 from mmbeam.exec.kernels import StageTotals, evaluate_multimodal, is_multimodal
 from mmbeam.expr import ir
 from mmbeam.expr.infer import infer
@@ -29,19 +29,32 @@ from mmbeam.types import (
     tensors_to_arrow,
 )
 
-__all__ = ["EvalContext", "as_array", "evaluate", "filter_table", "project", "python_values"]
+__all__ = [
+    "EvalContext",
+    "as_array",
+    "evaluate",
+    "evaluate_capturing",
+    "filter_table",
+    "project",
+    "python_values",
+]
 
 Array = pa.Array | pa.ChunkedArray
 
 
 class EvalContext:
     """Per-stage state: what each URL/image stage did (:class:`~mmbeam.exec.kernels.StageTotals`:
-    rows succeeded, failed, nulled by ``on_error="null"``, bytes), and the fused URL/image chains
-    built so far (reused by later batches, with their windows)."""
+    rows succeeded, failed, nulled by ``on_error="null"``, bytes), the fused URL/image chains
+    built so far (reused by later batches, with their windows) and, capturing failures
+    (:mod:`mmbeam.exec.failures`), the mode, the failures of the batch being evaluated and the
+    failure tables made so far."""
 
-    def __init__(self, chains: dict | None = None) -> None:
+    def __init__(self, chains: dict | None = None, capture: Any = None) -> None:
         self.stages = StageTotals()
         self.chains: dict = {} if chains is None else chains
+        self.capture = capture
+        self.failures: Any = None  # a RowFailures while an operator evaluates a batch
+        self.failed: list[pa.Table] = []
 
 
 def as_array(value: Any, n: int, dtype: pa.DataType | None = None) -> Array:
@@ -266,6 +279,8 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
             value: Any = table.column(e.child.name)
         elif isinstance(e, ir.Column):
             value = table.column(e.name)
+        elif ctx.failures is not None:
+            value = evaluate_capturing(e, table, ctx, infer(e, schema).to_arrow())
         else:
             value = evaluate(e, table, ctx)
         target = infer(e, schema).to_arrow()
@@ -275,6 +290,56 @@ def project(table: pa.Table, exprs: tuple[ir.Node, ...], ctx: EvalContext) -> pa
         arrays.append(value)
         names.append(ir.output_name(e))
     return pa.Table.from_arrays(arrays, names=names) if arrays else table.select([])
+
+
+#: errors that are the plan's fault, never one row's: raised even when capturing failures
+_PLAN_ERRORS = (ConfigError, SchemaError, UnsupportedError)
+
+
+def evaluate_capturing(node: ir.Node, table: pa.Table, ctx: EvalContext,
+                        target: pa.DataType) -> Array | pa.Scalar:
+    """``node`` over ``table``; when a vectorised function (a cast ...) fails, again row by row,
+    the failing rows recorded in ``ctx.failures`` and null. (URL/image functions record their
+    rows' failures themselves and never raise here.)"""
+    try:
+        return evaluate(node, table, ctx)
+    except _PLAN_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - found row by row below
+        pass
+    outer, parts = ctx.failures, []
+    try:
+        for i in range(table.num_rows):
+            ctx.failures = type(outer)()
+            try:
+                part = as_array(evaluate(node, table.slice(i, 1), ctx), 1, target)
+                if part.type != target:
+                    part = part.cast(target)
+            except _PLAN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this row's failure, recorded
+                outer.record(i, _stage_of(exc, node), exc, kept=False)
+                part = pa.nulls(1, target)
+            for stage, error, kept in ctx.failures.rows.values():
+                outer.record(i, stage, error, kept)
+            parts.append(part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part)
+    finally:
+        ctx.failures = outer
+    return pa.chunked_array(parts, target)
+
+
+def _stage_of(exc: BaseException, node: ir.Node) -> str:
+    """The stage a row failed in: the error's own, else the expression's first cast or function
+    (``cast`` in ``col("n").cast(int) > 0``)."""
+    stage = getattr(exc, "stage", None)
+    if stage:
+        return stage
+    for inner in ir.walk(node):
+        if isinstance(inner, ir.Cast):
+            return "cast"
+        if isinstance(inner, ir.Function):
+            return inner.name
+    return type(node).__name__.lower()
 
 
 def filter_table(table: pa.Table, predicate: ir.Node, ctx: EvalContext) -> pa.Table:

@@ -7,6 +7,12 @@ the resize allows) and a :class:`~mmbeam.ops.engine.RowWindow` runs the rows, as
 transforms do: the same steps, window rule, stage names (``Download``, ``DecodeImage``...),
 errors and per-stage counts. Only the chain's final value is kept, so full-size pixels exist for
 one row at a time per thread and never as a column nobody asked for.
+
+Capturing failures (``ctx.capture``, :mod:`mmbeam.exec.failures`) no step nulls by itself: each
+row's :class:`~mmbeam.ops.rowchain.RowOutcome` names the step that failed it and the error,
+and the row is recorded in ``ctx.failures`` (kept as a null where that step's ``on_error`` is
+``"null"``, else dropped by the operator) instead of raising, as a transform with exception
+handling sends it to its failed output.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class StageTotals(dict):
         for stage, values in counts.items():
             self.setdefault(stage, Counter()).update(values)
 
+    def total(self, name: str) -> int:
+        """One counter (``"nulls"``, ``"failed"`` ...) summed over the stages."""
+        return sum(c.get(name, 0) for c in self.values())
+
     def nulled(self) -> dict[str, int]:
         """Rows set to null by ``on_error="null"``, per stage (stages with none left out)."""
         return {stage: c["nulls"] for stage, c in self.items() if c.get("nulls")}
@@ -70,10 +80,12 @@ def chain_names(exprs: tuple[ir.Node, ...]) -> set[str]:
             for e in exprs for node in ir.walk(e) if is_multimodal(node)}
 
 
-def _window(node: ir.Function, values: Values, ctx: Any) -> tuple[RowWindow, ir.Node]:
-    """The window running ``node``'s chain, and the node the chain reads. A chain whose
-    options read no column is built once per run (``ctx.chains``) and shared by every batch:
-    its connections, its window and what it has learnt."""
+def _window(node: ir.Function, values: Values, ctx: Any) \
+        -> tuple[RowWindow, ir.Node, tuple[bool, ...]]:
+    """The window running ``node``'s chain, the node the chain reads and each call's
+    ``on_error == "null"``. A chain whose options read no column is built once per run
+    (``ctx.chains``) and shared by every batch: its connections, its window and what it has
+    learnt. Capturing failures, no step nulls (the caller nulls or drops the failed rows)."""
     calls, base = _plan(node)
     per_row = any(isinstance(v, ir.Arg) for fn in calls for _, v in fn.options)
     if not per_row and id(node) in ctx.chains:
@@ -85,14 +97,16 @@ def _window(node: ir.Function, values: Values, ctx: Any) -> tuple[RowWindow, ir.
         rows.append(columns)
         options = {k: v for k, v in fn.options if not isinstance(v, ir.Arg)}
         declared.append(Call(get_function(fn.name), options))
-    steps = chain_steps(declared, rows=rows)
+    capturing = getattr(ctx, "capture", None) is not None
+    steps = chain_steps(declared, rows=rows, nullable=[False] * len(declared) if capturing
+                        else None)
     window = RowWindow(RowChain(steps), ends=range(len(steps)))  # each step is a stage
-    entry = (window, base)
+    entry = (window, base, tuple(call.nullable for call in declared))
     return entry if per_row else ctx.chains.setdefault(id(node), entry)
 
 
 def _run(node: ir.Function, values: Values, ctx: Any) -> list[Any]:
-    window, base = _window(node, values, ctx)
+    window, base, nullable = _window(node, values, ctx)
     inputs = values(base)
     if window.chain.steps[0].stage == get_function("url.download").stage:
         names = inputs
@@ -100,9 +114,18 @@ def _run(node: ir.Function, values: Values, ctx: Any) -> list[Any]:
         names = [f"row {i}" for i in range(len(inputs))]
     outcomes = window.run(inputs, names)
     ctx.stages.add(window.counts.take())
-    for outcome in outcomes:
-        if outcome.error is not None:
+    failures = getattr(ctx, "failures", None)  # capturing: the batch's failed rows go there
+    for i, outcome in enumerate(outcomes):
+        if outcome.error is None:
+            continue
+        step = len(outcome.sizes)  # the step that failed the row
+        if failures is not None:
+            failures.record(i, window.chain.steps[step].stage, outcome.error,
+                            kept=nullable[step])
+        elif not nullable[step]:
             raise outcome.error
+        if nullable[step]:  # nulled, as the step would have without capturing
+            ctx.stages.add({window.chain.steps[step].stage: {"nulls": 1}})
     return [outcome.value for outcome in outcomes]
 
 

@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmbeam.autotune import BatchSizeController
 from mmbeam.exec import physical
-from mmbeam.exec.evaluate import EvalContext, filter_table, project
+from mmbeam.exec.evaluate import EvalContext, evaluate_capturing, filter_table, project
+from mmbeam.exec.failures import RowFailures, failure_rows
 from mmbeam.exec.kernels import is_multimodal
 from mmbeam.expr import ir
 from mmbeam.plan import nodes as P
@@ -80,31 +83,59 @@ def row_ops(plan: P.Plan) -> tuple[RowOps, P.Plan, bool]:
 
 
 def run_row_ops(table: pa.Table, ops: RowOps, ctx: EvalContext) -> pa.Table:
-    """Projections, filters and explodes of one stage, in order, over ``table``."""
+    """Projections, filters and explodes of one stage, in order, over ``table``; capturing
+    failures (``ctx.capture``), failed rows leave the output for ``ctx.failed``."""
     for kind, arg in ops:
-        if kind == "project":
-            table = project(table, arg, ctx)
-        elif kind == "filter":
-            table = filter_table(table, arg, ctx)
-        else:
+        if kind == "explode":
             table = physical.explode_table(table, arg)
+        elif ctx.capture is not None:
+            table = _capturing(kind, arg, table, ctx)
+        elif kind == "project":
+            table = project(table, arg, ctx)
+        else:
+            table = filter_table(table, arg, ctx)
     return table
+
+
+def _capturing(kind: str, arg: Any, table: pa.Table, ctx: EvalContext) -> pa.Table:
+    """One projection or filter with its rows' failures recorded: a failure table (of this
+    op's input rows) in ``ctx.failed``, the dropped rows out of the result."""
+    ctx.failures = failures = RowFailures()
+    try:
+        if kind == "project":
+            out = project(table, arg, ctx)
+            keep = np.ones(table.num_rows, bool)
+        else:
+            mask = evaluate_capturing(arg, table, ctx, pa.bool_())
+            if isinstance(mask, pa.Scalar):
+                mask = pa.repeat(pa.scalar(bool(mask.as_py())), table.num_rows)
+            mask = pc.fill_null(pc.cast(mask, pa.bool_()), False)
+            keep = np.asarray(mask.to_numpy(zero_copy_only=False), bool).copy()
+            out = table
+    finally:
+        ctx.failures = None
+    if not len(failures):
+        return out.filter(pa.array(keep)) if kind == "filter" else out
+    ctx.failed.append(failure_rows(table, failures, ctx.capture))
+    keep[failures.dropped()] = False
+    return out.filter(pa.array(keep))
 
 
 #: seconds of URL/image work per sub-batch the autotuned sizer aims for
 MULTIMODAL_SECONDS = 3.0
 
 
-def multimodal_sizer(rows: int | None) -> Any:
+def multimodal_sizer(rows: int | None, max_rows: int = 8192) -> Any:
     """The sub-batch sizer of a stage with URL/image work: always ``rows`` rows, or (None) an
     autotune controller aiming at ``MULTIMODAL_SECONDS`` of work and output bytes under the
-    memory budget per sub-batch (visible in ``explain(show_all=True)`` after a run)."""
+    memory budget per sub-batch, at most ``max_rows`` (visible in ``explain(show_all=True)``
+    after a run)."""
     if rows:
         return BatchSizeController(name="frame:multimodal_batch_rows", min_size=rows,
                                    initial=rows, max_size=rows)
     return BatchSizeController(
         name="frame:multimodal_batch_rows", target_seconds=MULTIMODAL_SECONDS, min_size=8,
-        initial=64, max_size=8192).register()
+        initial=min(64, max_rows), max_size=max_rows).register()
 
 
 def sub_batches(table: pa.Table, sizer: Any) -> Iterator[pa.Table]:

@@ -13,15 +13,23 @@ from typing import Any
 import pyarrow as pa
 
 from mmbeam.errors import ConfigError, UnsupportedError
-from mmbeam.exec.base import Collect, WriteFiles
+from mmbeam.exec.base import Collect, Outcome, WriteFiles
+from mmbeam.exec.failures import FailureCapture
 from mmbeam.expr import ir
 from mmbeam.expr.expr import Expr, col, lit, suggest_attribute
 from mmbeam.frame.context import get_context
 from mmbeam.frame.display import Preview, render_text
-from mmbeam.io.writers import WriteSpec
+from mmbeam.frame.iterators import (
+    column_values,
+    iter_batches,
+    iter_rows,
+    iter_torch_batches,
+    table_to_pandas,
+)
+from mmbeam.io.writers import WriteSpec, write_table
 from mmbeam.plan import nodes as P
 from mmbeam.plan.optimizer import optimize
-from mmbeam.types import DataType, ImageArrowType, Schema, arrow_to_images, arrow_to_tensors
+from mmbeam.types import DataType, Schema
 
 __all__ = ["Frame", "GroupedFrame"]
 
@@ -58,12 +66,15 @@ def _column_name(value: ColumnLike, what: str) -> str:
 class Frame:
     """A lazy table of rows. Build with ``mmbeam.from_pydict``, ``read_parquet`` ..."""
 
-    def __init__(self, plan: P.Plan):
+    def __init__(self, plan: P.Plan, capture: FailureCapture | None = None):
         plan.schema  # noqa: B018 - validate now, before anything runs
         self._plan = plan
+        self._capture = capture
         self._result: pa.Table | None = None
         self._counts: dict[str, int] = {}
-        self._metrics: dict[str, dict[str, int]] = {}
+        self._stages: dict[str, dict[str, int]] = {}
+        self._metrics: pa.Table | None = None
+        self._failures: pa.Table | None = None
 
     # -- schema ---------------------------------------------------------------------------------
     def schema(self) -> Schema:
@@ -81,7 +92,28 @@ class Frame:
         return [col(n) for n in self.column_names]
 
     def _derive(self, plan: P.Plan) -> Frame:
-        return Frame(plan)
+        return Frame(plan, self._capture)
+
+    # -- failed rows ----------------------------------------------------------------------------
+    def with_exception_handling(self, columns: Sequence[str] | None = None) -> Frame:
+        """This frame in failure-capturing mode (Beam's ``with_exception_handling``): a row that
+        a function (URL/image function, cast, UDF) fails on goes to the run's failures table
+        instead of raising, and leaves the output; ``on_error="null"`` functions null the value
+        and record the failure too. After a run, :attr:`failures` holds one row per failure:
+        ``columns`` (default: the failing stage's non-image, non-binary input columns),
+        ``stage``, ``error_type``, ``error``, ``attempts`` (see :mod:`mmbeam.exec.failures`)."""
+        names = None
+        if columns is not None:
+            names = (columns,) if isinstance(columns, str) else tuple(columns)
+            for name in names:
+                self._plan.schema[name]  # unknown names fail here with a suggestion
+        return Frame(self._plan, FailureCapture(names))
+
+    @property
+    def failures(self) -> Frame | None:
+        """The failures table of this frame's last run in failure-capturing mode (a Frame; see
+        :meth:`with_exception_handling`); None before a run, or when not capturing."""
+        return None if self._failures is None else Frame(P.InMemory(self._failures))
 
     # -- projections ----------------------------------------------------------------------------
     def select(self, *columns: ColumnLike) -> Frame:
@@ -247,11 +279,22 @@ class Frame:
     # -- running --------------------------------------------------------------------------------
     def _run(self) -> pa.Table:
         if self._result is None:
-            outcome = get_context().executor().run(optimize(self._plan), Collect())
+            outcome = get_context().executor().run(optimize(self._plan), Collect(), self._capture)
             self._result = outcome.table.select(self.column_names)
-            self._counts = outcome.nulled
-            self._metrics = outcome.stages
+            self._ran(outcome)
         return self._result
+
+    def _ran(self, outcome: Outcome) -> None:
+        self._counts, self._stages = outcome.nulled, outcome.stages
+        self._metrics, self._failures = outcome.metrics, outcome.failures
+
+    @property
+    def metrics(self) -> pa.Table | None:
+        """The per-operator metrics of this frame's last run (``collect``, ``to_*``, ``write_*``
+        or a finished or stopped iterator), one row per operator: ``operator``, ``rows_in``,
+        ``rows_out``, ``nulls``, ``failures``, ``seconds``, ``peak_bytes`` (see
+        :mod:`mmbeam.exec.metrics`); None before any run."""
+        return self._metrics
 
     def collect(self) -> Frame:
         """Run the plan and keep the rows (later calls reuse them); returns this frame."""
@@ -259,11 +302,11 @@ class Frame:
         return self
 
     @property
-    def metrics(self) -> dict[str, dict[str, int]]:
+    def stage_metrics(self) -> dict[str, dict[str, int]]:
         """What each URL/image stage did in the run that gave this frame's rows (empty before
         it ran): ``{"Download": {"succeeded": 98, "failed": 2, "nulls": 2, "bytes": ...}}``,
         the counters the Beam transforms report as metrics (namespace: the stage)."""
-        return {stage: dict(counts) for stage, counts in self._metrics.items()}
+        return {stage: dict(counts) for stage, counts in self._stages.items()}
 
     def is_materialized(self) -> bool:
         """True once the rows have been computed and kept."""
@@ -316,7 +359,7 @@ class Frame:
     def to_pydict(self) -> dict[str, list]:
         """``{column: values}``; image cells are numpy arrays."""
         table = self._run()
-        return {n: _pylist(table.column(n)) for n in table.column_names}
+        return {n: column_values(table.column(n)) for n in table.column_names}
 
     def to_pylist(self) -> list[dict[str, Any]]:
         """A list of row dicts."""
@@ -324,45 +367,86 @@ class Frame:
         names = list(data)
         return [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
 
+    def _stream(self) -> Iterator[pa.Table]:
+        """The rows as a stream of tables: the kept result's, or the executor's (which stops
+        its work when the stream is closed)."""
+        if self._result is not None:
+            yield from (pa.Table.from_batches([b]) for b in self._result.to_batches())
+            return
+        names = self.column_names
+        stream = get_context().executor().stream(optimize(self._plan), self._ran, self._capture)
+        try:
+            for table in stream:
+                yield table.select(names)
+        finally:
+            stream.close()
+
+    def iter_batches(self, batch_size: int | None = 256, batch_format: str = "arrow",
+                     drop_last: bool = False) -> Iterator[Any]:
+        """The rows in batches of ``batch_size`` (``None``: as they are computed), as they are
+        computed: ``batch_format`` ``"arrow"`` (``pyarrow.Table``), ``"numpy"`` (dict of column
+        → ndarray; images of one size stacked N×H×W×C) or ``"pandas"``. Stopping early stops
+        the work (see :mod:`mmbeam.frame.iterators`)."""
+        return iter_batches(self._stream(), batch_size, batch_format, drop_last)
+
+    def iter_torch_batches(self, batch_size: int | None = 256, dtypes: Any = None,
+                           device: Any = "cpu", drop_last: bool = False) -> Iterator[dict]:
+        """Batches as ``{column: torch.Tensor}`` (Ray Data's ``iter_torch_batches``): numbers
+        and images of one size become tensors (images uint8 N×H×W×C) of ``dtypes`` (one torch
+        dtype or a dict per column) on ``device``; strings stay lists. Streams like
+        :meth:`iter_batches`."""
+        return iter_torch_batches(self._stream(), batch_size, dtypes, device, drop_last)
+
     def iter_rows(self) -> Iterator[dict[str, Any]]:
-        """The rows as dicts, one at a time."""
-        yield from self.to_pylist()
+        """The rows as dicts, as they are computed (image cells are numpy arrays); stopping
+        early stops the work."""
+        return iter_rows(self._stream())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_rows()
 
+    def to_torch_iter_dataset(self) -> Any:
+        """A ``torch.utils.data.IterableDataset`` of the rows (dicts; images uint8 H×W×C
+        tensors); with ``DataLoader(num_workers=N)`` each worker computes its own share, every
+        row exactly once (see :mod:`mmbeam.frame.torch`)."""
+        from mmbeam.frame.torch import FrameIterableDataset  # imports torch: optional
+
+        return FrameIterableDataset(self)
+
     def to_pandas(self) -> Any:
         """A pandas DataFrame; image cells are numpy arrays in object columns."""
-        import pandas as pd  # optional: only for to_pandas
-
-        table = self._run()
-        data = {}
-        for name in table.column_names:
-            column = table.column(name)
-            if isinstance(column.type, pa.ExtensionType):
-                data[name] = pd.Series(_pylist(column), dtype=object)
-            else:
-                data[name] = column.to_pandas()
-        return pd.DataFrame(data, columns=table.column_names)
+        return table_to_pandas(self._run())
 
     def write_parquet(self, root_dir: str, partition_cols: Sequence[str] | None = None,
-                      io_config: Any = None) -> Frame:
-        """Write Parquet files under ``root_dir``; returns a frame of written paths."""
-        return self._write("parquet", root_dir, partition_cols, io_config)
+                      io_config: Any = None, failures_path: str | None = None) -> Frame:
+        """Write Parquet files under ``root_dir``; returns a frame of written paths. With
+        ``failures_path`` (failure-capturing mode, see :meth:`with_exception_handling`; implied)
+        the run's failures table is written there as Parquet too, from the same run."""
+        return self._write("parquet", root_dir, partition_cols, io_config, failures_path)
 
     def write_csv(self, root_dir: str, partition_cols: Sequence[str] | None = None,
-                  io_config: Any = None) -> Frame:
-        """Write CSV files under ``root_dir``; returns a frame of written paths."""
-        return self._write("csv", root_dir, partition_cols, io_config)
+                  io_config: Any = None, failures_path: str | None = None) -> Frame:
+        """Write CSV files under ``root_dir``; returns a frame of written paths (and the
+        failures under ``failures_path``, as :meth:`write_parquet`)."""
+        return self._write("csv", root_dir, partition_cols, io_config, failures_path)
 
-    def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any) -> Frame:
+    def _write(self, fmt: str, root: str, partition_cols: Any, io_config: Any,
+               failures_path: str | None = None) -> Frame:
         cols = tuple(partition_cols or ())
         for c in cols:
             self._plan.schema[c]
         spec = WriteSpec(fmt, root, cols, io_config)
+        capture = self._capture
+        if failures_path is not None and capture is None:
+            capture = FailureCapture()
         written = P.Project(self._plan, tuple(ir.Column(n) for n in self.column_names))
-        outcome = get_context().executor().run(optimize(written), WriteFiles(spec))
-        return Frame(P.InMemory(outcome.table))
+        outcome = get_context().executor().run(optimize(written), WriteFiles(spec), capture)
+        self._ran(outcome)
+        if failures_path is not None:
+            write_table(outcome.failures, WriteSpec(fmt, failures_path, (), io_config))
+        paths = Frame(P.InMemory(outcome.table))
+        paths._metrics, paths._stages = outcome.metrics, outcome.stages
+        return paths
 
     def to_pcollection(self, pipeline: Any, batches: bool = False) -> Any:
         """The rows as a PCollection of dicts (or of Arrow record batches) in ``pipeline``."""
@@ -487,12 +571,6 @@ def _listify(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _pylist(column: pa.ChunkedArray) -> list:
-    if isinstance(column.type, ImageArrowType):
-        return arrow_to_images(column)
-    if DataType.from_arrow(column.type).is_tensor():
-        return arrow_to_tensors(column)
-    return column.to_pylist()
 
 
 def _cheap_count(plan: P.Plan) -> int | None:

@@ -173,13 +173,21 @@ class Fetcher:
         the retries are used up, or the server asks for a wait over ``max_backoff_s``."""
         retry_after = _retry_delay(exc)
         if retry_after is None or attempt >= self.retries:
-            raise DownloadError(_describe(exc, attempt + 1, self.timeout_s)) from exc
+            raise _attempted(DownloadError(_describe(exc, attempt + 1, self.timeout_s)),
+                             attempt + 1) from exc
         if retry_after > self.max_backoff_s:
-            raise DownloadError(
+            raise _attempted(DownloadError(
                 f"{_describe(exc, attempt + 1, self.timeout_s)}; the server asked to retry "
-                f"after {retry_after:g} s, more than max_backoff_s={self.max_backoff_s:g}") from exc
+                f"after {retry_after:g} s, more than max_backoff_s={self.max_backoff_s:g}"),
+                attempt + 1) from exc
         backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt)
         return max(retry_after, backoff * (0.5 + random.random() / 2))
+
+
+def _attempted(error: DownloadError, attempts: int) -> DownloadError:
+    """``error`` with the number of requests made (the failures table's ``attempts``)."""
+    error.attempts = attempts
+    return error
 
 
 def check_schemes(schemes: Sequence[str] | None) -> tuple[str, ...] | None:

@@ -32,6 +32,7 @@ __all__ = [
     "Plan",
     "Project",
     "Scan",
+    "Shard",
     "Sort",
     "join_output",
     "render",
@@ -300,6 +301,25 @@ class Explode(Plan):
     def describe(self) -> str:
         """One line for ``explain``."""
         return f"Explode: {list(self.columns)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Shard(Plan):
+    """Share ``index`` of ``count`` of the child's rows: its rows cut into consecutive blocks of
+    ``block_rows``, block ``b`` kept when ``b % count == index``. The ``count`` shares hold every
+    row exactly once (a torch ``DataLoader`` worker reads one share; in-process only)."""
+
+    child: Plan
+    index: int
+    count: int
+    block_rows: int = 64
+
+    def _schema(self) -> Schema:
+        return self.child.schema
+
+    def describe(self) -> str:
+        """One line for ``explain``."""
+        return f"Shard: {self.index} of {self.count} (blocks of {self.block_rows} rows)"
 
 
 def walk(plan: Plan) -> Iterator[Plan]:

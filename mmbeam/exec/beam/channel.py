@@ -27,6 +27,7 @@ import logging
 import posixpath
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -212,6 +213,14 @@ class Channel:
         """The keyed batches of the finished run, in key order."""
         raise NotImplementedError
 
+    def iter_read(self, result: Any) -> Iterator[tuple[tuple, pa.RecordBatch]]:
+        """:meth:`read` one keyed batch at a time, each dropped by the channel once yielded
+        (result files are read one at a time), so a consumer holds one part, not all."""
+        parts = self.read(result)
+        parts.reverse()
+        while parts:
+            yield parts.pop()
+
     def close(self) -> None:
         """Release everything the run held or staged (also after a failed run)."""
 
@@ -255,8 +264,10 @@ class EngineChannel(Channel):
         self.runner.retain(pcoll, self.token)
 
     def read(self, result: Any) -> list:
-        """The elements the run sent, in key order."""
-        return sorted(result.retained[self.token], key=lambda kb: kb[0])
+        """The elements the run sent, in key order (handed over: the result keeps none)."""
+        parts = result.retained.pop(self.token)  # the caller holds them now, not the result
+        parts.sort(key=lambda kb: kb[0])
+        return parts
 
 
 class TempLocationChannel(Channel):
@@ -283,14 +294,17 @@ class TempLocationChannel(Channel):
 
     def read(self, result: Any) -> list:
         """The elements the run sent, in key order."""
+        return list(self.iter_read(result))
+
+    def iter_read(self, result: Any) -> Iterator[tuple[tuple, pa.RecordBatch]]:
+        """The elements the run sent, in key order, one part file read at a time."""
         with self._fs.open(posixpath.join(self._path, "manifest.json"), "r") as f:
             names = json.load(f)
-        out = []
         for name in sorted(names, key=_key_of):
             with self._fs.open(posixpath.join(self._path, "parts", name), "rb") as f:
                 table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-            out.extend((_key_of(name), b) for b in table.to_batches())
-        return out
+            for batch in table.to_batches():
+                yield _key_of(name), batch
 
     def close(self) -> None:
         """Release what the channel holds."""

@@ -10,6 +10,7 @@ CoGroupByKey, then work inside each partition with Arrow. Every stage emits at l
 
 from __future__ import annotations
 
+import time
 import uuid
 from functools import singledispatch
 from typing import Any
@@ -28,6 +29,8 @@ from mmbeam.exec.arrow import concat_tables as _concat
 from mmbeam.exec.beam import udf_stage
 from mmbeam.exec.beam.channel import Channel, held, hold
 from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.failures import FAILURE_KEY, FAILURES
+from mmbeam.exec.metrics import OperatorCounters, operator_kind, unique_name
 from mmbeam.exec.options import ExecOptions
 from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
@@ -43,32 +46,45 @@ class _SliceTableFn(beam.DoFn):
     """Emit slice ``i`` of an in-memory table, found through its channel's source (inline Arrow
     IPC, a table held in this process, an engine object, or a file under --temp_location)."""
 
-    def __init__(self, source: Any, rows: int):
+    def __init__(self, source: Any, rows: int, name: str = "InMemory"):
         self._source = source
         self._rows = rows
+        self._name = name
 
     def setup(self):
         self._loaded = None
+        self._metrics = OperatorCounters(self._name)
 
     def process(self, i: int):
+        started = time.perf_counter()
         if self._loaded is None:  # read when first needed: engine values arrive with the task
             self._loaded = self._source.load()
         start = i * self._rows  # clamped: a table without columns does not clamp its slices
-        yield (i,), to_batch(self._loaded.slice(start, min(self._rows,
-                                                           self._loaded.num_rows - start)))
+        batch = to_batch(self._loaded.slice(start, min(self._rows, self._loaded.num_rows - start)))
+        self._metrics.update(rows_in=batch.num_rows, rows_out=batch.num_rows,
+                             seconds=time.perf_counter() - started, held_bytes=batch.nbytes)
+        yield (i,), batch
 
 
 class _ScanFn(beam.DoFn):
     """Read one scan task (a file) as batches, applying the scan's filter, columns and limit."""
 
-    def __init__(self, scan: P.Scan, rows: int):
+    def __init__(self, scan: P.Scan, rows: int, name: str = "Scan"):
         self._scan = scan
         self._rows = rows
+        self._name = name
+
+    def setup(self):
+        self._metrics = OperatorCounters(self._name)
 
     def process(self, task: tuple[int, Any]):
         index, spec = task
+        started = time.perf_counter()
         for key, table in operators.scan_task(self._scan, index, spec, self._rows):
+            self._metrics.update(rows_in=table.num_rows, rows_out=table.num_rows,
+                                 seconds=time.perf_counter() - started, held_bytes=table.nbytes)
             yield key, to_batch(table)
+            started = time.perf_counter()
 
 
 class _RowStageFn(beam.DoFn):
@@ -80,31 +96,47 @@ class _RowStageFn(beam.DoFn):
     """
 
     def __init__(self, ops: list[tuple[str, Any]], sub_rows: int | str | None,
-                 schema: pa.Schema):
+                 schema: pa.Schema, name: str = "Project", capture: Any = None):
         self._ops = ops
         self._sub_rows = sub_rows
         self._schema = schema
+        self._name = name
+        self._capture = capture  # failure-capturing mode: failed rows to the FAILURES output
 
     def setup(self):
         self._chains: dict = {}  # the fused URL/image chains, kept (and learning) across batches
         self._sizer = None
+        self._metrics = OperatorCounters(self._name)
         if self._sub_rows == "auto":
             self._sizer = operators.multimodal_sizer(None)
             self._size_metric = beam.metrics.Metrics.distribution(
                 "mmbeam", "multimodal_batch_rows")
 
-    def _run(self, table: pa.Table, ctx: EvalContext) -> pa.Table:
-        return operators.run_row_ops(table, self._ops, ctx)
+    def _run(self, table: pa.Table, ctx: EvalContext) -> tuple[pa.Table, dict]:
+        """The stage's ops over ``table`` and what they did (for the operator's counters, which
+        only count when updated on the bundle's own thread)."""
+        started = time.perf_counter()
+        before, failed = ctx.stages.total("nulls"), len(ctx.failed)
+        out = operators.run_row_ops(table, self._ops, ctx)
+        nulled = ctx.stages.total("nulls") - before
+        failures = nulled if self._capture is None else sum(
+            t.num_rows for t in ctx.failed[failed:])
+        return out, {"rows_in": table.num_rows, "rows_out": out.num_rows, "nulls": nulled,
+                     "failures": failures, "seconds": time.perf_counter() - started,
+                     "held_bytes": table.nbytes + out.nbytes}
 
-    def _run_part(self, item: tuple[pa.Table, EvalContext]) -> tuple[pa.Table, EvalContext]:
-        """One sub-batch (measured for the autotuner) and the context it counted nulls in."""
+    def _run_part(self, item: tuple[pa.Table, EvalContext]) \
+            -> tuple[pa.Table, EvalContext, dict]:
+        """One sub-batch (measured for the autotuner), the context it counted nulls in and
+        what it did."""
         part, sub = item
         if self._sizer is None:
-            return self._run(part, sub), sub
+            out, done = self._run(part, sub)
+            return out, sub, done
         with self._sizer.measure(part.num_rows) as cost:
-            out = self._run(part, sub)
+            out, done = self._run(part, sub)
             cost.output_bytes = out.nbytes
-        return out, sub
+        return out, sub, done
 
     def _slices(self, rows: int):
         """(start, length) of each sub-batch; lengths come from the controller when "auto"."""
@@ -120,21 +152,28 @@ class _RowStageFn(beam.DoFn):
     def process(self, element):
         key, batch = element
         table = _table(batch)
-        ctx = EvalContext(self._chains)
+        ctx = EvalContext(self._chains, self._capture)
         if self._sub_rows is None or (self._sizer is None and table.num_rows <= self._sub_rows):
-            yield key, to_batch(self._run(table, ctx))
+            out, done = self._run(table, ctx)
+            self._metrics.update(**done)
+            yield key, to_batch(out)
         else:
             # two sub-batches at once: the next one fills the kernel's window while one drains
-            parts = ((table.slice(start, size), EvalContext(ctx.chains))  # chains shared
-                     for start, size in self._slices(table.num_rows))
-            for j, (out, sub) in enumerate(operators.in_order(self._run_part, parts, 2)):
+            parts = ((table.slice(start, size), EvalContext(ctx.chains, self._capture))
+                     for start, size in self._slices(table.num_rows))  # chains shared
+            for j, (out, sub, done) in enumerate(operators.in_order(self._run_part, parts, 2)):
+                self._metrics.update(**done)
                 ctx.stages.add(sub.stages)
+                ctx.failed.extend(sub.failed)
                 yield key + (j,), to_batch(out)
         # the URL/image stages' counters, as the transforms report them (namespace: the stage)
         for stage, counts in ctx.stages.items():
             for name, count in counts.items():
                 if count:
                     beam.metrics.Metrics.counter(stage, name).inc(count)
+        for j, failed in enumerate(ctx.failed):
+            yield beam.pvalue.TaggedOutput(FAILURES, ((FAILURE_KEY,) + key + (j,),
+                                                      to_batch(failed)))
 
 
 #: rows per piece when spreading a batch over a cluster's workers before per-row work: an eighth
@@ -190,16 +229,22 @@ class _PartialAggregateFn(_PartitionFn):
 
     MERGE_EVERY = 16
 
-    def __init__(self, agg: P.Aggregate, parts: int, hold_prefix: str | None = None):
+    def __init__(self, agg: P.Aggregate, parts: int, hold_prefix: str | None = None,
+                 name: str = "Aggregate"):
         super().__init__(tuple(agg.keys) or (physical.GLOBAL_KEY,), parts, hold_prefix)
+        self._name = name
         self._keys = agg.keys
         self._aggs = agg.aggs
+
+    def setup(self):
+        self._metrics = OperatorCounters(self._name)
 
     def start_bundle(self):
         self._partials: list[pa.Table] = []
 
     def process(self, element):
         _, batch = element
+        self._metrics.update(rows_in=batch.num_rows)
         self._partials.append(physical.partial_aggregate(_table(batch), self._keys, self._aggs))
         if len(self._partials) >= self.MERGE_EVERY:
             self._partials = [self._merged()]
@@ -216,6 +261,15 @@ class _PartialAggregateFn(_PartitionFn):
             yield WindowedValue((pid, part), MIN_TIMESTAMP, [GlobalWindow()])
 
 
+def _measured(fn: beam.DoFn, rows_in: int, out: pa.Table, started: float, held: int) -> None:
+    """Count a blocking operator's work in its Beam counters (made on first use)."""
+    counters = getattr(fn, "_metrics", None)
+    if counters is None:
+        counters = fn._metrics = OperatorCounters(fn._name)
+    counters.update(rows_in=rows_in, rows_out=out.num_rows,
+                    seconds=time.perf_counter() - started, held_bytes=held + out.nbytes)
+
+
 def _load(item: Any) -> pa.Table | pa.RecordBatch:
     """A shuffled batch, or the part held in this process under that key."""
     return held(item) if isinstance(item, str) else item
@@ -224,7 +278,8 @@ def _load(item: Any) -> pa.Table | pa.RecordBatch:
 class _JoinFn(beam.DoFn):
     """Join the left and right batches of one hash partition (holds no plan, only the spec)."""
 
-    def __init__(self, join: P.Join):
+    def __init__(self, join: P.Join, name: str = "Join"):
+        self._name = name
         self._spec = (join.left_on, join.right_on, join.how, join.prefix)
         self._lschema = join.left.schema.to_arrow()
         self._rschema = join.right.schema.to_arrow()
@@ -233,9 +288,11 @@ class _JoinFn(beam.DoFn):
     def process(self, element):
         pid, groups = element
         left_on, right_on, how, prefix = self._spec
+        started = time.perf_counter()
         left = _concat([_load(b) for b in groups["l"]], self._lschema)
         right = _concat([_load(b) for b in groups["r"]], self._rschema)
         out = physical.join_tables(left, right, left_on, right_on, how, self._out, prefix)
+        _measured(self, left.num_rows + right.num_rows, out, started, left.nbytes + right.nbytes)
         yield (pid,), to_batch(out)
 
 
@@ -244,6 +301,7 @@ class _BroadcastJoinFn(_JoinFn):
     shuffle of the big side. Only for joins that never emit unmatched right rows."""
 
     def setup(self):
+        super().setup()
         self._right: pa.Table | None = None
 
     def process(self, element, right_batches):
@@ -251,15 +309,18 @@ class _BroadcastJoinFn(_JoinFn):
         left_on, right_on, how, prefix = self._spec
         if self._right is None:  # the side input of the global window is the same every call
             self._right = _concat([b for _, b in right_batches], self._rschema)
+        started = time.perf_counter()
         out = physical.join_tables(_table(batch), self._right, left_on, right_on, how,
                                    self._out, prefix)
+        _measured(self, batch.num_rows, out, started, batch.nbytes + self._right.nbytes)
         yield key, to_batch(out)
 
 
 class _AggregateFn(beam.DoFn):
     """Merge the partial aggregates of one hash partition into the final rows."""
 
-    def __init__(self, agg: P.Aggregate):
+    def __init__(self, agg: P.Aggregate, name: str = "Aggregate"):
+        self._name = name
         self._keys = agg.keys
         self._aggs = agg.aggs
         empty = pa.Table.from_batches([empty_batch(agg.child.schema.to_arrow())])
@@ -268,15 +329,18 @@ class _AggregateFn(beam.DoFn):
 
     def process(self, element):
         pid, batches = element
+        started = time.perf_counter()
         partials = _concat([_load(b) for b in batches], self._schema)
         out = physical.finish_aggregate(partials, self._keys, self._aggs, self._out)
+        _measured(self, 0, out, started, partials.nbytes)
         yield (pid,), to_batch(out)
 
 
 class _GatherFn(beam.DoFn):
     """All batches of a gathered stage, in key order: global limit or sort."""
 
-    def __init__(self, node: P.Plan, schema: pa.Schema, rows: int):
+    def __init__(self, node: P.Plan, schema: pa.Schema, rows: int, name: str = "Gather"):
+        self._name = name
         if isinstance(node, P.Limit):
             self._limit, self._sort = node.n, None
         else:
@@ -286,12 +350,14 @@ class _GatherFn(beam.DoFn):
 
     def process(self, element):
         _, keyed = element
+        started = time.perf_counter()
         batches = [b for _, b in sorted(keyed, key=lambda kb: kb[0])]
-        table = _concat(batches, self._schema)
+        whole = _concat(batches, self._schema)
         if self._limit is not None:
-            table = table.slice(0, self._limit)
+            table = whole.slice(0, self._limit)
         else:
-            table = physical.sort_table(table, *self._sort)
+            table = physical.sort_table(whole, *self._sort)
+        _measured(self, whole.num_rows, table, started, whole.nbytes)
         if table.num_rows == 0:
             yield (0,), empty_batch(self._schema)
         for i, start in enumerate(range(0, table.num_rows, self._rows)):
@@ -299,14 +365,18 @@ class _GatherFn(beam.DoFn):
 
 
 class _DistinctFn(beam.DoFn):
-    def __init__(self, node: P.Distinct, schema: pa.Schema):
+    def __init__(self, node: P.Distinct, schema: pa.Schema, name: str = "Distinct"):
+        self._name = name
         self._on = node.on
         self._schema = schema
 
     def process(self, element):
         pid, batches = element
+        started = time.perf_counter()
         table = _concat([_load(b) for b in batches], self._schema)
-        yield (pid,), to_batch(physical.distinct_table(table, self._on))
+        out = physical.distinct_table(table, self._on)
+        _measured(self, table.num_rows, out, started, table.nbytes)
+        yield (pid,), to_batch(out)
 
 
 class _RowsToBatchFn(beam.DoFn):
@@ -344,8 +414,12 @@ class Compiler:
     """Expands plan nodes into a pipeline; each node is expanded once. In-memory tables reach
     the workers through ``channel`` (see :mod:`mmbeam.exec.beam.channel`)."""
 
-    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions, channel: Channel):
+    def __init__(self, pipeline: beam.Pipeline, options: ExecOptions, channel: Channel,
+                 capture: Any = None):
         self.pipeline = pipeline
+        #: failure-capturing mode (a FailureCapture) and the failed-row outputs of the stages
+        self.capture = capture
+        self.failures: list[beam.PCollection] = []
         self.options = options
         self.channel = channel
         self._by_reference = options.shuffle_by_reference(channel.in_process)
@@ -355,6 +429,14 @@ class Compiler:
         pipeline._mmbeam_frames = frames
         self.prefix = "" if frames == 1 else f"Frame{frames}/"
         self._prepared = False
+        #: the operators' names, each the namespace of its Beam counters (exec.metrics)
+        self.operators: list[str] = []
+
+    def operator(self, plan: P.Plan) -> str:
+        """A new operator's unique name (its metrics' namespace)."""
+        name = unique_name(operator_kind(plan), self.operators)
+        self.operators.append(name)
+        return name
 
     def hold_prefix(self) -> str | None:
         """Where hash partitions are held when shuffled by reference (None: by value)."""
@@ -370,6 +452,23 @@ class Compiler:
         return (pcoll | self.label("Split") >> beam.ParDo(_SplitFn(SPREAD_ROWS))
                 .with_output_types(KeyedBatch)
                 | self.label("Spread") >> beam.Reshuffle().with_output_types(KeyedBatch))
+
+    def capturing(self, pcoll_or_tuple: Any) -> beam.PCollection:
+        """The main output of a stage; its failed rows join :attr:`failures` (when capturing,
+        the stage was applied ``with_outputs(FAILURES, main="main")``)."""
+        if self.capture is None:
+            return pcoll_or_tuple
+        main, failed = pcoll_or_tuple.main, pcoll_or_tuple[FAILURES]
+        main.element_type = failed.element_type = KeyedBatch
+        self.failures.append(failed)
+        return main
+
+    def stage(self, fn: beam.DoFn) -> Any:
+        """``ParDo(fn)``, with a failed-rows output when capturing."""
+        pardo = beam.ParDo(fn)
+        if self.capture is not None:
+            return pardo.with_outputs(FAILURES, main="main")
+        return pardo.with_output_types(KeyedBatch)
 
     def label(self, what: str) -> str:
         """A unique transform label for ``what``."""
@@ -396,7 +495,7 @@ def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
     rows = c.options.batch_rows
     n = max(1, -(-plan.table.num_rows // rows))
     create, slice_label = c.label("Create"), c.label("Slice")
-    fn = _SliceTableFn(c.channel.table_source(plan.table, slice_label), rows)
+    fn = _SliceTableFn(c.channel.table_source(plan.table, slice_label), rows, c.operator(plan))
     return (c.pipeline | create >> beam.Create(list(range(n)))
             | slice_label >> beam.ParDo(fn).with_output_types(KeyedBatch))
 
@@ -404,7 +503,8 @@ def _(plan: P.InMemory, c: Compiler) -> beam.PCollection:
 @_expand.register
 def _(plan: P.Scan, c: Compiler) -> beam.PCollection:
     return (c.pipeline | c.label("ScanTasks") >> beam.Create(operators.scan_tasks(plan))
-            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows))
+            | c.label("Scan") >> beam.ParDo(_ScanFn(plan, c.options.batch_rows,
+                                                    c.operator(plan)))
             .with_output_types(KeyedBatch))
 
 
@@ -421,8 +521,8 @@ def _row_stage(plan: P.Plan, c: Compiler) -> beam.PCollection:
     if multimodal:
         source = c.spread(source)
     sub = (c.options.multimodal_batch_rows or "auto") if multimodal else None
-    fn = _RowStageFn(ops, sub, plan.schema.to_arrow())
-    return source | c.label("Stage") >> beam.ParDo(fn).with_output_types(KeyedBatch)
+    fn = _RowStageFn(ops, sub, plan.schema.to_arrow(), c.operator(plan), c.capture)
+    return c.capturing(source | c.label("Stage") >> c.stage(fn))
 
 
 _expand.register(P.Project, _row_stage)
@@ -439,7 +539,8 @@ def _gather(plan: P.Limit | P.Sort, c: Compiler) -> beam.PCollection:
     return (child | c.label("ToOne") >> beam.Map(lambda kb: (0, kb))
             | c.label("Gather") >> beam.GroupByKey()
             | c.label("Global") >> beam.ParDo(_GatherFn(plan, plan.schema.to_arrow(),
-                                                        c.options.batch_rows)))
+                                                        c.options.batch_rows,
+                                                        c.operator(plan))))
 
 
 _expand.register(UdfApply, udf_stage.expand_udf_apply)
@@ -452,25 +553,26 @@ def _(plan: P.Join, c: Compiler) -> beam.PCollection:
     if operators.broadcast_right(plan, c.options):
         right = c.expand(plan.right)
         return c.expand(plan.left) | c.label("BroadcastJoin") >> beam.ParDo(
-            _BroadcastJoinFn(plan), right_batches=beam.pvalue.AsList(right))
+            _BroadcastJoinFn(plan, c.operator(plan)), right_batches=beam.pvalue.AsList(right))
     parts = c.options.num_partitions
     left = c.expand(plan.left) | c.label("HashLeft") >> beam.ParDo(
         _PartitionFn(plan.left_on, parts, c.hold_prefix()))
     right = c.expand(plan.right) | c.label("HashRight") >> beam.ParDo(
         _PartitionFn(plan.right_on, parts, c.hold_prefix()))
     return ({"l": left, "r": right} | c.label("CoGroup") >> beam.CoGroupByKey()
-            | c.label("Join") >> beam.ParDo(_JoinFn(plan)))
+            | c.label("Join") >> beam.ParDo(_JoinFn(plan, c.operator(plan))))
 
 
 @_expand.register
 def _(plan: P.Aggregate, c: Compiler) -> beam.PCollection:
     child = c.expand(plan.child)
     parts = c.options.num_partitions if plan.keys else 1
+    name = c.operator(plan)
     hashed = child | c.label("PartialAgg") >> beam.ParDo(
-        _PartialAggregateFn(plan, parts, c.hold_prefix()))
+        _PartialAggregateFn(plan, parts, c.hold_prefix(), name))
     return (hashed
             | c.label("GroupAgg") >> beam.GroupByKey()
-            | c.label("Aggregate") >> beam.ParDo(_AggregateFn(plan)))
+            | c.label("Aggregate") >> beam.ParDo(_AggregateFn(plan, name)))
 
 
 @_expand.register
@@ -480,7 +582,8 @@ def _(plan: P.Distinct, c: Compiler) -> beam.PCollection:
     return (child | c.label("HashDistinct") >> beam.ParDo(
         _PartitionFn(cols, c.options.num_partitions, c.hold_prefix()))
             | c.label("GroupDistinct") >> beam.GroupByKey()
-            | c.label("Distinct") >> beam.ParDo(_DistinctFn(plan, plan.schema.to_arrow())))
+            | c.label("Distinct") >> beam.ParDo(_DistinctFn(plan, plan.schema.to_arrow(),
+                                                          c.operator(plan))))
 
 
 # -- a frame inside a user's pipeline ---------------------------------------------------------

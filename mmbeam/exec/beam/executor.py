@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -23,7 +23,9 @@ from mmbeam.exec.arrow import empty_batch
 from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, log_counts, result_schema
 from mmbeam.exec.beam.channel import channel_for, describe_channel
 from mmbeam.exec.beam.compile import Compiler, WriteFilesFn
+from mmbeam.exec.failures import FailureCapture, concat_failures, is_failure_key
 from mmbeam.exec.kernels import StageTotals
+from mmbeam.exec.metrics import from_beam_result
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.io.filesystems import filesystem_for, split_protocol
@@ -57,30 +59,54 @@ class BeamExecutor(Executor):
         return beam.Pipeline(runner=self.runner_factory(),
                              options=PipelineOptions([], **self.pipeline_flags))
 
-    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+    def run(self, plan: P.Plan, sink: Sink, capture: FailureCapture | None = None) -> Outcome:
         """Run an optimized plan into ``sink`` as a Beam pipeline; its outcome."""
         pipeline = self._pipeline(plan)
         channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
         written: WriteFiles | None = None
         committed: set[str] = set()
         try:
-            out = Compiler(pipeline, self.options, channel).expand(plan)
+            compiler = Compiler(pipeline, self.options, channel, capture)
+            out = compiler.expand(plan)
             if isinstance(sink, WriteFiles):
                 written = WriteFiles(dataclasses.replace(sink.spec,
                                                          name_prefix=f"{channel.token}-"))
                 out = out | "Write" >> beam.ParDo(WriteFilesFn(written.spec)).with_output_types(
                     KeyedBatch)
-            channel.attach(out)
+            channel.attach(_with_failures(out, compiler))
             result = _run(pipeline)
-            batches = [b for _, b in channel.read(result) if b.num_rows]
+            parts, failures = _split_failures(channel.read(result), capture)
+            batches = [b for _, b in parts if b.num_rows]
             table = pa.Table.from_batches(batches or [empty_batch(result_schema(plan, sink))])
             if written is not None:
                 committed = set(table.column("path").to_pylist())
-            return _outcome(table, result)
+            return _outcome(table, result, compiler, failures)
         finally:
             channel.close()
             if written is not None:
                 _remove_uncommitted(written.spec, committed)
+
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
+               capture: FailureCapture | None = None) -> Iterator[pa.Table]:
+        """The rows after the run (a Beam run hands back its results when it ends), read from
+        the channel one part at a time and released as they are yielded (capturing failures,
+        which come last, all parts are read first)."""
+        pipeline = self._pipeline(plan)
+        channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
+        try:
+            compiler = Compiler(pipeline, self.options, channel, capture)
+            channel.attach(_with_failures(compiler.expand(plan), compiler))
+            result = _run(pipeline)
+            parts, failures = (channel.iter_read(result), None) if capture is None else \
+                _split_failures(channel.read(result), capture)
+            if done is not None:
+                done(_outcome(plan.schema.to_arrow().empty_table(), result, compiler,
+                              failures))
+            for _, batch in parts:
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
+        finally:
+            channel.close()
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         """How the plan runs as a Beam pipeline (and its stages with ``show_all``)."""
@@ -107,6 +133,25 @@ def last_run_pools() -> str:
     from mmbeam.runners.pools import last_run
 
     return "\n".join(f"* {report.describe()}" for report in last_run())
+
+
+def _with_failures(out: beam.PCollection, compiler: Compiler) -> beam.PCollection:
+    """``out`` and the stages' failed-rows outputs in one PCollection (failure batches keyed
+    under FAILURE_KEY), or ``out`` alone when nothing captures failures."""
+    if not compiler.failures:
+        return out
+    return ((out, *compiler.failures) | compiler.label("WithFailures") >> beam.Flatten()
+            | compiler.label("Result") >> beam.Map(lambda kb: kb).with_output_types(KeyedBatch))
+
+
+def _split_failures(parts: list, capture: FailureCapture | None) \
+        -> tuple[list, pa.Table | None]:
+    """(the result's keyed batches, the failures table) of a run's channel parts."""
+    if capture is None:
+        return parts, None
+    rows = [kb for kb in parts if not is_failure_key(kb[0])]
+    failed = [b for k, b in parts if is_failure_key(k)]
+    return rows, concat_failures(failed, capture.columns)
 
 
 def _runner_class(factory: Any) -> type | None:
@@ -156,9 +201,11 @@ def _run(pipeline: beam.Pipeline) -> Any:
     return result
 
 
-def _outcome(table: pa.Table, result: Any) -> Outcome:
+def _outcome(table: pa.Table, result: Any, compiler: Compiler,
+             failures: pa.Table | None = None) -> Outcome:
     """The run's table with its counts: each URL/image stage's counters (namespace: the
-    stage, as the transforms report them) and the UDFs' nulled rows."""
+    stage, as the transforms report them), the UDFs' nulled rows, the per-operator metrics
+    (namespace: the operator) and ``failures``."""
     stages, udfs = StageTotals(), {}
     names = {f.stage for f in registered()}
     try:
@@ -172,7 +219,8 @@ def _outcome(table: pa.Table, result: Any) -> Outcome:
                 udfs[op] = udfs.get(op, 0) + value
     except Exception:  # noqa: BLE001 - metrics are best effort on some runners
         pass
-    return Outcome(table, {**stages.nulled(), **udfs}, log_counts(stages, udfs))
+    return Outcome(table, {**stages.nulled(), **udfs}, log_counts(stages, udfs),
+                   from_beam_result(result, compiler.operators), failures)
 
 
 def _remove_uncommitted(spec: Any, committed: set[str]) -> None:

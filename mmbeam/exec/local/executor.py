@@ -15,6 +15,8 @@ distinct) materialize their input. Everything else, and every non-local runner, 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import singledispatch
 from typing import Any
@@ -26,16 +28,18 @@ from mmbeam.exec import operators, physical
 from mmbeam.exec.arrow import concat_tables as _concat
 from mmbeam.exec.base import Collect, Executor, Outcome, Sink, WriteFiles, log_counts
 from mmbeam.exec.evaluate import EvalContext
+from mmbeam.exec.failures import FailureCapture, concat_failures
+from mmbeam.exec.metrics import RunMetrics, operator_kind
 from mmbeam.exec.options import ExecOptions
 from mmbeam.exec.stages import describe_stages
 from mmbeam.expr import ir
 from mmbeam.expr.udf import UdfCall
 from mmbeam.io.writers import write_table
 from mmbeam.plan import nodes as P
+from mmbeam.progress import get_progress
 
-__all__ = ["LocalExecutor", "execution_path", "run_in_process", "write_in_process"]
-
-
+__all__ = ["LocalExecutor", "execution_path", "run_in_process", "stream_in_process",
+           "write_in_process"]
 
 def execution_path(plan: P.Plan, options: ExecOptions, runner_name: str) -> tuple[bool, str]:
     """(True, why) when ``plan`` runs in this process, else (False, why it needs Beam)."""
@@ -79,15 +83,28 @@ class LocalExecutor(Executor):
     def _here(self, plan: P.Plan) -> tuple[bool, str]:
         return execution_path(plan, self.options, self.runner_name)
 
-    def run(self, plan: P.Plan, sink: Sink) -> Outcome:
+    def run(self, plan: P.Plan, sink: Sink, capture: FailureCapture | None = None) -> Outcome:
         """Run an optimized plan into ``sink`` here, or on Beam when it cannot run here."""
         here, why = self._here(plan)
         if not here:
-            return self.fallback(why).run(plan, sink)
+            return self.fallback(why).run(plan, sink, capture)
         if isinstance(sink, WriteFiles):
-            return write_in_process(plan, sink.spec, self.options)
+            return write_in_process(plan, sink.spec, self.options, capture)
         assert isinstance(sink, Collect)
-        return run_in_process(plan, self.options)
+        return run_in_process(plan, self.options, capture)
+
+    def in_process(self, plan: P.Plan) -> bool:
+        """Whether ``plan`` runs here (see :func:`execution_path`)."""
+        return self._here(plan)[0]
+
+    def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
+               capture: FailureCapture | None = None) -> Iterator[pa.Table]:
+        """The rows of ``plan`` as they come (see :func:`stream_in_process`), or on Beam."""
+        here, why = self._here(plan)
+        if not here:
+            yield from self.fallback(why).stream(plan, done, capture)
+            return
+        yield from stream_in_process(plan, self.options, done, capture)
 
     def explain(self, plan: P.Plan, show_all: bool = False) -> str:
         """Where the plan runs and why (and its stages with ``show_all``)."""
@@ -102,17 +119,67 @@ class LocalExecutor(Executor):
         return text
 
 
-def run_in_process(plan: P.Plan, options: ExecOptions) -> Outcome:
-    """The rows of an (optimized) plan and the counts of rows nulled per operation."""
-    ctx = EvalContext()
-    table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
-    return _outcome(table, ctx)
+#: the most rows per sub-batch of URL/image work in a stream (iterators): the first batch comes
+#: early and the rows in flight stay few however long the stream (flat memory)
+STREAM_ROWS = 256
 
 
-def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
+def _run_context(capture: FailureCapture | None, max_sub_rows: int = 8192) -> RunContext:
+    progress = get_progress()
+    return RunContext(RunMetrics(progress if getattr(progress, "enabled", False) else None),
+                      max_sub_rows, capture)
+
+
+def _close_progress(ctx: RunContext) -> None:
+    if ctx.metrics.progress is not None:
+        ctx.metrics.progress.close()
+
+
+def _finish(ctx: RunContext, table: pa.Table) -> Outcome:
+    """End a run: close its progress bars, log its null counts; its outcome."""
+    _close_progress(ctx)
+    failures = None if ctx.capture is None else concat_failures(ctx.failed, ctx.capture.columns)
+    return Outcome(table, ctx.stages.nulled(), log_counts(ctx.stages), ctx.metrics.table(),
+                   failures)
+
+
+def run_in_process(plan: P.Plan, options: ExecOptions,
+                   capture: FailureCapture | None = None) -> Outcome:
+    """The rows of an (optimized) plan, the counts of rows nulled per operation, the run's
+    metrics and (capturing) its failures."""
+    ctx = _run_context(capture)
+    try:
+        table = _concat(list(_stream(plan, options, ctx)), plan.schema.to_arrow())
+    except BaseException:
+        _close_progress(ctx)
+        raise
+    return _finish(ctx, table)
+
+
+def stream_in_process(plan: P.Plan, options: ExecOptions,
+                      done: Callable[[Outcome], None] | None = None,
+                      capture: FailureCapture | None = None) -> Iterator[pa.Table]:
+    """The rows of an (optimized) plan as they come; closing the stream stops the stages (no
+    URL/image work past the sub-batches in flight). When the stream ends (or is closed),
+    ``done`` gets an :class:`Outcome` with no rows, the null counts, metrics and failures."""
+    ctx = _run_context(capture, STREAM_ROWS)
+    batches = _stream(plan, options, ctx)
+    try:
+        for table in batches:
+            if table.num_rows:
+                yield table
+    finally:
+        batches.close()
+        outcome = _finish(ctx, plan.schema.to_arrow().empty_table())
+        if done is not None:
+            done(outcome)
+
+
+def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions,
+                     capture: FailureCapture | None = None) -> Outcome:
     """Run an (optimized) ``plan`` here writing its rows as files as they come (files of up to
     ``batch_rows`` rows); the table of written paths."""
-    ctx = EvalContext()
+    ctx = _run_context(capture)
     paths: list[str] = []
     pending: list[pa.Table] = []
 
@@ -122,35 +189,78 @@ def write_in_process(plan: P.Plan, spec: Any, options: ExecOptions) -> Outcome:
             paths.extend(write_table(whole.slice(start, options.batch_rows), spec))
         pending.clear()
 
-    for table in _stream(plan, options, ctx):
-        pending.append(table)
-        if sum(t.num_rows for t in pending) >= options.batch_rows:
+    try:
+        for table in _stream(plan, options, ctx):
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= options.batch_rows:
+                flush()
+        if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
             flush()
-    if any(t.num_rows for t in pending) or not paths:  # an empty result still writes a file
-        flush()
-    return _outcome(pa.table({"path": pa.array(paths, pa.large_string())}), ctx)
+    except BaseException:
+        _close_progress(ctx)
+        raise
+    return _finish(ctx, pa.table({"path": pa.array(paths, pa.large_string())}))
 
 
-def _outcome(table: pa.Table, ctx: EvalContext) -> Outcome:
-    """The run's table with its counts (logged as the Beam executor logs its counters)."""
-    return Outcome(table, ctx.stages.nulled(), log_counts(ctx.stages))
-
-
-def _whole(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool) -> pa.Table:
-    """A blocking operator's input, materialized."""
-    return _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
+def _whole(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool) -> pa.Table:
+    """A blocking operator's input, materialized (its bytes held by the operator)."""
+    name = ctx.operator
+    table = _concat(list(_stream(plan, options, ctx, ahead)), plan.schema.to_arrow())
+    ctx.metrics.update(name, held_bytes=ctx.metrics.operators[name].peak_bytes + table.nbytes)
+    return table
 
 
 # -- the stream of batches per plan node ----------------------------------------------------------
-@singledispatch
-def _stream(plan: P.Plan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+class RunContext(EvalContext):
+    """An in-process run's state: the null counts and fused chains of :class:`EvalContext`,
+    the run's per-operator :class:`~mmbeam.exec.metrics.RunMetrics`, and the operator whose
+    batch is being computed (so the operators it reads from know their consumer)."""
+
+    def __init__(self, metrics: RunMetrics, max_sub_rows: int = 8192,
+                 capture: FailureCapture | None = None) -> None:
+        super().__init__(capture=capture)
+        self.metrics = metrics
+        self.operator: str | None = None
+        #: the most rows per sub-batch of URL/image work (smaller for streams: see STREAM_ROWS)
+        self.max_sub_rows = max_sub_rows
+
+
+def _stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     """``plan``'s rows as a stream of tables; ``ahead=False`` (under a limit) never runs URL/image
-    work on rows the consumer has not asked for yet."""
+    work on rows the consumer has not asked for yet. Each node is one operator of the run's
+    metrics: its rows out, its time (its inputs' taken off later), the batch it hands on."""
+    metrics = ctx.metrics
+    name = metrics.add(operator_kind(plan))
+    if ctx.operator is not None:
+        metrics.operators[ctx.operator].inputs.append(name)
+    leaf = not plan.inputs()
+    inner = _node_stream(plan, options, ctx, ahead)
+    try:
+        while True:
+            outer, ctx.operator = ctx.operator, name
+            started = time.perf_counter()
+            try:
+                table = next(inner)
+            except StopIteration:
+                return
+            finally:
+                ctx.operator = outer
+                metrics.update(name, seconds=time.perf_counter() - started)
+            metrics.update(name, rows_out=table.num_rows, rows_in=table.num_rows if leaf else 0,
+                           held_bytes=table.nbytes)
+            yield table
+    finally:
+        inner.close()
+
+
+@singledispatch
+def _node_stream(plan: P.Plan, options: ExecOptions, ctx: RunContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
     raise UnsupportedError(f"the in-process executor has no rule for {type(plan).__name__}")
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     rows, total = options.batch_rows, plan.table.num_rows
@@ -158,7 +268,7 @@ def _(plan: P.InMemory, options: ExecOptions, ctx: EvalContext, ahead: bool = Tr
         yield plan.table.slice(start, min(rows, total - start))  # a table without columns
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     for index, spec in operators.scan_tasks(plan):
@@ -166,35 +276,66 @@ def _(plan: P.Scan, options: ExecOptions, ctx: EvalContext, ahead: bool = True) 
             yield table
 
 
-def _rows(plan: P.Plan, options: ExecOptions, ctx: EvalContext,
+def _rows(plan: P.Plan, options: ExecOptions, ctx: RunContext,
           ahead: bool = True) -> Iterator[pa.Table]:
+    name = ctx.operator  # this operator's name in the run's metrics
     ops, source, multimodal = operators.row_ops(plan)
     batches = _stream(source, options, ctx, ahead)
     if not multimodal:
         for table in batches:
-            yield operators.run_row_ops(table, ops, ctx)
+            nulls, failed = ctx.stages.total("nulls"), len(ctx.failed)
+            out = operators.run_row_ops(table, ops, ctx)
+            nulls = ctx.stages.total("nulls") - nulls
+            ctx.metrics.update(name, nulls=nulls,
+                               failures=_failures(ctx, nulls, ctx.failed[failed:]))
+            yield out
         return
-    sizer = operators.multimodal_sizer(options.multimodal_batch_rows)
+    sizer = operators.multimodal_sizer(options.multimodal_batch_rows, ctx.max_sub_rows)
+    held = _Held()
 
     def run(part: pa.Table) -> tuple[pa.Table, EvalContext]:
-        sub = EvalContext(ctx.chains)  # the same fused chains, their window shared
+        sub = EvalContext(ctx.chains, ctx.capture)  # the same fused chains and window
+        ctx.metrics.update(name, held_bytes=held.add(part.nbytes))
         with sizer.measure(part.num_rows) as cost:
             out = operators.run_row_ops(part, ops, sub)
             cost.output_bytes = out.nbytes
+        ctx.metrics.update(name, held_bytes=held.add(out.nbytes - part.nbytes))
         return out, sub
 
     parts = (part for table in batches for part in operators.sub_batches(table, sizer))
     for out, sub in operators.in_order(run, parts, 2 if ahead else 1):
         ctx.stages.add(sub.stages)
+        ctx.failed.extend(sub.failed)
+        nulls = sub.stages.total("nulls")
+        ctx.metrics.update(name, nulls=nulls, failures=_failures(ctx, nulls, sub.failed),
+                           held_bytes=held.add(-out.nbytes))
         yield out
 
 
-_stream.register(P.Project, _rows)
-_stream.register(P.Filter, _rows)
-_stream.register(P.Explode, _rows)
+def _failures(ctx: RunContext, nulls: int, failed: list[pa.Table]) -> int:
+    """Rows a batch failed on: its failure rows when capturing, else the rows it nulled."""
+    return nulls if ctx.capture is None else sum(t.num_rows for t in failed)
 
 
-@_stream.register
+class _Held:
+    """Arrow bytes a stage holds: sub-batches in work and results not yet handed on."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> int:
+        with self._lock:
+            self.bytes += n
+            return self.bytes
+
+
+_node_stream.register(P.Project, _rows)
+_node_stream.register(P.Filter, _rows)
+_node_stream.register(P.Explode, _rows)
+
+
+@_node_stream.register
 def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     left = plan.n
@@ -210,7 +351,28 @@ def _(plan: P.Limit, options: ExecOptions, ctx: EvalContext, ahead: bool = True)
         batches.close()  # stop the upstream stages: no row past the limit is fetched
 
 
-@_stream.register
+@_node_stream.register
+def _(plan: P.Shard, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
+        -> Iterator[pa.Table]:
+    offset = 0  # of the child's first row not yet seen
+    block, count, index = plan.block_rows, plan.count, plan.index
+    batches = _stream(plan.child, options, ctx, ahead)
+    try:
+        for table in batches:
+            start, end = offset, offset + table.num_rows
+            offset = end
+            keep = []
+            for b in range(start // block, -(-end // block)):
+                if b % count == index:
+                    lo, hi = max(b * block, start), min((b + 1) * block, end)
+                    keep.append(table.slice(lo - start, hi - lo))
+            if keep:
+                yield pa.concat_tables(keep)
+    finally:
+        batches.close()
+
+
+@_node_stream.register
 def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     left = _whole(plan.left, options, ctx, ahead)
@@ -219,20 +381,20 @@ def _(plan: P.Join, options: ExecOptions, ctx: EvalContext, ahead: bool = True) 
                                plan.schema, plan.prefix)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Aggregate, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.aggregate_table(_whole(plan.child, options, ctx, ahead), plan.keys, plan.aggs,
                                    plan.schema)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Distinct, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.distinct_table(_whole(plan.child, options, ctx, ahead), plan.on)
 
 
-@_stream.register
+@_node_stream.register
 def _(plan: P.Sort, options: ExecOptions, ctx: EvalContext, ahead: bool = True) \
         -> Iterator[pa.Table]:
     yield physical.sort_table(_whole(plan.child, options, ctx, ahead), plan.by, plan.descending,
