@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -86,7 +87,27 @@ def namespace_refusal() -> str | None:
 
 def namespaced_command(argv: list[str]) -> list[str]:
     """``argv`` run in a new mount namespace with a fresh tmpfs on ``/tmp`` as its cwd."""
-    return [*_UNSHARE, "sh", "-c", _PRIVATE_TMP, "sh", *argv]
+    return [*_UNSHARE, "sh", "-c", _private_tmp_script(), "sh", *argv]
+
+
+def _private_tmp_script() -> str:
+    """The shell line that gives the namespace its own ``/tmp``. The code a worker machine
+    would have installed (the mmbeam checkout and this virtualenv) stays visible when it lives
+    under ``/tmp`` (a CI clone there): the old ``/tmp`` is held on a bind mount in ``/dev/shm``
+    while those folders are bound back, then let go; everything else under ``/tmp`` is hidden."""
+    keep: list[str] = []
+    for path in sorted({os.path.realpath(_mmbeam_root()), os.path.realpath(sys.prefix)}):
+        if path.startswith("/tmp/") and not any(path.startswith(k + "/") for k in keep):
+            keep.append(path)
+    if not keep:
+        return _PRIVATE_TMP
+    hold = "/dev/shm/.mmbeam-ns-$$"  # $$: the namespace's shell, so one folder per worker
+    steps = [f"mkdir -p {hold}", f"mount --bind /tmp {hold}", "mount -t tmpfs none /tmp"]
+    for path in keep:
+        held = f'"{hold}"/{shlex.quote(os.path.relpath(path, "/tmp"))}'
+        steps += [f"mkdir -p {shlex.quote(path)}", f"mount --bind {held} {shlex.quote(path)}"]
+    steps += [f"umount -l {hold}", f"rmdir {hold}", "cd /tmp", 'exec "$@"']
+    return " && ".join(steps)
 
 
 def _mmbeam_root() -> str:
