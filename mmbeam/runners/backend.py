@@ -57,10 +57,12 @@ class Backend:
 
     # -- a stage's pool (see :mod:`mmbeam.runners.pools`); the defaults: a fixed pool --------
     #: ``(min, max)`` slots of this pool; equal for a pool that does not scale
+    _bounds: tuple[int, int] | None = None  # set by backends whose pools scale
+
     @property
     def bounds(self) -> tuple[int, int]:
         """The pool's (min, max) slots; a fixed pool is (slots, slots)."""
-        return (self.slots, self.slots)
+        return self._bounds or (self.slots, self.slots)
 
     def describe(self) -> str:
         """What runs this pool's tasks, for ``explain`` and the run's result."""

@@ -123,11 +123,6 @@ class DaskBackend(Backend):
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
 
-    @property
-    def bounds(self) -> tuple[int, int]:
-        """The pool's (min, max) slots (see Backend.bounds)."""
-        return self._bounds
-
     def describe(self) -> str:
         """What runs this pool's tasks (see Backend.describe)."""
         if not (self._restriction or self._seceding):

@@ -129,11 +129,6 @@ class RayBackend(Backend):
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
 
-    @property
-    def bounds(self) -> tuple[int, int]:
-        """The pool's (min, max) actors (see Backend.bounds)."""
-        return self._bounds
-
     def describe(self) -> str:
         """What runs this pool's tasks (see Backend.describe)."""
         if self._resources is None:
