@@ -18,7 +18,10 @@ when none does; otherwise ``concurrency`` (or min of ``(min, max)``, growing to 
 waits) worker processes each run the model on a thread of their own (the task secedes from the
 worker's thread pool and hands the work to the process's model thread, as a Dask actor's
 thread), so the model does not wait behind the preparation tasks queued on its worker; it still
-shares that process's GIL with them.
+shares that process's GIL with them. Those tasks are pinned to their pool's workers (Dask's work
+stealing would otherwise move them, loading the model in one more process than ``concurrency``);
+they go ahead of the preparation tasks queued there, and a pinned task whose worker died is
+cancelled, so the core re-runs its stage on a live worker.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import operator
 import os
 import threading
+import time
 from typing import Any
 
 from apache_beam.options import pipeline_options
@@ -61,11 +65,11 @@ class DaskBackend(Backend):
                  threads_per_worker: int = 1, memory_fraction: float = 0.25):
         try:
             from distributed import Client, LocalCluster
-            from distributed.client import FutureCancelledError
+            from distributed.client import FutureCancelledError, FuturesCancelledError
             from distributed.scheduler import KilledWorker
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
-        self.lost_errors = (KilledWorker, FutureCancelledError)
+        self.lost_errors = (KilledWorker, FutureCancelledError, FuturesCancelledError)
         self._cluster = None
         if address is None:
             self._cluster = LocalCluster(
@@ -92,6 +96,9 @@ class DaskBackend(Backend):
         self._grown = 0  # slots added since the last poll
         self._bounds = (self.slots, self.slots)
         self._stage_pools: dict[str, DaskBackend] = {}
+        #: task key -> the worker it is pinned to; shared by the stage pools (see submit)
+        self._pinned: dict[str, str] = {}
+        self._alive: tuple[float, set[str]] = (0.0, set(workers))
 
     def for_stage(self, stage_name: str, resources: StepResources) -> DaskBackend:
         """The stage's own pool (see the module doc); this backend when nothing is asked."""
@@ -160,46 +167,81 @@ class DaskBackend(Backend):
     def submit(self, fn, *args, worker=None, num_returns=1):
         """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
-        if worker is not None and self._slots:
+        if self._seceding:  # a model pool: pinned to its live workers (see the module doc)
+            fn, args = _in_own_thread, (fn, *args)
+            slot = (worker or 0) % len(self._slots)
+            self._slots[slot] = home = self._live_home(self._slots[slot])
+            where = {"workers": [home], "allow_other_workers": False, "priority": 1}
+        elif worker is not None and self._slots:
             where = {"workers": [self._slots[worker % len(self._slots)]],
                      "allow_other_workers": True}
-        if self._seceding:
-            fn, args = _in_own_thread, (fn, *args)
         future = self.client.submit(fn, *args, pure=False, **where, **self._restriction)
-        if num_returns == 1:
-            return [future]
-        return [self.client.submit(operator.getitem, future, i, pure=False)
-                for i in range(num_returns)]
+        refs = [future] if num_returns == 1 else [
+            self.client.submit(operator.getitem, future, i, pure=False)
+            for i in range(num_returns)]
+        if self._seceding:
+            self._pinned.update((ref.key, home) for ref in refs)
+        return refs
 
     def wait_any(self, refs):
-        """Wait until at least one of ``refs`` is done: (done, pending)."""
+        """Wait until at least one of ``refs`` is done; the done ones."""
+        while True:
+            done = self.wait_any_for(refs, 1.0)
+            if done:
+                return done
+
+    def wait_any_for(self, refs, timeout):
+        """Finished refs, or none after ``timeout`` (see Backend.wait_any_for); a pinned task
+        whose worker is gone is cancelled first (it would wait for that worker forever)."""
         # Client.sync takes the coroutine; distributed.wait would use the default client
         from distributed.client import FIRST_COMPLETED, _wait  # noqa: PLC2701
 
-        return list(self.client.sync(_wait, refs, return_when=FIRST_COMPLETED).done)
-
-    def wait_any_for(self, refs, timeout):
-        """Finished refs, or none after ``timeout`` (see Backend.wait_any_for)."""
-        from distributed.client import FIRST_COMPLETED, _wait  # noqa: PLC2701 - as wait_any
-
+        if self._pinned:
+            alive = self._alive_workers()
+            orphans = [f for f in refs if f.status == "pending" and f.key in self._pinned
+                       and self._pinned[f.key] not in alive]
+            if orphans:
+                self.client.cancel(orphans)
         try:
-            return list(self.client.sync(_wait, refs, timeout=timeout,
+            done = list(self.client.sync(_wait, refs, timeout=timeout,
                                          return_when=FIRST_COMPLETED).done)
         except TimeoutError:
             return []
+        except self.lost_errors:  # wait raises for cancelled futures; get raises in their stage
+            done = [f for f in refs if f.cancelled()]
+        for f in done:
+            self._pinned.pop(f.key, None)
+        return done
+
+    def _alive_workers(self, fresh: bool = False) -> set[str]:
+        """The scheduler's workers, asked at most once a second unless ``fresh``."""
+        asked, alive = self._alive
+        if fresh or time.monotonic() - asked > 1.0:
+            alive = set(self.client.scheduler_info()["workers"])
+            self._alive = (time.monotonic(), alive)
+        return alive
+
+    def _live_home(self, home: str) -> str:
+        """``home`` if its worker is alive, else a live worker (one not yet in the pool when
+        there is one): the worker restarted by its nanny has a new address."""
+        if home in self._alive_workers():
+            return home
+        alive = self._alive_workers(fresh=True)
+        spare = sorted(alive - set(self._slots)) or sorted(alive)
+        return spare[0] if spare else home
 
     def get(self, refs):
         """The values behind ``refs``."""
         try:
             return self.client.gather(refs)
-        except AttributeError:  # ``distributed`` re-raising a cancellation that has no error
-            cancelled = [f for f in refs if f.status == "cancelled"]
-            if not cancelled:
+        except AttributeError:  # ``distributed`` re-raising a lost future that has no error
+            lost = [f for f in refs if f.status != "finished"]
+            if not lost:
                 raise
             from distributed.client import FutureCancelledError
 
-            raise FutureCancelledError(cancelled[0].key, "its data was lost with a worker "
-                                       "and cannot be recomputed") from None
+            raise FutureCancelledError(lost[0].key, f"its data was lost with a worker "
+                                       f"({lost[0].status}) and cannot be recomputed") from None
 
     def broadcast(self, fn, *args):
         """Run ``fn(*args)`` once on every worker; their results."""
