@@ -1,7 +1,9 @@
 """``RayRunner``: Beam pipelines on Ray, with full DoFn semantics.
 
 A local ``ray.init()`` by default (shut down at the end of the run), or a cluster address
-(``--ray_address`` / ``RayRunner(address=...)`` / ``mmbeam.context.set_runner_ray(address)``).
+(``--ray_address`` / ``RayRunner(address=...)`` / ``mmbeam.context.set_runner_ray(address)``),
+whose connection and actor pool are kept for the next run until the process exits or a run
+names another cluster.
 Tasks run on a pool of actors, one worker process each, so ``DoFn.setup`` (a model load) runs
 once per actor; data moves between stages through Ray's object store as object references, never
 through the driver. Execution is :mod:`mmbeam.runners.core`; this module only adapts Ray to its
@@ -66,6 +68,23 @@ _pools: dict[tuple[str, str, int], list[Any]] = {}
 _pools_lock = threading.Lock()
 
 
+#: the cluster address whose connection a run opened and keeps for later runs
+_kept: dict[str, str] = {}
+
+
+def _keep_connection(address: str) -> None:
+    """Keep the connection to the cluster at ``address`` open until this process exits (or a
+    run names another cluster): connecting (Ray Client above all) and starting the actor pool
+    take seconds, every run of a frame on a cluster would pay them again."""
+    import atexit
+
+    import ray
+
+    if not _kept:
+        atexit.register(lambda: ray.shutdown() if _kept else None)
+    _kept["address"] = address
+
+
 class RayBackend(Backend):
     """Ray as a runner backend: object references hold the data, in the object store."""
 
@@ -76,15 +95,19 @@ class RayBackend(Backend):
         except ImportError as exc:  # pragma: no cover - ray is an optional extra
             raise ConfigError("the RayRunner needs `pip install mmbeam[ray]`") from exc
         self._ray = ray
-        self._started = not ray.is_initialized()
-        if self._started:
+        if address and ray.is_initialized() and _kept.get("address") not in (None, address):
+            ray.shutdown()  # the connection kept for another cluster
+        self._started = not ray.is_initialized() and not address
+        if not ray.is_initialized():
             self._connect(address)
+            if address:
+                _keep_connection(address)
         resources = ray.cluster_resources()
         n = num_workers or max(1, int(resources.get("CPU", 1)))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Slot)
-        if self._started:  # this run's own connection: its own actors, gone with it
+        if self._started:  # this run's own local Ray: its own actors, gone with it
             self.actors = [actor.remote() for _ in range(n)]
-        else:  # the caller's Ray: keep the pool for the next run of this driver and cluster
+        else:  # a named cluster or the caller's Ray: the pool is kept for the next run
             context = ray.get_runtime_context()
             key = (context.gcs_address, context.get_job_id(), n)
             with _pools_lock:
