@@ -21,6 +21,7 @@ MODEL = [
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",
     "ruff>=0.6",
     "pandas>=2.1",
     "moto[server]>=5.0",

@@ -3,8 +3,11 @@ runner, and the frame context (runner and execution config) restored after each 
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 
@@ -120,9 +123,24 @@ _ENGINE_PARAMS = {"runner_name", "cluster_runner"}
 
 def pytest_collection_modifyitems(items):
     """Mark ``distributed`` every test that runs on Dask, Ray or a portable runner's workers
-    through a shared fixture or a runner parameter (other tests carry the mark themselves)."""
+    through a shared fixture or a runner parameter (other tests carry the mark themselves).
+    Under pytest-xdist (``-n 2 --dist loadgroup``, as ci/test.sh runs) those all run in one
+    worker, one after another: they share the session's clusters, and two Ray sessions on
+    one machine interfere; the other worker runs everything else."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         on_engine = any(params.get(p) in ("dask", "ray") for p in _ENGINE_PARAMS)
         if on_engine or _ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.distributed)
+        if item.get_closest_marker("distributed") or _starts_engines(str(item.path)):
+            item.add_marker(pytest.mark.xdist_group("engines"))
+
+
+_ENGINE_WORDS = re.compile(r"ray_session|dask_cluster|ray_head|namespaced|set_runner_(ray|dask)|"
+                           r"(Ray|Dask|Portable)Runner|LocalCluster|ray\.init|portable_frames")
+
+
+@functools.cache
+def _starts_engines(path: str) -> bool:
+    """Whether a test module may start or use a cluster (some pick it inside the test)."""
+    return bool(_ENGINE_WORDS.search(Path(path).read_text()))
