@@ -193,17 +193,18 @@ def test_image_chain_on_namespaced_dask_reads_and_writes_s3(
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
 
-@pytest.mark.xfail(reason="issue 12: after the runner tests' local Ray sessions, an actor on "
-                   "the namespaced Ray cluster may be cancelled before it starts", strict=False)
 def test_image_chain_on_namespaced_ray_reads_and_writes_s3(
         mmbeam_namespaced_ray, mmbeam_s3, image_inputs, expected_thumbnails, out_prefix):
     import ray
 
     if ray.is_initialized():  # another test's local Ray: RayRunner would run there instead
         ray.shutdown()
-    run_thumbnails(RayRunner(mmbeam_namespaced_ray.address), PipelineOptions([]), image_inputs,
-                   out_prefix, mmbeam_s3.io_config())
-    assert not ray.is_initialized()  # the runner connected for the run only
+    try:  # from another machine, through Ray Client (this process sees none of its sockets)
+        run_thumbnails(RayRunner(mmbeam_namespaced_ray.client_address), PipelineOptions([]),
+                       image_inputs, out_prefix, mmbeam_s3.io_config())
+        assert ray.is_initialized()  # the connection to the named cluster is kept
+    finally:
+        ray.shutdown()
     assert_thumbnails(mmbeam_s3, out_prefix, expected_thumbnails)
 
 
