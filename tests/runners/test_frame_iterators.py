@@ -1,6 +1,7 @@
 """Frame iterators stream on mmbeam's Dask and Ray runners (issue 16): the first batch arrives
 while the run still goes on, every row comes exactly once (after a killed worker too), leaving
-the loop early stops the run and releases the engine, a UDF's error reaches the consumer.
+the loop early stops the run and releases the engine, a consumer holding its batch holds the run
+(backpressure), a UDF's error reaches the consumer.
 
 "Before the run ends" is shown without timing: the last row's UDF waits for a gate file the test
 writes only once it holds its first batch (a run that handed rows back only at its end would
@@ -71,6 +72,21 @@ def _ids(n: int) -> mmbeam.Frame:
     return mmbeam.from_pydict({"id": list(range(n))})
 
 
+def _computed(marks: Path, stable_for: float, within: float) -> tuple[int, bool]:
+    """Rows computed so far, once their count held still for ``stable_for`` seconds (or
+    ``within`` seconds passed: then the second value is False)."""
+    end = time.monotonic() + within
+    count, since = -1, time.monotonic()
+    while time.monotonic() < end:
+        now = len(os.listdir(marks))
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= stable_for:
+            return count, True
+        time.sleep(0.1)
+    return count, False
+
+
 def _engine_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "mmbeam-engine-run"]
 
@@ -117,6 +133,10 @@ def test_leaving_the_loop_stops_the_run_and_the_engine_serves_the_next(engine, t
     batches = df.iter_batches(batch_size=2)
     first = next(batches)
     assert first.num_rows == 2
+    # backpressure: while the loop holds its batch the run fills the queue and its tasks in
+    # flight, then waits (unhindered, the 400 rows take a few seconds); bounded wait
+    computed, deadline = _computed(marks, stable_for=2.0, within=30.0)
+    assert computed < n // 4, (computed, deadline)
     batches.close()  # waits until the run's thread has released the engine
     assert not _engine_threads()
     assert len(os.listdir(marks)) < n  # stopped: not every row was computed
