@@ -96,8 +96,9 @@ class ResourceUnavailableError(MmbeamError, RuntimeError):
 
 class RunCancelledError(MmbeamError):
     """A distributed run stopped before its end because its consumer asked (a frame iterator
-    closed early, :meth:`~mmbeam.runners.core.DistributedRunner.cancel`); the stopped run's
-    results are gone, its engine is released."""
+    closed early sets the ``stop`` event of
+    :meth:`~mmbeam.runners.core.DistributedRunner.retain`); the stopped run's results are gone,
+    its engine is released."""
 
 
 class StageError(MmbeamError):

@@ -371,7 +371,7 @@ class _Execution:
         self._stalled = 0
         scaling = any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
-        # a bounded wait: an autoscaler acts, a cancel is seen, while tasks run
+        # a bounded wait: an autoscaler acts, a stop is seen, while tasks run
         done = self.backend.wait_any_for(refs, 0.1 if scaling else 0.5)
         for ref in done:
             index, scheduler = owners[ref]
@@ -406,8 +406,9 @@ class _Execution:
         if not self.graph.readers.get(buffer_id):
             entries[position] = None  # nothing else reads it: let the engine free it
         impl = self.coders[buffer_id].get_impl()
-        on_part([impl.decode_nested(e).value for elements in lists for e in elements],
-                self.recoveries)
+        values = [impl.decode_nested(e).value for elements in lists for e in elements]
+        del lists  # only the decoded values wait while on_part blocks
+        on_part(values, self.recoveries)
 
     def fetch(self, pcolls: dict[str, str]) -> dict[str, list]:
         """name -> the decoded elements of each PCollection id in ``pcolls`` (a retained

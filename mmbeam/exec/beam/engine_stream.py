@@ -11,8 +11,8 @@ After lost data the runner re-runs stages and a batch may be handed over again: 
 batches carry deterministic keys (source, batch, piece numbers), and a key already given in an
 earlier attempt is skipped, so no row comes twice or goes missing. Closing the stream early
 stops the run (the ``stop`` event given to ``retain``) and waits for its thread to release the
-engine. mmbeam's own code: the thread, queue and cancel hand-off are
-specific to its runner's driver loop.
+engine. Hand-written: the thread, the queue and the stop hand-off belong to mmbeam's own driver
+loop, which no library runs.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class EngineStream:
 
     def batches(self) -> Iterator[tuple[tuple, pa.RecordBatch]]:
         """The run's keyed batches as its tasks finish, each key once; the run's error, if it
-        fails; closing early cancels the run."""
+        fails; closing early stops the run."""
         thread = threading.Thread(target=self._drive, name="mmbeam-engine-run", daemon=True)
         thread.start()
         given: dict[tuple, int] = {}  # key -> the attempt it was first given in
