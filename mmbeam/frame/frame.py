@@ -291,9 +291,9 @@ class Frame:
     @property
     def metrics(self) -> pa.Table | None:
         """The per-operator metrics of this frame's last run (``collect``, ``to_*``, ``write_*``
-        or a finished or stopped iterator), one row per operator: ``operator``, ``rows_in``,
-        ``rows_out``, ``nulls``, ``failures``, ``seconds``, ``peak_bytes`` (see
-        :mod:`mmbeam.exec.metrics`); None before any run."""
+        or a finished or stopped iterator; on Dask and Ray a finished one), one row per
+        operator: ``operator``, ``rows_in``, ``rows_out``, ``nulls``, ``failures``, ``seconds``,
+        ``peak_bytes`` (see :mod:`mmbeam.exec.metrics`); None before any run."""
         return self._metrics
 
     def collect(self) -> Frame:
