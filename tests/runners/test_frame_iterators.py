@@ -117,7 +117,7 @@ def test_iter_rows_and_torch_batches_stream_too(engine, tmp_path):
         gate.touch()
         rows.append((row["id"], row["d"]))
     assert sorted(rows) == [(i, 2 * i) for i in range(n)]
-    (tmp_path / "gate").unlink()
+    gate.unlink()
     ids = []
     for batch in df.iter_torch_batches(batch_size=5):
         gate.touch()
@@ -135,8 +135,8 @@ def test_leaving_the_loop_stops_the_run_and_the_engine_serves_the_next(engine, t
     assert first.num_rows == 2
     # backpressure: while the loop holds its batch the run fills the queue and its tasks in
     # flight, then waits (unhindered, the 400 rows take a few seconds); bounded wait
-    computed, deadline = _computed(marks, stable_for=2.0, within=30.0)
-    assert computed < n // 4, (computed, deadline)
+    computed, stable = _computed(marks, stable_for=2.0, within=30.0)
+    assert computed < n // 4, (computed, stable)
     batches.close()  # waits until the run's thread has released the engine
     assert not _engine_threads()
     assert len(os.listdir(marks)) < n  # stopped: not every row was computed
