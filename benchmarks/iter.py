@@ -15,8 +15,15 @@ and mmbeam on both sides, which are reported apart), peak RSS of the child. The 
 contender also runs at ``--flat-count`` images to check that memory stays flat (peak RSS within
 15% between the two sizes). Targets (issue 16): ≥ 3× the DataLoader's images/s.
 
+With ``--runner dask`` the mmbeam contender runs on mmbeam's Dask runner (a LocalCluster of 2
+worker processes started in the child, its start inside the timed work): the batches stream out
+of the run as its tasks finish, so the first batch comes well before the end, and the driver's
+peak RSS stays flat between the two sizes (the workers' memory is theirs) once the frame's pieces
+stop growing: a table is cut into eighths of at most 1024 rows, so compare from 8192 images on.
+
     python benchmarks/iter.py --count 8192 --latency 0.05
     python benchmarks/iter.py --count 8192 --baseline-count 2048   # a shorter baseline run
+    python benchmarks/iter.py --runner dask --count 16384 --flat-count 8192
 """
 
 from __future__ import annotations
@@ -42,13 +49,21 @@ FLAT_TARGET = 0.15
 
 
 # --------------------------------------------------------------------------- contenders
-def run_mmbeam(urls: list[str], batch_size: int) -> tuple[int, float, float]:
+def run_mmbeam(urls: list[str], batch_size: int, runner: str = "local") \
+        -> tuple[int, float, float]:
     import torch  # noqa: F401 - imported by both contenders before their clocks start
 
     import mmbeam
     from mmbeam import col
+    from mmbeam.frame import context
 
     start = time.perf_counter()
+    cluster = None
+    if runner == "dask":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        context.set_runner_dask(cluster.scheduler_address)
     frame = mmbeam.from_pydict({"url": urls}).with_column(
         "image", col("url").url.download().image.decode("RGB").image.resize(SIZE, SIZE))
     first, rows = None, 0
@@ -57,7 +72,10 @@ def run_mmbeam(urls: list[str], batch_size: int) -> tuple[int, float, float]:
         if first is None:
             first = time.perf_counter() - start
         rows += batch["image"].shape[0]
-    return rows, first, time.perf_counter() - start
+    work = time.perf_counter() - start
+    if cluster is not None:  # its workers must not outlive this process
+        cluster.close()
+    return rows, first, work
 
 
 class _UrlDataset:
@@ -83,7 +101,8 @@ class _UrlDataset:
         return torch.from_numpy(pixels.copy())
 
 
-def run_dataloader(urls: list[str], batch_size: int) -> tuple[int, float, float]:
+def run_dataloader(urls: list[str], batch_size: int, runner: str = "local") \
+        -> tuple[int, float, float]:
     from torch.utils.data import DataLoader
 
     import mmbeam  # noqa: F401 - the same imports as the mmbeam contender
@@ -107,8 +126,8 @@ def child(manifest_path: str) -> int:
     """One contender in this fresh process; its clock starts after the imports (timed apart)."""
     manifest = json.loads(Path(manifest_path).read_text())
     start = time.perf_counter()
-    rows, first, work = CONTENDERS[manifest["contender"]](manifest["urls"],
-                                                          manifest["batch_size"])
+    rows, first, work = CONTENDERS[manifest["contender"]](
+        manifest["urls"], manifest["batch_size"], manifest["runner"])
     inside = time.perf_counter() - start
     print("RESULT " + json.dumps({"rows": rows, "first_s": first, "work_s": work,
                                   "inside_s": inside,
@@ -117,9 +136,10 @@ def child(manifest_path: str) -> int:
     os._exit(0)
 
 
-def run_one(name: str, urls: list[str], batch_size: int, server) -> dict:
+def run_one(name: str, urls: list[str], batch_size: int, server, runner: str = "local") -> dict:
     manifest = Path(f"/tmp/mmbeam-iter-{os.getpid()}-{name}.json")
-    manifest.write_text(json.dumps({"contender": name, "urls": urls, "batch_size": batch_size}))
+    manifest.write_text(json.dumps({"contender": name, "urls": urls, "batch_size": batch_size,
+                                    "runner": runner}))
     server.reset_stats()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", str(manifest)],
@@ -149,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flat-count", type=int, default=2048)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--runner", choices=("local", "dask"), default="local",
+                        help="where the mmbeam contender runs (dask: a LocalCluster)")
     parser.add_argument("--json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -159,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = args.baseline_count or args.count
     print(f"web corpus: {args.count} images, {args.latency * 1000:g} ms latency, "
-          f"{os.cpu_count()} CPUs, batch {args.batch_size}", flush=True)
+          f"{os.cpu_count()} CPUs, batch {args.batch_size}, mmbeam on {args.runner}", flush=True)
     files = corpus("web", args.count)
     runs = []
     with FaultServer(latency_s=args.latency) as srv:
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if base not in (args.count, args.flat_count):
             jobs.insert(2, ("mmbeam", base))
         for name, n in jobs:
-            row = run_one(name, urls[:n], args.batch_size, srv)
+            row = run_one(name, urls[:n], args.batch_size, srv, args.runner)
             runs.append(row)
             note = row.get("error") or (
                 f"{row['ips']:8.1f} images/s, first batch {row['first_batch_s']:.2f} s "
@@ -195,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peak RSS {args.flat_count} -> {args.count} images: {small['rss_mb']:.0f} MB -> "
               f"{big['rss_mb']:.0f} MB: {growth:+.1%} (target <= +{FLAT_TARGET:.0%}) {verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"latency_s": args.latency, "runs": runs}, indent=2))
+        Path(args.json).write_text(json.dumps({"latency_s": args.latency, "runner": args.runner,
+                                               "runs": runs}, indent=2))
     return status
 
 

@@ -9,6 +9,7 @@
     ├── UnsupportedError       a runner or backend lacks a feature (never a wrong result instead)
     ├── LostDataError          a worker died with data a stage needed; the runner re-runs
     ├── ResourceUnavailableError  the cluster cannot give a step the CPUs/GPUs it asks for
+    ├── RunCancelledError  a run stopped because its consumer asked (an iterator left early)
     └── StageError             one element failed in one stage; carries .stage, .element, .cause
         ├── CastError          a value cannot become the target type of a cast
         ├── DownloadError
@@ -46,6 +47,7 @@ __all__ = [
     "ReadError",
     "ResizeError",
     "ResourceUnavailableError",
+    "RunCancelledError",
     "SchemaError",
     "StageError",
     "UnsafePathError",
@@ -90,6 +92,13 @@ class LostDataError(MmbeamError):
 class ResourceUnavailableError(MmbeamError, RuntimeError):
     """A step asked for resources (``num_gpus``, ``num_cpus``, ``concurrency`` workers) that the
     cluster did not provide within the runner's wait; raised instead of waiting forever."""
+
+
+class RunCancelledError(MmbeamError):
+    """A distributed run stopped before its end because its consumer asked (a frame iterator
+    closed early sets the ``stop`` event of
+    :meth:`~mmbeam.runners.core.DistributedRunner.retain`); the stopped run's results are gone,
+    its engine is released."""
 
 
 class StageError(MmbeamError):

@@ -79,10 +79,11 @@ class Executor:
 
     def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
                capture: Any = None) -> Iterator[pa.Table]:
-        """The rows of ``plan`` as a stream of tables, in order; closing the stream early stops
-        the work where the executor can. ``done`` gets the run's :class:`Outcome` (its null
-        counts and metrics; no rows) once they are known. This default runs the whole plan
-        first."""
+        """The rows of ``plan`` as a stream of tables, in order (an executor that streams a
+        distributed run's tasks as they finish may give them in that order and says so);
+        closing the stream early stops the work where the executor can. ``done`` gets the
+        run's :class:`Outcome` (its null counts and metrics; no rows) once they are known. This
+        default runs the whole plan first."""
         outcome = self.run(plan, Collect(), capture)
         table = outcome.table
         if done is not None:

@@ -291,9 +291,9 @@ class Frame:
     @property
     def metrics(self) -> pa.Table | None:
         """The per-operator metrics of this frame's last run (``collect``, ``to_*``, ``write_*``
-        or a finished or stopped iterator), one row per operator: ``operator``, ``rows_in``,
-        ``rows_out``, ``nulls``, ``failures``, ``seconds``, ``peak_bytes`` (see
-        :mod:`mmbeam.exec.metrics`); None before any run."""
+        or a finished or stopped iterator; on Dask and Ray a finished one), one row per
+        operator: ``operator``, ``rows_in``, ``rows_out``, ``nulls``, ``failures``, ``seconds``,
+        ``peak_bytes`` (see :mod:`mmbeam.exec.metrics`); None before any run."""
         return self._metrics
 
     def collect(self) -> Frame:
@@ -386,7 +386,8 @@ class Frame:
         """The rows in batches of ``batch_size`` (``None``: as they are computed), as they are
         computed: ``batch_format`` ``"arrow"`` (``pyarrow.Table``), ``"numpy"`` (dict of column
         → ndarray; images of one size stacked N×H×W×C) or ``"pandas"``. Stopping early stops
-        the work (see :mod:`mmbeam.frame.iterators`)."""
+        the work. In row order, except on the Dask and Ray runners: there in the order their
+        tasks finish (see :mod:`mmbeam.frame.iterators`)."""
         return iter_batches(self._stream(), batch_size, batch_format, drop_last)
 
     def iter_torch_batches(self, batch_size: int | None = 256, dtypes: Any = None,

@@ -2,9 +2,12 @@
 
 The iterators pull from the executor's stream (:meth:`~mmbeam.exec.base.Executor.stream`): in
 this process the first batch arrives as soon as its rows are computed and stopping early stops
-the work; a Beam run (UDF plans, Dask, Ray, other runners) hands its rows back when it ends and
-they are then read one part at a time. Memory holds the batch being built plus what the
-executor has in flight, never the whole frame.
+the work; on mmbeam's Dask and Ray runners each task's batches arrive as the task finishes, in
+completion order, and stopping early stops the run
+(:meth:`~mmbeam.exec.beam.executor.BeamExecutor.stream`); another Beam run (UDF plans on the
+local runner, portable runners; on Dask/Ray a frame that sorts, limits or captures failures)
+hands its rows back when it ends and they are then read one part at a time. Memory holds the
+batch being built plus what the executor has in flight, never the whole frame.
 
 The formats follow Ray Data's ``iter_batches``: ``"arrow"`` gives ``pyarrow.Table`` batches
 (image columns keep the ``mmbeam.image`` type), ``"numpy"`` a dict of column → ``ndarray`` (an

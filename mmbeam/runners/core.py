@@ -41,17 +41,20 @@ by key, WriteToText finalizes one attempt's temporary files).
 
 The driver can also exchange values with a run through the engine, with no file anywhere:
 :meth:`DistributedRunner.retain` brings a PCollection's elements back (the committed attempt's
-only, from the buffers above), and :meth:`DistributedRunner.provide` puts a value in the engine
-once (``ray.put``, Dask ``scatter``) for the tasks of one transform's stage (mmbeam's frames use
-both for their inputs and results).
+only, from the buffers above; or, with ``on_part``, each task's elements as soon as the driver
+collects that task, while the run goes on), and :meth:`DistributedRunner.provide` puts a
+value in the engine once (``ray.put``, Dask ``scatter``) for the tasks of one transform's stage
+(mmbeam's frames use both for their inputs and results).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from apache_beam.options import pipeline_options
@@ -66,7 +69,7 @@ from apache_beam.utils import proto_utils
 
 from mmbeam.autotune import BatchSizeController
 from mmbeam.beam_internals import grouping_args
-from mmbeam.errors import LostDataError, UnsupportedError
+from mmbeam.errors import LostDataError, RunCancelledError, UnsupportedError
 from mmbeam.progress import get_progress
 from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
@@ -131,20 +134,41 @@ class DistributedRunner(FnApiRunner):
     """
 
     _retain: dict[str, tuple[str, str]] | None = None
+    _on_part: dict[str, Any] | None = None
+    _stops: list[threading.Event] | None = None
     _provide: dict[str, tuple[Any, str]] | None = None
 
     def make_backend(self, options: pipeline_options.PipelineOptions) -> Backend:
         """The engine backend for ``options``."""
         raise NotImplementedError
 
-    def retain(self, pcoll: Any, name: str) -> None:
+    def retain(self, pcoll: Any, name: str,
+               on_part: Callable[[list, int], None] | None = None,
+               stop: threading.Event | None = None) -> None:
         """Bring ``pcoll``'s elements back to the driver through the engine: after the run they
         are ``result.retained[name]`` (values without windows, in no defined order), from the
-        committed attempt of their stage only, so a recovered run never repeats one."""
+        committed attempt of their stage only, so a recovered run never repeats one.
+
+        With ``on_part``, they stream instead (``result.retained`` has no ``name``): each time
+        the driver collects a task writing ``pcoll``, it fetches that task's elements, checks
+        them against what the task committed, and calls ``on_part(values, attempt)`` on the
+        run's own thread; the run waits while it blocks (backpressure), an exception it raises
+        ends the run. ``attempt`` counts the recoveries so far: after lost data the stages are
+        re-run and a value handed over in an earlier attempt may come again in a later one
+        (the consumer recognizes it, e.g. by a deterministic key). Handed-over values are not
+        kept by the run.
+
+        Setting ``stop`` (from any thread) ends the run at the next turn of its driver loop
+        (within a second unless a task result is being fetched): it raises
+        :class:`~mmbeam.errors.RunCancelledError` after releasing its data and the engine."""
         if self._retain is None:
-            self._retain = {}
+            self._retain, self._on_part, self._stops = {}, {}, []
         self._retain[name] = (pcoll.producer.full_label,
                               "None" if pcoll.tag is None else str(pcoll.tag))
+        if on_part is not None:
+            self._on_part[name] = on_part
+        if stop is not None:
+            self._stops.append(stop)
 
     def provide(self, value: Any, label: str) -> str:
         """Put ``value`` in the engine once when the run starts (``ray.put``, Dask ``scatter``),
@@ -182,14 +206,19 @@ class DistributedRunner(FnApiRunner):
                 stage_context.data_channel_coders, 1)
             context.setup()  # points data inputs/outputs at the (in-memory) data plane
             execution_run = _Execution(context, stages, backend,
-                                       options.view_as(DistributedRunnerOptions))
+                                       options.view_as(DistributedRunnerOptions),
+                                       self._stops or [])
             try:
                 execution_run.provided = {token: (backend.put(value), label) for token, (
                     value, label) in (self._provide or {}).items()}
-                execution_run.keep = {translations.create_buffer_id(p) for p in getattr(
-                    self, "_retained_ids", {}).values()}
+                retained_ids = getattr(self, "_retained_ids", {})
+                on_part = self._on_part or {}
+                execution_run.handed = {translations.create_buffer_id(p): (name, on_part[name])
+                                        for name, p in retained_ids.items() if name in on_part}
+                fetched = {n: p for n, p in retained_ids.items() if n not in on_part}
+                execution_run.keep = {translations.create_buffer_id(p) for p in fetched.values()}
                 infos = execution_run.run()
-                retained = execution_run.fetch(getattr(self, "_retained_ids", {}))
+                retained = execution_run.fetch(fetched)
             finally:
                 execution_run.close()
                 record_run(list(execution_run.pools.values()))
@@ -213,8 +242,10 @@ class _Execution:
     """One run: the stages (streaming into each other in waves), their buffers as worker-side
     parts, and one task scheduler per running stage."""
 
-    def __init__(self, context, stages, backend: Backend, options: DistributedRunnerOptions):
+    def __init__(self, context, stages, backend: Backend, options: DistributedRunnerOptions,
+                 stops: list[threading.Event] | None = None):
         self.context = context
+        self.stops = stops or []  # set by a consumer that wants the run to end now
         self.stages = stages
         self.backend = backend
         self.options = options
@@ -233,6 +264,8 @@ class _Execution:
         self.coders: dict[bytes, Any] = {}
         self.provided: dict[str, tuple[Any, str]] = {}
         self.keep: set[bytes] = set()  # buffers fetched after the run: never let go early
+        #: retained buffers streamed to the driver: buffer id -> (name, on_part)
+        self.handed: dict[bytes, tuple[str, Any]] = {}
         self.graph = self._stage_graph()
         #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
         self.writers = self.graph.writers
@@ -311,6 +344,8 @@ class _Execution:
     def _advance(self, running: dict[int, StageScheduler], infos: dict) -> None:
         """Feed the running stages what their producers finished, let them submit, finish the
         stages that are done, else wait for a task of any of them."""
+        if any(stop.is_set() for stop in self.stops):
+            raise RunCancelledError(f"run {self.run_id} stopped by its consumer")
         for index, scheduler in list(running.items()):
             self._feed(index, scheduler, running)
             self._guarded(index, scheduler.submit_ready)
@@ -336,7 +371,8 @@ class _Execution:
         self._stalled = 0
         scaling = any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
-        done = (self.backend.wait_any_for(refs, 0.1) if scaling else self.backend.wait_any(refs))
+        # a bounded wait: an autoscaler acts, a stop is seen, while tasks run
+        done = self.backend.wait_any_for(refs, 0.1 if scaling else 0.5)
         for ref in done:
             index, scheduler = owners[ref]
             self._guarded(index, scheduler.collect, ref)
@@ -357,6 +393,22 @@ class _Execution:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def hand_over(self, buffer_id: bytes, position: int) -> None:
+        """Give a streamed retained buffer's new task output (entry ``position``) to its
+        ``on_part``, checked against what the task committed; the run keeps it only while a
+        stage still reads it."""
+        name, on_part = self.handed[buffer_id]
+        entries = self.buffers[buffer_id]
+        parts = [p for p in entries[position] if p.count]
+        lists = self.backend.get([p.ref for p in parts]) if parts else []
+        worker.check_inputs(f"retained output {name!r}", tuple(lists), committed(parts))
+        if not self.graph.readers.get(buffer_id):
+            entries[position] = None  # nothing else reads it: let the engine free it
+        impl = self.coders[buffer_id].get_impl()
+        values = [impl.decode_nested(e).value for elements in lists for e in elements]
+        del lists  # only the decoded values wait while on_part blocks
+        on_part(values, self.recoveries)
 
     def fetch(self, pcolls: dict[str, str]) -> dict[str, list]:
         """name -> the decoded elements of each PCollection id in ``pcolls`` (a retained

@@ -297,6 +297,9 @@ class StageScheduler:
                                                              strict=True))]
             position += len(counts)
             self.execution.buffers[spec.buffer_id].append(shards)
+            if spec.buffer_id in self.execution.handed:  # streamed to the driver right away
+                self.execution.hand_over(spec.buffer_id,
+                                         len(self.execution.buffers[spec.buffer_id]) - 1)
             if spec.buffer_id in self.execution.streamed_buffers:
                 self.execution.queues.produced(spec.buffer_id, sum(nbytes))
                 for reader in self.execution.graph.readers[spec.buffer_id]:

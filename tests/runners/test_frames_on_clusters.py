@@ -275,6 +275,31 @@ def test_killed_dask_worker_frame_sink_gives_every_row_once(sink, doomed_dask, m
     assert sorted(zip(got["id"], got["d"], strict=True)) == [(i, 2 * i) for i in range(n)]
 
 
+def test_killed_dask_worker_while_iterating_gives_every_row_once(doomed_dask, marks):
+    """Issue 16: rows stream out of the run as tasks finish; a worker killed once the consumer
+    holds rows (the engine's retries or the runner's re-run may hand batches over again) still
+    gives each row once."""
+    n = 40
+    frame = mmbeam.from_pydict({"id": list(range(n)), "mark": [str(marks)] * n}).with_column(
+        "d", slow_double(col("id"), col("mark"))).select("id", "d")
+    context.set_execution_config(batch_rows=1)
+    context.set_runner_dask(doomed_dask.address, max_bundle_size=2)
+    got: list[tuple[int, int]] = []
+    held_at_kill = None
+    try:
+        for batch in frame.iter_batches(batch_size=None):
+            got.extend(zip(batch.column("id").to_pylist(), batch.column("d").to_pylist(),
+                           strict=True))
+            if held_at_kill is None and len(got) >= 4:
+                held_at_kill = (len(got), len(os.listdir(marks)))
+                doomed_dask.kill_worker(0)
+    finally:
+        context.set_runner_local()
+        context.set_execution_config(batch_rows=131_072)
+    assert held_at_kill is not None and held_at_kill[1] < n, held_at_kill  # killed mid-run
+    assert sorted(got) == [(i, 2 * i) for i in range(n)]
+
+
 def _slow_mark(element, folder):
     time.sleep(0.05)
     Path(folder, f"{element}.{os.getpid()}.{time.monotonic_ns()}").touch()

@@ -9,7 +9,8 @@ disk.
 - :class:`EngineChannel`: mmbeam's Dask and Ray runners. A big table is put in the engine once
   (``ray.put``, Dask ``scatter``); results stay on the workers as the last stage's output and
   come back through the engine (Ray object refs, Dask futures) as Arrow record batches, from the
-  committed attempt of each task only (:meth:`~mmbeam.runners.core.DistributedRunner.retain`).
+  committed attempt of each task only (:meth:`~mmbeam.runners.core.DistributedRunner.retain`);
+  or, for an iterator, each task's as it finishes (:mod:`mmbeam.exec.beam.engine_stream`).
 - :class:`TempLocationChannel`: any other runner (portable, Flink, Dataflow). A big table is
   staged, and results written, as Arrow IPC files under the pipeline's ``--temp_location``
   (``gs://``, ``s3://`` or a shared path, through fsspec). Each result file is named per task
@@ -259,9 +260,13 @@ class EngineChannel(Channel):
     def _stage(self, table: pa.Table, label: str) -> Any:
         return EngineTable(self.runner.provide(table, label))
 
-    def attach(self, pcoll: beam.PCollection) -> None:
-        """Send ``pcoll``'s elements into this channel."""
-        self.runner.retain(pcoll, self.token)
+    def attach(self, pcoll: beam.PCollection, stream: Any = None) -> None:
+        """Send ``pcoll``'s elements into this channel; or, with ``stream`` (an
+        :class:`~mmbeam.exec.beam.engine_stream.EngineStream`), to it while the run goes on."""
+        if stream is None:
+            self.runner.retain(pcoll, self.token)
+        else:
+            self.runner.retain(pcoll, self.token, stream.on_part, stream.stop)
 
     def read(self, result: Any) -> list:
         """The elements the run sent, in key order (handed over: the result keeps none)."""

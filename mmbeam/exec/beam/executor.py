@@ -21,8 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mmbeam.errors import MmbeamError, UnsupportedError
 from mmbeam.exec.arrow import empty_batch
 from mmbeam.exec.base import Executor, Outcome, Sink, WriteFiles, log_counts, result_schema
-from mmbeam.exec.beam.channel import channel_for, describe_channel
+from mmbeam.exec.beam.channel import EngineChannel, channel_for, describe_channel
 from mmbeam.exec.beam.compile import Compiler, WriteFilesFn
+from mmbeam.exec.beam.engine_stream import EngineStream
 from mmbeam.exec.failures import FailureCapture, concat_failures, is_failure_key
 from mmbeam.exec.kernels import StageTotals
 from mmbeam.exec.metrics import from_beam_result
@@ -88,14 +89,33 @@ class BeamExecutor(Executor):
 
     def stream(self, plan: P.Plan, done: Callable[[Outcome], None] | None = None,
                capture: FailureCapture | None = None) -> Iterator[pa.Table]:
-        """The rows after the run (a Beam run hands back its results when it ends), read from
-        the channel one part at a time and released as they are yielded (capturing failures,
-        which come last, all parts are read first)."""
+        """The rows as a stream of tables. On mmbeam's Dask and Ray runners they come while
+        the run goes on, each task's as it finishes (completion order, not key order; see
+        :mod:`mmbeam.exec.beam.engine_stream`), and ``done`` gets the outcome when the run has
+        ended (not when the stream was closed early). Otherwise (other runners; a plan that
+        sorts, limits, reads a PCollection or captures failures, see :func:`_streams_live`)
+        the rows come after the run, in key order, read from the channel one part at a time
+        and released as they are yielded (capturing failures, which come last, all parts are
+        read first)."""
         pipeline = self._pipeline(plan)
         channel = channel_for(pipeline.runner, pipeline._options, self.io_config)
         try:
             compiler = Compiler(pipeline, self.options, channel, capture)
-            channel.attach(_with_failures(compiler.expand(plan), compiler))
+            out = _with_failures(compiler.expand(plan), compiler)
+            if isinstance(channel, EngineChannel) and _streams_live(plan, capture):
+                live = EngineStream(lambda: _run(pipeline))
+                channel.attach(out, live)
+                batches = live.batches()
+                try:
+                    for _, batch in batches:
+                        if batch.num_rows:
+                            yield pa.Table.from_batches([batch])
+                finally:
+                    batches.close()  # an early stop stops the run
+                if done is not None:
+                    done(_outcome(plan.schema.to_arrow().empty_table(), live.result, compiler))
+                return
+            channel.attach(out)
             result = _run(pipeline)
             parts, failures = (channel.iter_read(result), None) if capture is None else \
                 _split_failures(channel.read(result), capture)
@@ -133,6 +153,15 @@ def last_run_pools() -> str:
     from mmbeam.runners.pools import last_run
 
     return "\n".join(f"* {report.describe()}" for report in last_run())
+
+
+def _streams_live(plan: P.Plan, capture: FailureCapture | None) -> bool:
+    """Whether an engine run of ``plan`` may hand its rows over as its tasks finish: not when
+    their order is the point (a sort, a limit's first rows), nor when a recovered run could
+    not recognize a batch it gave already (a PCollection's rows get random keys; failure
+    batches are keyed by task), where the rows come after the run."""
+    return capture is None and not any(isinstance(n, (P.Sort, P.Limit, P.FromPCollection))
+                                       for n in P.walk(plan))
 
 
 def _with_failures(out: beam.PCollection, compiler: Compiler) -> beam.PCollection:
