@@ -75,7 +75,13 @@ from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.fusion import create_stages
 from mmbeam.runners.pools import Autoscaler, PoolReport, record_run
-from mmbeam.runners.scheduler import Part, StageScheduler, committed, literal_part
+from mmbeam.runners.scheduler import (
+    Part,
+    StageScheduler,
+    committed,
+    literal_part,
+    readable_stage_name,
+)
 from mmbeam.runners.streaming import QueueBook, StageGraph
 from mmbeam.transforms.resources import stage_resources
 
@@ -266,6 +272,7 @@ class _Execution:
         self.keep: set[bytes] = set()  # buffers fetched after the run: never let go early
         #: retained buffers streamed to the driver: buffer id -> (name, on_part)
         self.handed: dict[bytes, tuple[str, Any]] = {}
+        self.labels: dict[str, str] = {}  # stage name -> its progress label
         self.graph = self._stage_graph()
         #: buffer id -> indexes of the stages writing it; stage index -> buffer ids it reads
         self.writers = self.graph.writers
@@ -393,6 +400,17 @@ class _Execution:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def label(self, stage_name: str) -> str:
+        """A stage's short name for the progress display, unique in this run."""
+        if stage_name not in self.labels:
+            label = readable_stage_name(stage_name)
+            taken = set(self.labels.values())
+            n = 1
+            while (unique := label if n == 1 else f"{label} ({n})") in taken:
+                n += 1
+            self.labels[stage_name] = unique
+        return self.labels[stage_name]
 
     def hand_over(self, buffer_id: bytes, position: int) -> None:
         """Give a streamed retained buffer's new task output (entry ``position``) to its

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,8 @@ from mmbeam.runners import worker
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.pools import Autoscaler, PoolReport
 
-__all__ = ["PROBE_SIZE", "Part", "StageScheduler", "committed", "literal_part"]
+__all__ = ["PROBE_SIZE", "Part", "StageScheduler", "committed", "literal_part",
+           "readable_stage_name"]
 
 #: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
 PROBE_SIZE = 4
@@ -77,6 +79,7 @@ class StageScheduler:
         self.submitted = 0
         self.started = time.perf_counter()
         self.progress = get_progress()  # the driver's per-stage view of finished elements
+        self.label = execution_run.label(stage_name)  # its short name in the progress display
         self.known = 0  # elements this stage has been given so far
 
     # ------------------------------------------------------------------ inputs
@@ -104,7 +107,7 @@ class StageScheduler:
 
     def _given(self, elements: int) -> None:
         self.known += elements
-        self.progress.update(self.plan.stage_name, total=self.known)
+        self.progress.update(self.label, total=self.known)
 
     @property
     def done(self) -> bool:
@@ -285,7 +288,7 @@ class StageScheduler:
             self.execution.queues.consumed(buffer_id, nbytes)
             self.report.queued(self.execution.elapsed(), self.execution.queues[buffer_id])
         self._store(outs, result)
-        self.progress.update(self.plan.stage_name, done=result.elements)
+        self.progress.update(self.label, done=result.elements)
 
     def _store(self, outs: list, result: worker.TaskResult) -> None:
         position = 0
@@ -311,6 +314,18 @@ class StageScheduler:
     def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
         """The metrics of the stage's tasks, consolidated."""
         return list(consolidate_monitoring_infos(self.infos))
+
+
+_TRANSFORM = re.compile(r"ref_AppliedPTransform_([^+()]+?)_\d+(?=[+)]|$)")
+
+
+def readable_stage_name(stage_name: str) -> str:
+    """The user's transforms in one of Beam's fused stage names, outermost label each, in
+    order: ``Create+Download+DecodeImage`` for ``((ref_AppliedPTransform_Create-Impulse_3)+
+    …(ref_AppliedPTransform_Download-ParDo-ElementFn-_15+…)+(ref_PCollection_…/Write)``;
+    the stage name itself when it names no transform."""
+    labels = [m.group(1).split("-")[0] for m in _TRANSFORM.finditer(stage_name)]
+    return "+".join(dict.fromkeys(label for label in labels if label)) or stage_name
 
 
 def literal_part(elements: list[bytes]) -> Part:
