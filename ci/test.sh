@@ -8,4 +8,4 @@ source ci/setup-venv.sh ""
 "$PY" -m pip install -q "torch==2.13.0" >> "${MMBEAM_VENV:-.venv}/install.log" 2>&1
 source ci/setup-venv.sh test,dask,ray,model
 "$PY" -m ruff check .
-"$PY" -m pytest -n 2 --dist loadgroup --durations=15 "$@"
+"$PY" -m pytest -n 2 --dist loadgroup --max-worker-restart=0 --durations=15 "$@"
