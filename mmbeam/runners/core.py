@@ -418,15 +418,10 @@ class _Execution:
         stage still reads it."""
         name, on_part = self.handed[buffer_id]
         entries = self.buffers[buffer_id]
-        parts = [p for p in entries[position] if p.count]
-        lists = self.backend.get([p.ref for p in parts]) if parts else []
-        worker.check_inputs(f"retained output {name!r}", tuple(lists), committed(parts))
+        values = self._decoded(name, buffer_id, entries[position])
         if not self.graph.readers.get(buffer_id):
             entries[position] = None  # nothing else reads it: let the engine free it
-        impl = self.coders[buffer_id].get_impl()
-        values = [impl.decode_nested(e).value for elements in lists for e in elements]
-        del lists  # only the decoded values wait while on_part blocks
-        on_part(values, self.recoveries)
+        on_part(values, self.recoveries)  # only the decoded values wait while it blocks
 
     def fetch(self, pcolls: dict[str, str]) -> dict[str, list]:
         """name -> the decoded elements of each PCollection id in ``pcolls`` (a retained
@@ -437,13 +432,18 @@ class _Execution:
             if buffer_id not in self.coders:
                 raise UnsupportedError(f"retained output {name!r} ({pcoll}) is written by no "
                                        "stage (a Flatten nothing reads?); retain its inputs")
-            parts = [p for task in self.buffers.get(buffer_id, []) if task is not None
-                     for p in task if p.count]
-            lists = self.backend.get([p.ref for p in parts]) if parts else []
-            worker.check_inputs(f"retained output {name!r}", tuple(lists), committed(parts))
-            impl = self.coders[buffer_id].get_impl()
-            out[name] = [impl.decode_nested(e).value for elements in lists for e in elements]
+            out[name] = self._decoded(name, buffer_id, [
+                p for task in self.buffers.get(buffer_id, []) if task is not None for p in task])
         return out
+
+    def _decoded(self, name: str, buffer_id: bytes, parts: list[Part]) -> list:
+        """The decoded elements of a retained output's ``parts``, checked against what their
+        tasks committed."""
+        parts = [p for p in parts if p.count]
+        lists = self.backend.get([p.ref for p in parts]) if parts else []
+        worker.check_inputs(f"retained output {name!r}", tuple(lists), committed(parts))
+        impl = self.coders[buffer_id].get_impl()
+        return [impl.decode_nested(e).value for elements in lists for e in elements]
 
     def close(self) -> None:
         """Tear down DoFns in every worker process and release the run's data."""

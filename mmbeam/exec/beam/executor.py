@@ -107,9 +107,7 @@ class BeamExecutor(Executor):
                 channel.attach(out, live)
                 batches = live.batches()
                 try:
-                    for _, batch in batches:
-                        if batch.num_rows:
-                            yield pa.Table.from_batches([batch])
+                    yield from _tables(batches)
                 finally:
                     batches.close()  # an early stop stops the run
                 if done is not None:
@@ -122,9 +120,7 @@ class BeamExecutor(Executor):
             if done is not None:
                 done(_outcome(plan.schema.to_arrow().empty_table(), result, compiler,
                               failures))
-            for _, batch in parts:
-                if batch.num_rows:
-                    yield pa.Table.from_batches([batch])
+            yield from _tables(parts)
         finally:
             channel.close()
 
@@ -145,6 +141,13 @@ class BeamExecutor(Executor):
             if pools:
                 text += "\n\n== Pools (last run on the Dask/Ray runner) ==\n" + pools
         return text
+
+
+def _tables(keyed_batches: Iterator[tuple[tuple, pa.RecordBatch]]) -> Iterator[pa.Table]:
+    """The non-empty batches of a channel's keyed batches, as tables."""
+    for _, batch in keyed_batches:
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
 
 
 def last_run_pools() -> str:
