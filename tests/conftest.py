@@ -124,20 +124,31 @@ _ENGINE_PARAMS = {"runner_name", "cluster_runner"}
 def pytest_collection_modifyitems(items):
     """Mark ``distributed`` every test that runs on Dask, Ray or a portable runner's workers
     through a shared fixture or a runner parameter (other tests carry the mark themselves).
-    Under pytest-xdist (``-n 2 --dist loadgroup``, as ci/test.sh runs) those all run in one
-    worker, one after another: they share the session's clusters, and two Ray sessions on
-    one machine interfere; the other worker runs everything else."""
+    Under pytest-xdist (``-n 2 --dist loadgroup``, as ci/test.sh runs) the ones on Ray run in
+    one worker, one after another (they share the session's Ray clusters, and two Ray sessions
+    on one machine interfere), the ones on Dask or a portable runner likewise in one worker
+    (the session's Dask clusters and Beam worker pool); everything else fills in around them."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         on_engine = any(params.get(p) in ("dask", "ray") for p in _ENGINE_PARAMS)
         if on_engine or _ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.distributed)
         if item.get_closest_marker("distributed") or _starts_engines(str(item.path)):
-            item.add_marker(pytest.mark.xdist_group("engines"))
+            item.add_marker(pytest.mark.xdist_group("ray" if _on_ray(item) else "engines"))
 
 
 _ENGINE_WORDS = re.compile(r"ray_session|dask_cluster|ray_head|namespaced|set_runner_(ray|dask)|"
                            r"(Ray|Dask|Portable)Runner|LocalCluster|ray\.init|portable_frames")
+
+
+def _on_ray(item) -> bool:
+    """Whether a cluster test uses Ray: a Ray fixture, or "ray" as a word of its id
+    (``[ray-in-memory]``, ``..._on_ray``)."""
+    words = (*getattr(item, "fixturenames", ()), item.nodeid.lower())
+    return any(_RAY_WORD.search(word) for word in words)
+
+
+_RAY_WORD = re.compile(r"(?<![a-z])ray(?![a-z])")
 
 
 @functools.cache
