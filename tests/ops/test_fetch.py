@@ -216,6 +216,32 @@ def test_credentials_are_dropped_after_a_cross_origin_redirect(server):
     assert all(h["Authorization"] == "Bearer t" for h in server.received("goto"))
 
 
+def test_no_credentials_go_over_http_after_an_https_hop(server, tmp_path, monkeypatch):
+    """http://home -> https://other -> http://home: back at the configured origin, but after an
+    https hop, so no credential is sent in the clear (and none reaches the other origin)."""
+    from mmbeam.io.config import HTTPConfig, IOConfig
+    from mmbeam.testing.http_server import FaultServer
+    from mmbeam.testing.tls import loopback_tls
+
+    context, ca_file = loopback_tls(str(tmp_path))
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    creds = IOConfig(http=HTTPConfig(headers=(("X-Api-Key", "k"), ("Cookie", "c=1")),
+                                     bearer_token="t"))
+    secret = {"authorization", "x-api-key", "cookie"}
+    with FaultServer(ssl_context=context) as secure:
+        secure.add("s.bin", DATA)
+        assert secure.base_url.startswith("https://")
+        assert fetch(secure.url("files/s.bin"), io_config=creds) == DATA  # https, same origin
+        assert {k.lower() for k in secure.received("files/s.bin")[0]} >= secret
+        url = server.goto(secure.goto(server.url("files/fetch.bin")))
+        assert fetch(url, io_config=creds) == DATA
+        (hop,) = secure.received("goto")
+        assert {k.lower() for k in hop} & secret == set()
+    assert {k.lower() for k in server.received("goto")[0]} >= secret  # the first hop: its own
+    (back,) = server.received("files/fetch.bin")
+    assert back.get("User-Agent") == "mmbeam" and {k.lower() for k in back} & secret == set()
+
+
 def test_a_body_over_max_bytes_is_refused(server, tmp_path):
     with pytest.raises(DownloadError, match=r"Content-Length 102400 bytes is over max_bytes=1000"):
         fetch(server.url("files/fetch.bin"), max_bytes=1000)
