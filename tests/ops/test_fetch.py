@@ -254,6 +254,27 @@ def test_a_body_over_max_bytes_is_refused(server, tmp_path):
     assert fetch(str(path), max_bytes=len(DATA)) == DATA
 
 
+def test_max_bytes_defaults_to_256_mib_on_every_surface(server):
+    """Without max_bytes a huge Content-Length is refused at once (the server would trickle it)."""
+    import mmbeam
+    from mmbeam import col
+
+    over = 256 * 2**20 + 1
+    with pytest.raises(DownloadError, match=rf"Content-Length {over} bytes is over "
+                                            rf"max_bytes={256 * 2**20}"):
+        fetch(server.url(f"huge/{over}"), retries=0, timeout_s=30)
+    assert fetch(server.url("files/fetch.bin")) == DATA
+    if _FORM["name"] == "loop":
+        import time
+
+        frame = mmbeam.from_pydict({"url": [server.url(f"huge/{over}")]})
+        start = time.monotonic()
+        out = frame.with_column("d", col("url").url.download(on_error="null", timeout_s=30,
+                                                              retries=0))
+        assert out.to_pydict()["d"] == [None]
+        assert time.monotonic() - start < 20  # refused by its length, not timed out at 30 s
+
+
 def test_allowed_schemes_refuses_other_schemes_and_local_paths(server, tmp_path):
     path = tmp_path / "a.bin"
     path.write_bytes(DATA)
