@@ -254,7 +254,7 @@ def test_a_body_over_max_bytes_is_refused(server, tmp_path):
     assert fetch(str(path), max_bytes=len(DATA)) == DATA
 
 
-def test_max_bytes_defaults_to_256_mib_on_every_surface(server):
+def test_max_bytes_defaults_to_256_mib_in_fetcher_and_frame(server):
     """Without max_bytes a huge Content-Length is refused at once (the server would trickle it)."""
     import mmbeam
     from mmbeam import col
