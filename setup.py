@@ -25,6 +25,7 @@ TEST = [
     "ruff>=0.6",
     "pandas>=2.1",
     "moto[server]>=5.0",
+    "cryptography>=41",  # mmbeam.testing.tls: a loopback certificate (also a moto dependency)
     "gcp-storage-emulator>=2024.8",
     "ipywidgets>=8",  # the notebook progress mode's widgets
     *S3,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mmbeam.testing.proxy import FaultProxy
     from mmbeam.testing.ray_cluster import RayHead, init_local_ray
     from mmbeam.testing.s3 import S3Server
+    from mmbeam.testing.tls import loopback_tls
 
 __all__ = [
     "Collected",
@@ -41,6 +42,7 @@ __all__ = [
     "decompression_bomb",
     "encode_sample",
     "init_local_ray",
+    "loopback_tls",
     "make_image",
     "run_collect",
     "sample_images",
@@ -57,6 +59,7 @@ _HOME = {
     "NamespacedRay": "namespaced",
     "RayHead": "ray_cluster",
     "init_local_ray": "ray_cluster",
+    "loopback_tls": "tls",
     "Collected": "collect",
     "run_collect": "collect",
     "decompression_bomb": "images",

@@ -22,6 +22,8 @@ Routes (``<name>`` is a file added with :meth:`FaultServer.add`)::
 
 Connections are kept alive, so pooled clients (aiohttp, fsspec) reuse them; ``latency_s`` and
 ``max_connections`` make it behave like a remote server with limited capacity in benchmarks.
+``ssl_context`` (a server context, e.g. from :func:`mmbeam.testing.tls.loopback_tls`) serves
+``https://`` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 import mimetypes
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -63,12 +66,14 @@ class FaultServer:
     requests served at once (the others wait for a slot).
     """
 
-    def __init__(self, latency_s: float = 0.0, max_connections: int | None = None) -> None:
+    def __init__(self, latency_s: float = 0.0, max_connections: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if latency_s < 0 or (max_connections is not None and max_connections < 1):
             raise ConfigError(f"FaultServer: need latency_s >= 0 and max_connections None or >= 1, "
                              f"got {latency_s!r} and {max_connections!r}")
         self.latency_s = float(latency_s)
         self.max_connections = max_connections
+        self.ssl_context = ssl_context
         self._files: dict[str, tuple[bytes, str]] = {}
         self._hits: Counter[str] = Counter()
         self._received: deque[tuple[str, dict[str, str]]] = deque(maxlen=_KEEP_REQUESTS)
@@ -121,8 +126,9 @@ class FaultServer:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/``"""
-        return f"http://127.0.0.1:{self.port}/"
+        """``http://127.0.0.1:PORT/`` (``https://`` with an ``ssl_context``)"""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/"
 
     def url(self, path: str) -> str:
         """The absolute URL of ``path`` (for example ``"files/cat.jpg"``) on this server."""
@@ -230,6 +236,19 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type, owner: FaultServer) -> None:
         self.owner = owner
         super().__init__(address, handler)
+
+    def get_request(self):  # type: ignore[override]
+        sock, address = super().get_request()
+        if self.owner.ssl_context is not None:  # the handshake runs on the request's thread
+            sock = self.owner.ssl_context.wrap_socket(sock, server_side=True,
+                                                      do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(_IDLE_TIMEOUT_S)
+            request.do_handshake()
+        super().finish_request(request, client_address)
 
     def process_request(self, request, client_address) -> None:  # type: ignore[override]
         with self.owner._lock:

@@ -88,3 +88,30 @@ def test_transform_labels_and_display_data_do_not_show_secrets():
             texts.append(repr(DisplayData.create_from(transform).items))
             _ = p | transform.label + "in" >> beam.Create([]) | transform
     _assert_no_secret(" ".join(texts))
+
+
+def test_failed_downloads_name_no_secret_in_errors_or_logs(mmbeam_http, caplog):
+    """A 401, a 404 and an unreachable S3 endpoint, on the transform and the frame: the failure
+    records, the raised errors (with their traceback text) and INFO logs carry no secret."""
+    import logging
+
+    import mmbeam
+    from mmbeam.testing.collect import run_collect
+
+    caplog.set_level(logging.INFO)
+    base = _config(gcs_token=SECRETS[2])
+    config = IOConfig(s3=S3Config(endpoint_url=base.s3.endpoint_url, key_id="AKIDEXAMPLE",
+                                  access_key=SECRETS[0], session_token=SECRETS[1], num_tries=1),
+                      gcs=base.gcs, http=base.http)
+    urls = [mmbeam_http.url("status/401"), mmbeam_http.url("status/404"), "s3://bucket/x.bin"]
+    good, failed = run_collect(lambda p: p | beam.Create(urls) | mt.Download(
+        io_config=config, retries=0).with_exception_handling()).outputs
+    assert good == [] and sorted(r.element for r in failed) == sorted(urls)
+    texts = [r.error for r in failed]
+    for url in urls:
+        frame = mf.from_pydict({"url": [url]}).with_column(
+            "d", col("url").url.download(io_config=config, retries=0))
+        with pytest.raises(mmbeam.errors.MmbeamError) as info:
+            frame.collect()
+        texts.append(str(info.getrepr()))
+    _assert_no_secret("\n".join(texts) + caplog.text)

@@ -216,6 +216,32 @@ def test_credentials_are_dropped_after_a_cross_origin_redirect(server):
     assert all(h["Authorization"] == "Bearer t" for h in server.received("goto"))
 
 
+def test_no_credentials_go_over_http_after_an_https_hop(server, tmp_path, monkeypatch):
+    """http://home -> https://other -> http://home: back at the configured origin, but after an
+    https hop, so no credential is sent in the clear (and none reaches the other origin)."""
+    from mmbeam.io.config import HTTPConfig, IOConfig
+    from mmbeam.testing.http_server import FaultServer
+    from mmbeam.testing.tls import loopback_tls
+
+    context, ca_file = loopback_tls(str(tmp_path))
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    creds = IOConfig(http=HTTPConfig(headers=(("X-Api-Key", "k"), ("Cookie", "c=1")),
+                                     bearer_token="t"))
+    secret = {"authorization", "x-api-key", "cookie"}
+    with FaultServer(ssl_context=context) as secure:
+        secure.add("s.bin", DATA)
+        assert secure.base_url.startswith("https://")
+        assert fetch(secure.url("files/s.bin"), io_config=creds) == DATA  # https, same origin
+        assert {k.lower() for k in secure.received("files/s.bin")[0]} >= secret
+        url = server.goto(secure.goto(server.url("files/fetch.bin")))
+        assert fetch(url, io_config=creds) == DATA
+        (hop,) = secure.received("goto")
+        assert {k.lower() for k in hop} & secret == set()
+    assert {k.lower() for k in server.received("goto")[0]} >= secret  # the first hop: its own
+    (back,) = server.received("files/fetch.bin")
+    assert back.get("User-Agent") == "mmbeam" and {k.lower() for k in back} & secret == set()
+
+
 def test_a_body_over_max_bytes_is_refused(server, tmp_path):
     with pytest.raises(DownloadError, match=r"Content-Length 102400 bytes is over max_bytes=1000"):
         fetch(server.url("files/fetch.bin"), max_bytes=1000)
@@ -226,6 +252,27 @@ def test_a_body_over_max_bytes_is_refused(server, tmp_path):
     with pytest.raises(DownloadError, match=r"102400 bytes is over max_bytes=1000"):
         fetch(str(path), max_bytes=1000)
     assert fetch(str(path), max_bytes=len(DATA)) == DATA
+
+
+def test_max_bytes_defaults_to_256_mib_in_fetcher_and_frame(server):
+    """Without max_bytes a huge Content-Length is refused at once (the server would trickle it)."""
+    import mmbeam
+    from mmbeam import col
+
+    over = 256 * 2**20 + 1
+    with pytest.raises(DownloadError, match=rf"Content-Length {over} bytes is over "
+                                            rf"max_bytes={256 * 2**20}"):
+        fetch(server.url(f"huge/{over}"), retries=0, timeout_s=30)
+    assert fetch(server.url("files/fetch.bin")) == DATA
+    if _FORM["name"] == "loop":
+        import time
+
+        frame = mmbeam.from_pydict({"url": [server.url(f"huge/{over}")]})
+        start = time.monotonic()
+        out = frame.with_column("d", col("url").url.download(on_error="null", timeout_s=30,
+                                                              retries=0))
+        assert out.to_pydict()["d"] == [None]
+        assert time.monotonic() - start < 20  # refused by its length, not timed out at 30 s
 
 
 def test_allowed_schemes_refuses_other_schemes_and_local_paths(server, tmp_path):
@@ -262,7 +309,7 @@ def test_a_cancelled_download_stops_reading_at_once(server):
 
     if _FORM["name"] == "blocking":
         pytest.skip("cancellation is the event-loop form's")
-    server.add("cancel.bin", bytes(100))
+    server.add("cancel.bin", bytes(1000))  # 100 s of drip: a thread still reading holds it
     fetcher = Fetcher(timeout_s=60, retries=0)
 
     async def give_up():
@@ -273,7 +320,7 @@ def test_a_cancelled_download_stops_reading_at_once(server):
     deadline = time.monotonic() + 10
     while server.active_requests and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.active_requests == 0  # the drip lost its reader well before its 10 s
+    assert server.active_requests == 0  # the drip lost its reader well before its 100 s
 
 
 @pytest.mark.parametrize("store", ["mmbeam_s3", "mmbeam_gcs"])

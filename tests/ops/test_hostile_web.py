@@ -165,3 +165,17 @@ def test_url_download_passes_retries_and_max_bytes(mmbeam_http):
     assert mmbeam_http.hits("flaky/1/frame-opts.bin") == 1
     out = frame.with_column("data", col("url").url.download(retries=1)).to_pydict()
     assert out["data"] == [bytes(5000)] * 2
+
+
+def test_url_download_bounds_requests_in_flight_with_max_connections():
+    from mmbeam.testing.http_server import FaultServer
+
+    with FaultServer(latency_s=0.2) as srv:
+        urls = [srv.add(f"conn-{i}.bin", bytes([i]) * 10) for i in range(12)]
+        frame = mmbeam.from_pydict({"url": urls})
+        out = frame.with_column("d", col("url").url.download(max_connections=2)).to_pydict()
+        assert out["d"] == [bytes([i]) * 10 for i in range(12)]
+        assert 1 <= srv.peak_concurrency <= 2
+        srv.reset_stats()
+        frame.with_column("d", col("url").url.download(max_connections=8)).to_pydict()
+        assert srv.peak_concurrency > 2  # the option, not something else, held it at 2

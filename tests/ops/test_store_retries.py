@@ -56,3 +56,14 @@ def test_a_permanent_s3_error_is_not_retried(proxied):
     with pytest.raises(DownloadError, match="permission denied|AccessDenied|403"):
         fetcher.fetch_blocking(url)
     assert proxy.count("GET", "/flaky.bin") + proxy.count("HEAD", "/flaky.bin") == 1
+
+
+def test_an_s3_object_over_max_bytes_is_refused_by_its_size_before_its_body_is_read(proxied):
+    """max_bytes on s3:// uses the object's size from its metadata: no GET of the body."""
+    proxy, url, io_config = proxied
+    with pytest.raises(DownloadError, match=rf"is too large: {len(DATA)} bytes is over "
+                                            r"max_bytes=1000"):
+        Fetcher(io_config, retries=0, max_bytes=1000).fetch_blocking(url)
+    assert proxy.count("GET", "/flaky.bin") == 0 and proxy.count("HEAD", "/flaky.bin") >= 1
+    assert Fetcher(io_config, max_bytes=len(DATA)).fetch_blocking(url) == DATA
+    assert proxy.count("GET", "/flaky.bin") == 1
