@@ -269,7 +269,6 @@ def test_killed_dask_worker_frame_sink_gives_every_row_once(sink, doomed_dask, m
             got = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in listed]).to_pydict()
     finally:
         context.set_runner_local()
-        context.set_execution_config(batch_rows=131_072)
         killer.join()
     assert killed and killed["done_before"] < n, killed
     assert sorted(zip(got["id"], got["d"], strict=True)) == [(i, 2 * i) for i in range(n)]
@@ -295,7 +294,6 @@ def test_killed_dask_worker_while_iterating_gives_every_row_once(doomed_dask, ma
                 doomed_dask.kill_worker(0)
     finally:
         context.set_runner_local()
-        context.set_execution_config(batch_rows=131_072)
     assert held_at_kill is not None and held_at_kill[1] < n, held_at_kill  # killed mid-run
     assert sorted(got) == [(i, 2 * i) for i in range(n)]
 
