@@ -21,7 +21,6 @@
         │   └── EncodeError
         ├── UploadError
         │   └── UnsafePathError
-        ├── CastError          a value cannot become a cast's target type
         └── UdfError           a UDF or model raised, or returned the wrong number of values
 
 Kernels in ``mmbeam.ops`` raise a ``StageError`` subclass with the cause only; the transform that

@@ -39,6 +39,11 @@ def test_the_drawn_tree_is_read_whole():
     assert len(tree) >= 17
 
 
+def test_each_error_is_drawn_once():
+    drawn = re.findall(r"[├└]── ([A-Z]\w*Error)\b", errors.__doc__)
+    assert sorted(n for n in set(drawn) if drawn.count(n) > 1) == []
+
+
 def test_every_public_error_is_drawn_and_every_drawn_error_is_public():
     assert set(_drawn_tree()) == _public_errors()
 
@@ -73,3 +78,16 @@ def test_the_readme_names_every_public_error():
     paragraph = readme[readme.index("Errors form one tree"):]
     paragraph = paragraph[:paragraph.index("\n\n")]
     assert {n for n in _public_errors() if f"`{n}`" not in paragraph} == set()
+
+
+def test_the_readme_lists_as_stage_errors_exactly_the_stage_errors():
+    """The README draws the tree in words: the errors in the parenthesis after ``StageError``
+    are the per-element failures, the others are not."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = readme[readme.index("Errors form one tree"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    stage_part = paragraph[paragraph.index("`StageError` ("):]
+    stage_part = stage_part[:stage_part.index(")")]
+    named = set(re.findall(r"`(\w+Error)`", stage_part)) - {"StageError"}
+    assert named == {n for n in _public_errors()
+                     if issubclass(getattr(errors, n), errors.StageError) and n != "StageError"}

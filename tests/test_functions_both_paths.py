@@ -21,7 +21,7 @@ import pytest
 import mmbeam
 import mmbeam.transforms as mt
 from mmbeam import col
-from mmbeam.errors import StageError
+from mmbeam.errors import MmbeamError, StageError
 from mmbeam.ops.registry import registered
 from mmbeam.testing import run_collect
 from mmbeam.testing.images import encode_sample, make_image
@@ -155,7 +155,7 @@ def _error_types(case, values, tmp_path) -> set[str]:
     """The error types the transform raises for the bad inputs (without exception handling)."""
     names = set()
     for i in case.bad:
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(MmbeamError) as caught:
             _transform(case, [values[i]], {}, tmp_path)
         err = caught.value
         while err is not None and not isinstance(err, StageError):

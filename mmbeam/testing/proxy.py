@@ -3,7 +3,10 @@
 Object-store clients (s3fs, gcsfs) talk to their emulator through it; :meth:`FaultProxy.fail`
 makes the next ``times`` requests whose path contains a string answer with an error status (503
 ``SlowDown`` by default, in S3's XML error shape) before the request reaches the server, so
-tests see how transient store errors are retried. Everything else is forwarded unchanged.
+tests see how transient store errors are retried; :meth:`FaultProxy.before` runs a test's
+callback before chosen requests are forwarded, so a test can look at the server between a
+client's requests (what a reader sees while an upload is under way). Everything else is forwarded
+unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import http.client
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -31,6 +35,7 @@ class FaultProxy:
         self.target = (parts.hostname, parts.port)
         self.requests: Counter = Counter()
         self._faults: list[list] = []  # [method or None, path substring, times, status, code]
+        self._hooks: list[tuple] = []  # (method or None, path substring, callback)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -44,6 +49,13 @@ class FaultProxy:
         ``path_contains`` with ``status`` (and an S3-style error ``code``), not forwarding them."""
         with self._lock:
             self._faults.append([method, path_contains, times, status, code])
+
+    def before(self, path_contains: str, callback: Callable[[str, str], None],
+               method: str | None = None) -> None:
+        """Call ``callback(method, path)`` before each request (of ``method``, None: any) whose
+        path, query included, contains ``path_contains`` is forwarded; the client waits for it."""
+        with self._lock:
+            self._hooks.append((method, path_contains, callback))
 
     def count(self, method: str, path_contains: str) -> int:
         """How many ``method`` requests with ``path_contains`` in their path arrived."""
@@ -71,6 +83,12 @@ class FaultProxy:
                     return fault[3], fault[4]
         return None
 
+    def _run_hooks(self, method: str, path: str) -> None:
+        with self._lock:
+            hooks = [h for h in self._hooks if h[0] in (None, method) and h[1] in path]
+        for _, _, callback in hooks:
+            callback(method, path)
+
 
 def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -93,6 +111,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(b"" if self.command == "HEAD" else payload)
                 return
+            proxy._run_hooks(self.command, self.path)
             upstream = http.client.HTTPConnection(*proxy.target, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items()

@@ -9,7 +9,7 @@ import pytest
 
 import mmbeam
 import mmbeam.frame as mf
-from mmbeam.errors import DownloadError
+from mmbeam.errors import DownloadError, SchemaError
 from mmbeam.frame import DataType, col, context
 from mmbeam.testing.images import encode_sample, make_image
 
@@ -109,7 +109,7 @@ def test_iterators_capture_failures_too(urls):
 
 
 def test_unknown_identifying_column_is_a_schema_error(urls):
-    with pytest.raises(Exception, match="idd"):
+    with pytest.raises(SchemaError, match="idd"):
         corpus_frame(urls).with_exception_handling(columns=["idd"])
 
 

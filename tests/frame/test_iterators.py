@@ -12,16 +12,13 @@ import pytest
 import mmbeam.frame as mf
 from mmbeam.errors import ConfigError
 from mmbeam.frame import col, context
-from mmbeam.testing.images import encode_sample, make_image
 
 
 @pytest.fixture
-def served(mmbeam_http):
+def served(mmbeam_http, serve_jpegs):
     """40 JPEGs of one size and 4 of other sizes, on the session's FaultServer."""
-    same = [mmbeam_http.add(f"iter/{i}.jpg", encode_sample(make_image(40, 30, seed=i)))
-            for i in range(40)]
-    mixed = [mmbeam_http.add(f"iter/m{i}.jpg", encode_sample(make_image(20 + i, 10, seed=i)))
-             for i in range(4)]
+    same = list(serve_jpegs("iter", [(40, 30)] * 40, name="{i}.jpg").values())
+    mixed = list(serve_jpegs("iter", [(20 + i, 10) for i in range(4)], name="m{i}.jpg").values())
     return mmbeam_http, same, mixed
 
 

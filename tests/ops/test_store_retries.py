@@ -1,7 +1,9 @@
 """Transient object-store errors (S3 503 ServiceUnavailable, 500 InternalError) are retried by mmbeam's
 Fetcher; permanent ones are not. moto's S3 server sits behind a FaultProxy that fails chosen
 requests, and botocore's own retries are off (``S3Config(num_tries=1)``) so the count of GETs
-shows mmbeam's retries."""
+shows mmbeam's retries. The GCS emulator sits behind one too (gcsfs's own retries cannot be
+turned off, so its GCS tests use statuses gcsfs passes on at once). Waits are recorded through
+the Fetcher's injected sleep, never timed."""
 
 from __future__ import annotations
 
@@ -34,10 +36,17 @@ def test_a_transient_s3_error_is_retried_until_it_recovers(proxied, status, code
     proxy, url, io_config = proxied
     waits = []
     fetcher = Fetcher(io_config, retries=3, backoff_s=0.5, max_backoff_s=5, sleep=waits.append)
-    proxy.fail("/flaky.bin", times=2, status=status, code=code, method="GET")
+    proxy.fail("/flaky.bin", times=3, status=status, code=code, method="GET")
     assert fetcher.fetch_blocking(url) == DATA
-    assert proxy.count("GET", "/flaky.bin") == 3  # two failures, then the object
-    assert len(waits) == 2 and 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0
+    assert proxy.count("GET", "/flaky.bin") == 4  # three failures, then the object
+    _assert_doubling(waits, first=0.5, count=3)
+
+
+def _assert_doubling(waits, first, count):
+    """``count`` waits, each within the jitter range [1/2, 1] of ``first * 2**attempt``."""
+    assert len(waits) == count, waits
+    for attempt, wait in enumerate(waits):
+        assert first * 2**attempt / 2 <= wait <= first * 2**attempt, waits
 
 
 def test_s3_errors_left_after_every_retry_name_the_attempts(proxied):
@@ -67,3 +76,37 @@ def test_an_s3_object_over_max_bytes_is_refused_by_its_size_before_its_body_is_r
     assert proxy.count("GET", "/flaky.bin") == 0 and proxy.count("HEAD", "/flaky.bin") >= 1
     assert Fetcher(io_config, max_bytes=len(DATA)).fetch_blocking(url) == DATA
     assert proxy.count("GET", "/flaky.bin") == 1
+
+
+@pytest.fixture
+def gcs_proxied(mmbeam_gcs, mmbeam_bucket_name):
+    """(proxy, URL of an object on the GCS emulator, io_config through the proxy)."""
+    bucket = mmbeam_gcs.make_bucket(mmbeam_bucket_name)
+    url = f"{bucket}/flaky.bin"
+    mmbeam_gcs.put(url, DATA)
+    with FaultProxy(mmbeam_gcs.endpoint_url) as proxy:
+        base = mmbeam_gcs.io_config()
+        gcs = dataclasses.replace(base.gcs, endpoint_url=proxy.url)
+        yield proxy, url, dataclasses.replace(base, gcs=gcs)
+
+
+# gcsfs retries 408/429/5xx itself (sleeping 1, 2, 4... s), so 425 Too Early, which it passes
+# on at once, shows mmbeam's own retry of a GCS status
+def test_a_transient_gcs_status_is_retried_by_mmbeam_until_it_recovers(gcs_proxied):
+    proxy, url, io_config = gcs_proxied
+    waits = []
+    fetcher = Fetcher(io_config, retries=3, backoff_s=0.5, max_backoff_s=5, sleep=waits.append)
+    proxy.fail("/download/", times=3, status=425, code="TooEarly", method="GET")  # the body
+    assert fetcher.fetch_blocking(url) == DATA
+    assert proxy.count("GET", "/download/") == 4  # three failures, then the object
+    _assert_doubling(waits, first=0.5, count=3)
+
+
+def test_a_permanent_gcs_error_is_not_retried(gcs_proxied):
+    proxy, url, io_config = gcs_proxied
+    waits = []
+    fetcher = Fetcher(io_config, retries=3, backoff_s=0.01, sleep=waits.append)
+    proxy.fail("/download/", times=5, status=403, code="AccessDenied", method="GET")
+    with pytest.raises(DownloadError, match=r"Forbidden: .*flaky\.bin"):
+        fetcher.fetch_blocking(url)
+    assert waits == [] and proxy.count("GET", "/download/") == 1

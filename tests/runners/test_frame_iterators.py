@@ -24,6 +24,8 @@ from mmbeam.errors import UdfError
 from mmbeam.frame import context
 from mmbeam.types import DataType
 
+pytestmark = pytest.mark.distributed  # every test runs on Dask and on Ray (the engine fixture)
+
 #: how long a gated row waits for its gate before failing the run
 GATE_SECONDS = 60.0
 

@@ -170,6 +170,7 @@ def _on(runner_name: str, request, data) -> None:
 
 
 @pytest.mark.parametrize("source", ["s3-parquet", "in-memory"])
+@pytest.mark.distributed  # the portable runner too, which the shared conftest does not see
 @pytest.mark.parametrize("runner_name", ["dask", "ray", "portable"])
 def test_reference_pipeline_every_sink_same_as_in_process(runner_name, source, dataset,
                                                           expected, request):
@@ -248,6 +249,7 @@ def _kill_worker_after(cluster, folder: Path, rows: int, killed: dict) -> thread
     return thread
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("sink", ["to_pydict", "write_parquet"])
 def test_killed_dask_worker_frame_sink_gives_every_row_once(sink, doomed_dask, marks, dataset):
     n = 40
@@ -269,12 +271,12 @@ def test_killed_dask_worker_frame_sink_gives_every_row_once(sink, doomed_dask, m
             got = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in listed]).to_pydict()
     finally:
         context.set_runner_local()
-        context.set_execution_config(batch_rows=131_072)
         killer.join()
     assert killed and killed["done_before"] < n, killed
     assert sorted(zip(got["id"], got["d"], strict=True)) == [(i, 2 * i) for i in range(n)]
 
 
+@pytest.mark.distributed
 def test_killed_dask_worker_while_iterating_gives_every_row_once(doomed_dask, marks):
     """Issue 16: rows stream out of the run as tasks finish; a worker killed once the consumer
     holds rows (the engine's retries or the runner's re-run may hand batches over again) still
@@ -295,7 +297,6 @@ def test_killed_dask_worker_while_iterating_gives_every_row_once(doomed_dask, ma
                 doomed_dask.kill_worker(0)
     finally:
         context.set_runner_local()
-        context.set_execution_config(batch_rows=131_072)
     assert held_at_kill is not None and held_at_kill[1] < n, held_at_kill  # killed mid-run
     assert sorted(got) == [(i, 2 * i) for i in range(n)]
 
@@ -306,6 +307,7 @@ def _slow_mark(element, folder):
     return element
 
 
+@pytest.mark.distributed
 def test_run_collect_after_a_killed_dask_worker_returns_each_output_once(doomed_dask, marks):
     """Issue 13: the failed attempt's outputs used to stay (56 or 64 items for 40 inputs)."""
     import apache_beam as beam

@@ -20,7 +20,7 @@ from mmbeam.runners import DaskRunner, RayRunner
 from mmbeam.testing import run_collect
 from mmbeam.transforms import RunModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 @pytest.fixture(params=["ray", "dask"])

@@ -26,7 +26,7 @@ from mmbeam import transforms as mt
 from mmbeam.runners import DaskRunner, RayRunner, local_runner
 from mmbeam.testing.images import encode_sample, make_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def tmp_probe():

@@ -159,6 +159,41 @@ def test_readers_never_see_a_partial_object_while_uploads_overwrite_it(object_st
     assert bad == [] and len(seen) >= 2  # the reader saw the object change, always whole
 
 
+def test_an_object_is_absent_or_whole_before_each_request_of_its_upload(object_store):
+    """A FaultProxy between the store's client and the server looks at the object before each
+    write request of an upload reaches the server: it is absent before the first upload and
+    the previous whole payload before each overwrite, never part of the new one (a client
+    that wrote a first part in place, or in several visible steps, would show it here)."""
+    import dataclasses
+
+    from mmbeam.testing import FaultProxy
+
+    scheme, server = object_store
+    bucket = f"mmbeam-{uuid.uuid4().hex[:10]}"
+    server.make_bucket(bucket)
+    url = f"{scheme}://{bucket}/out/same.bin"
+    payloads = _payloads(3)
+    seen = []
+
+    def look(method, path):
+        present = url in server.ls(f"{scheme}://{bucket}/out")
+        seen.append(server.get(url) if present else None)
+
+    with FaultProxy(server.endpoint_url) as proxy:
+        for method in ("PUT", "POST"):  # S3 writes with PUT, GCS with POST
+            proxy.before(bucket, look, method=method)
+        config = server.io_config()
+        settings = getattr(config, "s3" if scheme == "s3" else "gcs")
+        through = dataclasses.replace(config, **{"s3" if scheme == "s3" else "gcs":
+                                                 dataclasses.replace(settings,
+                                                                     endpoint_url=proxy.url)})
+        store = Store(f"{scheme}://{bucket}/out", through)
+        for data in payloads:
+            assert store.write("same.bin", data) == url
+    assert seen == [None, *payloads[:-1]]
+    assert server.get(url) == payloads[-1]
+
+
 def test_listed_objects_always_have_their_full_size(object_store):
     """While new objects are uploaded, a lister (the store's own listing, sizes included)
     never finds an object shorter than what was uploaded under its name."""
