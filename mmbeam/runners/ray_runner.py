@@ -24,6 +24,7 @@ instead of waiting forever.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from typing import Any
@@ -35,6 +36,8 @@ from mmbeam.errors import ConfigError, ResourceUnavailableError
 from mmbeam.runners.backend import Backend
 from mmbeam.runners.core import DistributedRunner
 from mmbeam.transforms.resources import StepResources
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["RayBackend", "RayOptions", "RayRunner"]
 
@@ -71,6 +74,9 @@ _pools_lock = threading.Lock()
 #: the cluster address whose connection a run opened and keeps for later runs
 _kept: dict[str, str] = {}
 
+#: seconds a new Ray Client connection has to answer its first put (a loaded head: seconds)
+CLIENT_PROBE_S = 30.0
+
 
 def _keep_connection(address: str) -> None:
     """Keep the connection to the cluster at ``address`` open until this process exits (or a
@@ -83,6 +89,24 @@ def _keep_connection(address: str) -> None:
     if not _kept:
         atexit.register(lambda: ray.shutdown() if _kept else None)
     _kept["address"] = address
+
+
+def _put_answered(ray: Any, timeout: float) -> None:
+    """Put a small object, from a helper thread; ConnectionError if it is not answered within
+    ``timeout`` seconds (Ray Client's put waits without a deadline)."""
+    answered = threading.Event()
+
+    def put() -> None:
+        try:
+            ray.put(None)
+            answered.set()
+        except Exception:  # noqa: BLE001 - the connection is closed under it: not answered
+            pass
+
+    threading.Thread(target=put, name="mmbeam-ray-client-probe", daemon=True).start()
+    if not answered.wait(timeout):
+        raise ConnectionError(f"the Ray Client connection did not answer a put within "
+                              f"{timeout:g} s")
 
 
 class RayBackend(Backend):
@@ -125,17 +149,24 @@ class RayBackend(Backend):
         self._starting: list[tuple[Any, Any]] = []  # (actor, its first call) on their way
 
     def _connect(self, address: str | None, attempts: int = 3) -> None:
-        """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head is
-        tried again."""
+        """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head, or
+        whose data channel does not answer a first put within CLIENT_PROBE_S, is tried again
+        (on a loaded host a fresh Ray Client connection's first put has been seen never to
+        get its answer, which would hang the run)."""
+        client = str(address or "").startswith("ray://")
         for attempt in range(1, attempts + 1):
             try:
                 self._ray.init(address=address, include_dashboard=False, log_to_driver=False,
                                configure_logging=False)
+                if client:
+                    _put_answered(self._ray, CLIENT_PROBE_S)
                 return
-            except ConnectionError:
-                self._ray.shutdown()
-                if attempt == attempts or not str(address or "").startswith("ray://"):
+            except ConnectionError as exc:
+                self._ray.shutdown()  # wakes a put still waiting, with a ConnectionError
+                if attempt == attempts or not client:
                     raise
+                _log.warning("connecting to %s again (attempt %d of %d): %s", address,
+                             attempt + 1, attempts, exc)
 
     def for_stage(self, stage_name: str, resources: StepResources) -> RayBackend:
         """A view of this backend whose tasks run on the stage's own actors (started once per
