@@ -25,17 +25,35 @@ def dask_cluster():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def _local_ray():
+    """The session's local 2-CPU Ray (its GCS address once started), shut down at the end."""
     import ray
+
+    local: dict[str, str] = {}
+    yield local
+    if local and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_local_ray):
+    """This process connected to the session's local 2-CPU Ray. Started on first use, and again
+    only when a test before left the process on another cluster (a Ray Client connection to a
+    namespaced one): tests on clusters do not restore it each, the next test that needs it
+    does."""
+    import ray
+    import ray.util.client
 
     from mmbeam.testing import init_local_ray
 
-    started = not ray.is_initialized()
-    if started:
+    on_local = (ray.is_initialized() and not ray.util.client.ray.is_connected()
+                and ray.get_runtime_context().gcs_address == _local_ray.get("address"))
+    if not on_local:
+        if ray.is_initialized():
+            ray.shutdown()
         init_local_ray(num_cpus=2)  # retried: a loaded host can miss Ray's agent deadline
-    yield ray
-    if started:
-        ray.shutdown()
+        _local_ray["address"] = ray.get_runtime_context().gcs_address
+    return ray
 
 
 @pytest.fixture(params=["local", pytest.param("dask", marks=pytest.mark.slow),

@@ -136,26 +136,16 @@ def expected(dataset):
     return out
 
 
-def _restore_local_ray() -> None:
-    """Start the local Ray again for later tests (the session's ``ray_session`` fixture)."""
-    import ray
-
-    from mmbeam.testing import init_local_ray
-
-    ray.shutdown()  # the Ray Client connection to the namespaced cluster
-    init_local_ray(num_cpus=2)
-
-
 def _on(runner_name: str, request, data) -> None:
     if runner_name == "dask":
         context.set_runner_dask(request.getfixturevalue("mmbeam_namespaced_dask").address)
     elif runner_name == "ray":
         cluster = request.getfixturevalue("mmbeam_namespaced_ray")
         import ray
+        import ray.util.client
 
-        if ray.is_initialized():  # another test's local Ray: the runner would run there
-            ray.shutdown()
-            request.addfinalizer(_restore_local_ray)
+        if ray.is_initialized() and not ray.util.client.ray.is_connected():
+            ray.shutdown()  # another test's local Ray: the runner would run there
         # through Ray Client: this process already hosted other tests' local Ray sessions
         context.set_runner_ray(cluster.client_address)
     else:
