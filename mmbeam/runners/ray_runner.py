@@ -92,21 +92,26 @@ def _keep_connection(address: str) -> None:
 
 
 def _put_answered(ray: Any, timeout: float) -> None:
-    """Put a small object, from a helper thread; ConnectionError if it is not answered within
-    ``timeout`` seconds (Ray Client's put waits without a deadline)."""
-    answered = threading.Event()
+    """Put a small object, from a helper thread; ConnectionError if it fails or is not
+    answered within ``timeout`` seconds (Ray Client's put waits without a deadline)."""
+    done = threading.Event()
+    failed: list[BaseException] = []
 
     def put() -> None:
         try:
             ray.put(None)
-            answered.set()
-        except Exception:  # noqa: BLE001 - the connection is closed under it: not answered
-            pass
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+        finally:
+            done.set()
 
     threading.Thread(target=put, name="mmbeam-ray-client-probe", daemon=True).start()
-    if not answered.wait(timeout):
+    if not done.wait(timeout):
         raise ConnectionError(f"the Ray Client connection did not answer a put within "
                               f"{timeout:g} s")
+    if failed:
+        raise ConnectionError(f"the Ray Client connection failed a put: {failed[0]}") \
+            from failed[0]
 
 
 class RayBackend(Backend):
