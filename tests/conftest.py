@@ -137,6 +137,20 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group("ray" if _on_ray(item) else "engines"))
 
 
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` pytest-xdist gives each grouped test's id an "@group" suffix,
+    by which it schedules the group on one worker. A pytest on which that suffix is lost
+    (pytest 9.2, pytest-xdist#1386) would run the cluster groups side by side without a word:
+    the run stops instead."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup ignored the xdist_group of {len(lost)} "
+                                f"tests (e.g. {lost[0]}): see pytest-xdist#1386")
+
+
 _ENGINE_WORDS = re.compile(r"ray_session|dask_cluster|ray_head|namespaced|set_runner_(ray|dask)|"
                            r"(Ray|Dask|Portable)Runner|LocalCluster|ray\.init|portable_frames")
 

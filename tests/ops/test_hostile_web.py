@@ -28,6 +28,8 @@ CHILD = Path(__file__).with_name("hostile_child.py")
 SURFACES = ("transform", "frame", "async")
 SECRETS = ("key-123", "sid=c00k", "tok-456")
 CHILD_TIMEOUT_S = 180
+# one pytest-xdist worker runs this module: its `reports` fixture (~11 s) then runs once
+pytestmark = pytest.mark.xdist_group("hostile_web")
 
 
 @pytest.fixture(scope="module")
