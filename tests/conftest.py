@@ -121,6 +121,7 @@ _ENGINE_FIXTURES = {"dask_cluster", "ray_session", "ray_head", "portable_frames"
 _ENGINE_PARAMS = {"runner_name", "cluster_runner"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which turns the groups into ids
 def pytest_collection_modifyitems(items):
     """Mark ``distributed`` every test that runs on Dask, Ray or a portable runner's workers
     through a shared fixture or a runner parameter (other tests carry the mark themselves).
