@@ -32,14 +32,10 @@ class Backend:
         """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         raise NotImplementedError
 
-    def wait_any(self, refs: list[Any]) -> list[Any]:
-        """Block until at least one of ``refs`` is done; return the done ones."""
-        raise NotImplementedError
-
     def wait_any_for(self, refs: list[Any], timeout: float) -> list[Any]:
-        """As :meth:`wait_any`, but return (maybe nothing) after ``timeout`` seconds; engines
-        that cannot time out block (the default)."""
-        return self.wait_any(refs)
+        """The done ones of ``refs``, as soon as one is; none after ``timeout`` seconds (the
+        driver loop never blocks longer: an autoscaler acts, a stop is seen)."""
+        raise NotImplementedError
 
     def get(self, refs: list[Any]) -> list[Any]:
         """Values of small results (task metadata); re-raises a task's exception."""

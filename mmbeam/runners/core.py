@@ -213,7 +213,7 @@ class DistributedRunner(FnApiRunner):
             context.setup()  # points data inputs/outputs at the (in-memory) data plane
             execution_run = _Execution(context, stages, backend,
                                        options.view_as(DistributedRunnerOptions),
-                                       self._stops or [])
+                                       self._stops)
             try:
                 execution_run.provided = {token: (backend.put(value), label) for token, (
                     value, label) in (self._provide or {}).items()}
@@ -378,7 +378,6 @@ class _Execution:
         self._stalled = 0
         scaling = any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
-        # a bounded wait: an autoscaler acts, a stop is seen, while tasks run
         done = self.backend.wait_any_for(refs, 0.1 if scaling else 0.5)
         for ref in done:
             index, scheduler = owners[ref]

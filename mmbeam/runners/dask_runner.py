@@ -183,13 +183,6 @@ class DaskBackend(Backend):
             self._pinned.update((ref.key, home) for ref in refs)
         return refs
 
-    def wait_any(self, refs):
-        """Wait until at least one of ``refs`` is done; the done ones."""
-        while True:
-            done = self.wait_any_for(refs, 1.0)
-            if done:
-                return done
-
     def wait_any_for(self, refs, timeout):
         """Finished refs, or none after ``timeout`` (see Backend.wait_any_for); a pinned task
         whose worker is gone is cancelled first (it would wait for that worker forever)."""

@@ -271,11 +271,6 @@ class RayBackend(Backend):
         refs = actor.call.options(num_returns=num_returns).remote(fn, *args)
         return [refs] if num_returns == 1 else list(refs)
 
-    def wait_any(self, refs):
-        """Wait until at least one of ``refs`` is done: (done, pending)."""
-        ready, _ = self._ray.wait(refs, num_returns=1)
-        return ready
-
     def wait_any_for(self, refs, timeout):
         """Finished refs, or none after ``timeout`` (see Backend.wait_any_for)."""
         ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)

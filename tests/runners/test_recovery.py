@@ -88,8 +88,9 @@ class InProcessBackend(Backend):
     def _produced(self, arg) -> bool:
         return isinstance(arg, concurrent.futures.Future) and arg in self.produced
 
-    def wait_any(self, refs):
-        done, _ = concurrent.futures.wait(refs, return_when=concurrent.futures.FIRST_COMPLETED)
+    def wait_any_for(self, refs, timeout):
+        done, _ = concurrent.futures.wait(refs, timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
         return [r for r in refs if r in done]
 
     def get(self, refs):
