@@ -78,10 +78,12 @@ class GCSServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def io_config(self) -> IOConfig:
-        """An :class:`~mmbeam.io.config.IOConfig` pointing ``gs://`` at this emulator."""
+    def io_config(self, endpoint_url: str | None = None) -> IOConfig:
+        """An :class:`~mmbeam.io.config.IOConfig` pointing ``gs://`` at this emulator (at
+        ``endpoint_url`` instead when given: a :class:`~mmbeam.testing.FaultProxy` before it)."""
         self._require()
-        gcs = GCSConfig(endpoint_url=self.endpoint_url, project_id=PROJECT, anonymous=True)
+        gcs = GCSConfig(endpoint_url=endpoint_url or self.endpoint_url, project_id=PROJECT,
+                        anonymous=True)
         return IOConfig(gcs=gcs)
 
     def storage_options(self) -> dict[str, Any]:

@@ -63,13 +63,14 @@ class S3Server:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def io_config(self) -> IOConfig:
-        """An :class:`~mmbeam.io.config.IOConfig` pointing ``s3://`` at this server."""
+    def io_config(self, endpoint_url: str | None = None) -> IOConfig:
+        """An :class:`~mmbeam.io.config.IOConfig` pointing ``s3://`` at this server (at
+        ``endpoint_url`` instead when given: a :class:`~mmbeam.testing.FaultProxy` before it)."""
         self._require()
         return IOConfig(
             s3=S3Config(
-                endpoint_url=self.endpoint_url, key_id=KEY_ID, access_key=ACCESS_KEY,
-                region_name=REGION,
+                endpoint_url=endpoint_url or self.endpoint_url, key_id=KEY_ID,
+                access_key=ACCESS_KEY, region_name=REGION,
             )
         )
 

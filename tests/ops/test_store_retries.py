@@ -7,6 +7,7 @@ the Fetcher's injected sleep, never timed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -18,16 +19,23 @@ from mmbeam.testing import FaultProxy
 DATA = b"object-bytes" * 1000
 
 
+@contextlib.contextmanager
+def _object_behind_proxy(server, bucket_name):
+    """(proxy, URL of an object on ``server``, io_config reaching the server through the
+    proxy)."""
+    bucket = server.make_bucket(bucket_name)
+    url = f"{bucket}/flaky.bin"
+    server.put(url, DATA)
+    with FaultProxy(server.endpoint_url) as proxy:
+        yield proxy, url, server.io_config(endpoint_url=proxy.url)
+
+
 @pytest.fixture
 def proxied(mmbeam_s3, mmbeam_bucket_name):
-    """(proxy, URL of an object, io_config through the proxy)."""
-    bucket = mmbeam_s3.make_bucket(mmbeam_bucket_name)
-    url = f"{bucket}/flaky.bin"
-    mmbeam_s3.put(url, DATA)
-    with FaultProxy(mmbeam_s3.endpoint_url) as proxy:
-        base = mmbeam_s3.io_config()
-        s3 = dataclasses.replace(base.s3, endpoint_url=proxy.url, num_tries=1)
-        yield proxy, url, dataclasses.replace(base, s3=s3)
+    """An S3 object behind a proxy (see above), botocore's own retries off."""
+    with _object_behind_proxy(mmbeam_s3, mmbeam_bucket_name) as (proxy, url, config):
+        s3 = dataclasses.replace(config.s3, num_tries=1)
+        yield proxy, url, dataclasses.replace(config, s3=s3)
 
 
 # (s3fs itself retries "SlowDown" five times, so 503 comes as ServiceUnavailable here)
@@ -80,14 +88,9 @@ def test_an_s3_object_over_max_bytes_is_refused_by_its_size_before_its_body_is_r
 
 @pytest.fixture
 def gcs_proxied(mmbeam_gcs, mmbeam_bucket_name):
-    """(proxy, URL of an object on the GCS emulator, io_config through the proxy)."""
-    bucket = mmbeam_gcs.make_bucket(mmbeam_bucket_name)
-    url = f"{bucket}/flaky.bin"
-    mmbeam_gcs.put(url, DATA)
-    with FaultProxy(mmbeam_gcs.endpoint_url) as proxy:
-        base = mmbeam_gcs.io_config()
-        gcs = dataclasses.replace(base.gcs, endpoint_url=proxy.url)
-        yield proxy, url, dataclasses.replace(base, gcs=gcs)
+    """A GCS emulator object behind a proxy."""
+    with _object_behind_proxy(mmbeam_gcs, mmbeam_bucket_name) as behind:
+        yield behind
 
 
 # gcsfs retries 408/429/5xx itself (sleeping 1, 2, 4... s), so 425 Too Early, which it passes
