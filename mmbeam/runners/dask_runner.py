@@ -22,6 +22,12 @@ shares that process's GIL with them. Those tasks are pinned to their pool's work
 stealing would otherwise move them, loading the model in one more process than ``concurrency``);
 they go ahead of the preparation tasks queued there, and a pinned task whose worker died is
 cancelled, so the core re-runs its stage on a live worker.
+
+Dask's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's
+dynamic large-buffer thresholds: every decoded image then gets fresh pages from the kernel and
+gives them back when freed (~7% more CPU per camera image than in process or on Ray). The runner
+registers a worker plugin that sets glibc's own thresholds again
+(:mod:`mmbeam.runners.dask_plugin`).
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class DaskBackend(Backend):
             from distributed import Client, LocalCluster
             from distributed.client import FutureCancelledError, FuturesCancelledError
             from distributed.scheduler import KilledWorker
+
+            from mmbeam.runners.dask_plugin import ReuseLargeBuffers
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
         self.lost_errors = (KilledWorker, FutureCancelledError, FuturesCancelledError)
@@ -78,6 +86,7 @@ class DaskBackend(Backend):
             address = self._cluster.scheduler_address
         try:
             self.client = Client(address, set_as_default=False)
+            self.client.register_plugin(ReuseLargeBuffers(), name=ReuseLargeBuffers.name)
             workers = self.client.scheduler_info()["workers"]
         except BaseException:
             if self._cluster is not None:
