@@ -112,8 +112,9 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
         parser.add_argument("--preparation_nice", type=int, default=5,
-                            help="CPU niceness of the other stages' tasks when a run has a "
-                                 "model pool (0: same priority as the model).")
+                            help="Nice steps below their worker's own that the other stages' "
+                                 "tasks run at when a run has a model pool (0: same priority "
+                                 "as the model).")
 
 
 class DistributedResult(RunnerResult):

@@ -23,11 +23,9 @@ stealing would otherwise move them, loading the model in one more process than `
 they go ahead of the preparation tasks queued there, and a pinned task whose worker died is
 cancelled, so the core re-runs its stage on a live worker.
 
-Dask's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's
-dynamic large-buffer thresholds: every decoded image then gets fresh pages from the kernel and
-gives them back when freed (~7% more CPU per camera image than in process or on Ray). The runner
-registers a worker plugin that sets glibc's own thresholds again
-(:mod:`mmbeam.runners.dask_plugin`).
+The runner registers a worker plugin (:mod:`mmbeam.runners.dask_worker`) that lets the workers
+reuse image-sized buffers (Dask's nanny turns glibc's reuse off) and starts each model thread
+from the worker's own, un-niced thread.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ import copy
 import logging
 import operator
 import os
-import threading
 import time
 from typing import Any
 
@@ -74,10 +71,11 @@ class DaskBackend(Backend):
             from distributed.client import FutureCancelledError, FuturesCancelledError
             from distributed.scheduler import KilledWorker
 
-            from mmbeam.runners.dask_plugin import ReuseLargeBuffers
+            from mmbeam.runners.dask_worker import WorkerSetup, in_model_thread
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
         self.lost_errors = (KilledWorker, FutureCancelledError, FuturesCancelledError)
+        self._in_model_thread = in_model_thread
         self._cluster = None
         if address is None:
             self._cluster = LocalCluster(
@@ -86,7 +84,7 @@ class DaskBackend(Backend):
             address = self._cluster.scheduler_address
         try:
             self.client = Client(address, set_as_default=False)
-            self.client.register_plugin(ReuseLargeBuffers(), name=ReuseLargeBuffers.name)
+            self.client.register_plugin(WorkerSetup(), name=WorkerSetup.name)
             workers = self.client.scheduler_info()["workers"]
         except BaseException:
             if self._cluster is not None:
@@ -177,7 +175,7 @@ class DaskBackend(Backend):
         """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
         if self._seceding:  # a model pool: pinned to its live workers (see the module doc)
-            fn, args = _in_own_thread, (fn, *args)
+            fn, args = self._in_model_thread, (fn, *args)
             slot = (worker or 0) % len(self._slots)
             self._slots[slot] = home = self._live_home(self._slots[slot])
             where = {"workers": [home], "allow_other_workers": False, "priority": 1}
@@ -256,28 +254,6 @@ class DaskBackend(Backend):
         finally:
             if self._cluster is not None:
                 self._cluster.close()
-
-
-_model_threads: dict[int, Any] = {}
-_model_threads_lock = threading.Lock()
-
-
-def _in_own_thread(fn, *args):
-    """Run ``fn`` on this worker process's model thread, after leaving the worker's thread pool
-    (``distributed.secede``): a model task holds no slot the preparation tasks queued on its
-    worker need, and its thread never runs (so never inherits the niceness of) a preparation
-    task."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from distributed import secede
-
-    secede()
-    with _model_threads_lock:
-        pool = _model_threads.get(os.getpid())
-        if pool is None:
-            pool = _model_threads[os.getpid()] = ThreadPoolExecutor(
-                1, thread_name_prefix="mmbeam-model")
-    return pool.submit(fn, *args).result()
 
 
 class DaskRunner(DistributedRunner):

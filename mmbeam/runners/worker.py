@@ -37,7 +37,7 @@ from apache_beam.runners.portability.fn_api_runner.execution import (
 )
 from apache_beam.utils import proto_utils
 
-from mmbeam.beam_internals import grouped_keys
+from mmbeam.beam_internals import grouped_keys, set_state_sampling_period
 from mmbeam.errors import LostDataError, UnsupportedError
 from mmbeam.transforms import shared_model
 
@@ -122,10 +122,15 @@ class TaskResult:
     batch_hint: int = 0
 
 
+#: Beam's state sampling period in task processes: a task's end waits for the sampler's sleep
+STATE_SAMPLING_MS = 10
+
+
 class _StageHandlers:
     """Per process, run and stage: one state servicer and a pool of SDK workers."""
 
     def __init__(self, plan: StagePlan):
+        set_state_sampling_period(STATE_SAMPLING_MS)
         self.descriptor = beam_fn_api_pb2.ProcessBundleDescriptor.FromString(plan.descriptor)
         self.state = worker_handlers.StateServicer()
         self.committed_side_inputs = False
@@ -191,14 +196,16 @@ def end_run(run_id: str) -> int:
 
 
 def yield_cpu(nice: int) -> None:
-    """Lower this thread's CPU priority to ``nice`` (never raise it; Linux threads have their
-    own niceness). Preparation tasks run so when a model's pool shares their machine: the
-    model, the slowest stage, gets a CPU whenever it needs one, and the preparation every
-    cycle left over (backpressure keeps it from running ahead)."""
+    """Lower this thread's CPU priority to ``nice`` steps below its process's (at most 19;
+    never raised; Linux threads have their own niceness). Relative, because engines start
+    their workers niced already (Ray's at 15). Preparation tasks run so when a model's pool
+    shares their machine: the model, the slowest stage, gets a CPU whenever it needs one, and
+    the preparation every cycle left over (backpressure keeps it from running ahead)."""
     try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice)
         tid = threading.get_native_id()
-        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        if os.getpriority(os.PRIO_PROCESS, tid) < target:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
     except (AttributeError, OSError):  # not Linux or not allowed: run at the usual priority
         pass
 

@@ -87,6 +87,40 @@ def test_model_has_its_own_pool_and_preparation_runs_on_every_worker(engine):
     assert report.sizes[0][1] == 1 and report.batch_sizes
 
 
+def _thread_state(value):
+    """(value, this thread's niceness, its process's, Beam's state sampling period)."""
+    from apache_beam.runners.worker import statesampler
+
+    return (value, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+            os.getpriority(os.PRIO_PROCESS, os.getpid()),
+            statesampler.get_current_tracker().sampling_period_ms)
+
+
+class _ThreadStateModel:
+    def __call__(self, batch):
+        return [(prep, _thread_state(None)[1:]) for prep in batch]
+
+
+def test_preparation_yields_the_cpu_to_the_model_and_tasks_end_without_a_long_sample(engine):
+    """Preparation threads run 5 nice steps below the model's (Ray starts its workers at nice
+    15, so the steps are relative, or they would not yield at all), and the model's thread at
+    its process's niceness; a task's end waits for Beam's state sampler at most its short
+    period, not Beam's 200 ms."""
+    from mmbeam.runners.worker import STATE_SAMPLING_MS
+
+    _, runner = engine
+    got = run_collect(lambda p: {"out": p | beam.Create(list(range(16)))
+                                 | beam.Map(_thread_state)
+                                 | RunModel(_ThreadStateModel, num_cpus=1, concurrency=1)},
+                      runner=runner())
+    rows = got.outputs["out"]
+    assert len(rows) == 16
+    for (_, prep_nice, _, prep_period), (model_nice, model_base, model_period) in rows:
+        assert model_nice == model_base, rows
+        assert prep_nice == min(19, model_base + 5), rows
+        assert prep_period == model_period == STATE_SAMPLING_MS, rows
+
+
 @pytest.fixture(scope="module")
 def gpu_dask():
     """A LocalCluster of two plain workers and one declaring ``GPU=1`` (a label here: the
