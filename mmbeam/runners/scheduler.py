@@ -141,8 +141,8 @@ class StageScheduler:
         """Elements for the next task; 0 to wait for more input (a streamed stage waits for a
         full task, or for a whole model batch when a slot is free)."""
         size = self._next_size()
-        if self.hint > 1:  # whole model batches
-            size = max(self.hint, size // self.hint * self.hint)
+        if self.hint > 1:  # whole model batches, as many as come nearest the task's size
+            size = max(self.hint, (size + self.hint // 2) // self.hint * self.hint)
         if not self.open or self.available >= size:
             return size
         if self.execution.queues[self._feeding()] >= self.queue_limit() // 2:
