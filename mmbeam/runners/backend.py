@@ -64,13 +64,17 @@ class Backend:
         """What runs this pool's tasks, for ``explain`` and the run's result."""
         return f"{type(self).__name__} ({self.slots} slots)"
 
+    #: slots on their way: a pool's first actors (the run goes on while they start) or grown ones
+    starting: int = 0
+
     def grow(self) -> bool:
         """Start one more slot (asynchronously); False when the pool or cluster is full."""
         return False
 
     def poll(self) -> int:
-        """Slots started by :meth:`grow` that became ready (added to ``slots``) since the last
-        call."""
+        """Slots that became ready (added to ``slots``) since the last call: the pool's first
+        ones, or those :meth:`grow` started. May raise
+        :class:`~mmbeam.errors.ResourceUnavailableError` when the first ones do not start."""
         return 0
 
     def shrink(self) -> None:

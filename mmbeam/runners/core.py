@@ -365,10 +365,13 @@ class _Execution:
         if not running or any(s.done for s in running.values()):
             return
         owners = {ref: (i, s) for i, s in running.items() for ref in s.in_flight}
+        starting = any(s.backend.starting for s in running.values())
         if not owners:  # every stage waits for a fuller task: the one with input runs anyway
             for index, scheduler in running.items():
                 self._guarded(index, scheduler.submit_ready, True)
-            if not any(s.in_flight for s in running.values()):
+            if starting:  # a pool's actors are on their way: its scheduler polls them
+                time.sleep(0.02)
+            elif not any(s.in_flight for s in running.values()):
                 self._stalled += 1
                 if self._stalled > 1000:  # a bug, not a state to wait in: say so
                     raise RuntimeError("no running stage can make progress: " + "; ".join(
@@ -377,9 +380,9 @@ class _Execution:
                 time.sleep(0.001)
             return
         self._stalled = 0
-        scaling = any(s.autoscaler is not None for s in running.values())
+        scaling = starting or any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
-        done = self.backend.wait_any_for(refs, 0.1 if scaling else 0.5)
+        done = self.backend.wait_any_for(refs, 0.05 if starting else 0.1 if scaling else 0.5)
         for ref in done:
             index, scheduler = owners[ref]
             self._guarded(index, scheduler.collect, ref)

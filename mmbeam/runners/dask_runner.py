@@ -154,6 +154,11 @@ class DaskBackend(Backend):
         self._grown += 1
         return True
 
+    @property
+    def starting(self) -> int:
+        """Slots grown since the last poll (see Backend.starting)."""
+        return self._grown
+
     def poll(self) -> int:
         """Slots that became ready since the last call (see Backend.poll)."""
         added, self._grown = self._grown, 0

@@ -37,8 +37,9 @@ class PoolReport:
     queue_limit: int = 0
 
     def size(self, seconds: float, slots: int) -> None:
-        """Record the pool's size at ``seconds`` into the run (only when it changed)."""
-        if not self.sizes or self.sizes[-1][1] != slots:
+        """Record the pool's size at ``seconds`` into the run (only when it changed; from its
+        first ready slot on, as its first actors may take seconds to start)."""
+        if (self.sizes or slots) and (not self.sizes or self.sizes[-1][1] != slots):
             self.sizes.append((round(seconds, 3), slots))
 
     def queued(self, seconds: float, nbytes: int) -> None:
@@ -75,13 +76,14 @@ class Autoscaler:
 
     def decide(self, loads: list[int], starting: int, waiting_tasks: int) -> str:
         """``"grow"``, ``"shrink"`` or ``""`` for a pool whose slot ``i`` runs ``loads[i]``
-        tasks, with ``starting`` slots on their way and ``waiting_tasks`` tasks ready to go."""
+        tasks, with ``starting`` slots on their way and ``waiting_tasks`` tasks ready to go (a
+        pool whose first slots are still starting does not grow)."""
         now = self.clock()
         for i, load in enumerate(loads):
             if load or i not in self._busy_at:
                 self._busy_at[i] = now
         slots = len(loads)
-        if (waiting_tasks and all(loads) and slots + starting < self.high):
+        if waiting_tasks and loads and all(loads) and slots + starting < self.high:
             return "grow"
         last = slots - 1
         if (slots > self.low and not waiting_tasks and not starting and not loads[last]

@@ -27,6 +27,7 @@ import copy
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from apache_beam.options import pipeline_options
@@ -152,6 +153,8 @@ class RayBackend(Backend):
         self._resources: StepResources | None = None  # what each actor of a stage pool asks
         self._bounds = (n, n)
         self._starting: list[tuple[Any, Any]] = []  # (actor, its first call) on their way
+        self._start_deadline: float | None = None  # a stage pool's first actors, ready by then
+        self._stage_name = ""
 
     def _connect(self, address: str | None, attempts: int = 3) -> None:
         """``ray.init``; a Ray Client (``ray://``) connection that times out on a busy head, or
@@ -175,16 +178,21 @@ class RayBackend(Backend):
 
     def for_stage(self, stage_name: str, resources: StepResources) -> RayBackend:
         """A view of this backend whose tasks run on the stage's own actors (started once per
-        run), each requesting ``resources``' CPUs/GPUs; this backend when nothing is asked."""
+        run), each requesting ``resources``' CPUs/GPUs; this backend when nothing is asked.
+        The actors start while the run goes on (the stages before fill the queue meanwhile):
+        the pool has no slot until :meth:`poll` sees them all ready."""
         if not resources:
             return self
         if stage_name not in self._stage_pools:
             pool = copy.copy(self)
             low, high = resources.bounds or (None, None)
-            pool.actors = self._start_pool(stage_name, resources, low)
-            pool.slots, pool._next, pool._stage_pools = len(pool.actors), 0, {}
-            pool._resources, pool._starting = resources, []
-            pool._bounds = (pool.slots, high or pool.slots)
+            size = low or self._pool_size(resources)
+            pool._resources, pool._stage_pools = resources, {}
+            pool.actors, pool.slots, pool._next = [], 0, 0
+            pool._starting = [self._start_actor(resources) for _ in range(size)]
+            pool._bounds = (size, high or size)
+            pool._start_deadline = time.monotonic() + self.actor_start_timeout
+            pool._stage_name = stage_name
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
 
@@ -211,21 +219,53 @@ class RayBackend(Backend):
         free = self._ray.available_resources()
         if any(free.get(k, 0) < v for k, v in (("CPU", r.num_cpus), ("GPU", r.num_gpus)) if v):
             return False
-        actor = self._actor_class(r).remote()
-        self._starting.append((actor, actor.pid.remote()))
+        self._starting.append(self._start_actor(r))
         return True
 
+    @property
+    def starting(self) -> int:
+        """Actors on their way (see Backend.starting)."""
+        return len(self._starting)
+
+    def _start_actor(self, resources: StepResources) -> tuple[Any, Any]:
+        """A new actor of a stage pool and the reference its readiness shows on."""
+        actor = self._actor_class(resources).remote()
+        return actor, actor.pid.remote()
+
     def poll(self) -> int:
-        """Actors that became ready since the last call (see Backend.poll)."""
+        """Actors that became ready since the last call (see Backend.poll). A pool's first
+        actors join together, once all are ready (each gets its share of the work), and must
+        be within ``--ray_actor_start_timeout``, or ResourceUnavailableError."""
         if not self._starting:
             return 0
-        ready, _ = self._ray.wait([ref for _, ref in self._starting],
-                                  num_returns=len(self._starting), timeout=0)
+        refs = [ref for _, ref in self._starting]
+        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+        if self._start_deadline is not None:
+            if len(ready) < len(refs):
+                if time.monotonic() > self._start_deadline:
+                    self._refuse_pool(len(ready))
+                return 0
+            self._start_deadline = None
         added = [a for a, ref in self._starting if ref in ready]
         self._starting = [(a, ref) for a, ref in self._starting if ref not in ready]
         self.actors = self.actors + added
         self.slots = len(self.actors)
         return len(added)
+
+    def _refuse_pool(self, ready: int) -> None:
+        """Stop the pool whose first actors did not all start in time, naming the step."""
+        for a, _ in self._starting:
+            self._ray.kill(a)
+        self._starting = []
+        r = self._resources
+        cpus, gpus, size = r.num_cpus or 0, r.num_gpus or 0, self._bounds[0]
+        steps = ", ".join(repr(s) for s in r.steps) or repr(self._stage_name)
+        raise ResourceUnavailableError(
+            f"step {steps} asks for {size} Ray actors with num_cpus={cpus}, "
+            f"num_gpus={gpus}, but only {ready} started within "
+            f"{self.actor_start_timeout:g} s (cluster resources: "
+            f"{self._ray.cluster_resources()}); lower the step's concurrency/num_cpus/num_gpus, "
+            f"add nodes, or raise --ray_actor_start_timeout")
 
     def shrink(self) -> None:
         """Stop the last, idle actor (see Backend.shrink)."""
@@ -234,29 +274,12 @@ class RayBackend(Backend):
             self.slots = len(self.actors)
             self._ray.kill(last)
 
-    def _start_pool(self, stage_name: str, resources: StepResources,
-                    size: int | None) -> list[Any]:
-        ray = self._ray
+    def _pool_size(self, resources: StepResources) -> int:
+        """Actors of a pool without a size: as many as the cluster holds (at least one)."""
+        total = self._ray.cluster_resources()
         cpus, gpus = resources.num_cpus or 0, resources.num_gpus or 0
-        if size is None:  # as many as the cluster holds (at least one)
-            total = ray.cluster_resources()
-            fits = [int(total.get(k, 0) // v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v]
-            size = max(1, min(fits)) if fits else self.slots
-        actor = self._actor_class(resources)
-        actors = [actor.remote() for _ in range(size)]
-        ready, _ = ray.wait([a.pid.remote() for a in actors], num_returns=size,
-                            timeout=self.actor_start_timeout)
-        if len(ready) < size:
-            for a in actors:
-                ray.kill(a)
-            steps = ", ".join(repr(s) for s in resources.steps) or repr(stage_name)
-            raise ResourceUnavailableError(
-                f"step {steps} asks for {size} Ray actors with num_cpus={cpus}, "
-                f"num_gpus={gpus}, but only {len(ready)} started within "
-                f"{self.actor_start_timeout:g} s (cluster resources: "
-                f"{ray.cluster_resources()}); lower the step's concurrency/num_cpus/num_gpus, "
-                f"add nodes, or raise --ray_actor_start_timeout")
-        return actors
+        fits = [int(total.get(k, 0) // v) for k, v in (("CPU", cpus), ("GPU", gpus)) if v]
+        return max(1, min(fits)) if fits else self.slots
 
     def put(self, value: Any) -> Any:
         """Place ``value`` in the engine's object store; returns a reference to it."""

@@ -72,7 +72,6 @@ class StageScheduler:
         self.open = False
         self.report = report or PoolReport(stage_name, backend.describe())
         self.autoscaler: Autoscaler | None = None
-        self.starting = 0
         self.hint = 1  # elements per model batch, as the stage's tasks report it
         self.out_per_element = 0.0  # encoded output bytes per input element (the most seen)
         self.in_per_element = 0.0  # encoded input bytes per element (the most seen)
@@ -132,8 +131,8 @@ class StageScheduler:
                 if not size:
                     break
                 self._submit(*self._take(size))
-        if self.plan.input_transforms and not (self.open or self.submitted or self.pending
-                                               or self.stream or self.in_flight):
+        if self.plan.input_transforms and self.backend.slots and not (
+                self.open or self.submitted or self.pending or self.stream or self.in_flight):
             # No input at all: still run one (empty) bundle, as the FnApiRunner does.
             self._submit(self.plan.input_transforms[0], [literal_part([])], [(0, 0, None)], 0)
 
@@ -231,17 +230,17 @@ class StageScheduler:
         return queued + coming <= self._room(outputs)
 
     def _scale(self) -> None:
-        """Autoscaling pools: add the slots that became ready, then grow or shrink by one."""
-        added = self.backend.poll()
-        self.starting -= added
+        """Add the pool's slots that became ready (its first ones too); an autoscaling pool
+        then grows or shrinks by one."""
+        self.backend.poll()
         if self.autoscaler is not None:
             loads = [self.load[w] for w in range(self.backend.slots)]
             whole = (self.available // self.hint if self.open
                      else math.ceil(self.available / self.hint))  # tasks ready to go
             waiting = len(self.pending) + whole
-            decision = self.autoscaler.decide(loads, self.starting, waiting)
-            if decision == "grow" and self.backend.grow():
-                self.starting += 1
+            decision = self.autoscaler.decide(loads, self.backend.starting, waiting)
+            if decision == "grow":
+                self.backend.grow()
             elif decision == "shrink":
                 self.backend.shrink()
                 self.load.pop(self.backend.slots, None)

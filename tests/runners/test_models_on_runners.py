@@ -106,6 +106,23 @@ def test_unsatisfiable_num_gpus_fails_with_a_typed_error_not_a_hang(ray_session)
     assert time.monotonic() - started < 60
 
 
+def _mark_prepared(value, folder):
+    open(os.path.join(folder, str(value)), "w").close()
+    return value
+
+
+def test_preparation_runs_while_the_model_pool_starts(ray_session, tmp_path):
+    """The model's actors start while the stages before it run: here they never can (no GPU),
+    and every element was prepared before the run failed at the pool's start deadline (the
+    driver used to wait for the pool before submitting any preparation task)."""
+    model = RunModel(Tagger, batch_size=2, num_gpus=1, label="Gpu model")
+    with pytest.raises(ResourceUnavailableError, match=r"num_gpus=1.*within 3 s"):
+        run_collect(lambda p: {"out": p | beam.Create(list(range(N)))
+                               | beam.Map(_mark_prepared, str(tmp_path)) | model},
+                    runner=RayRunner(), options=PipelineOptions(["--ray_actor_start_timeout=3"]))
+    assert sorted(int(name) for name in os.listdir(tmp_path)) == list(range(N))
+
+
 def test_frame_udf_concurrency_on_ray_is_its_actor_pool(ray_session):
     @mmbeam.udf(return_dtype=DataType.string(), batch_size=3, concurrency=2, num_cpus=1)
     class Where:

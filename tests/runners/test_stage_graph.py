@@ -65,6 +65,7 @@ def test_autoscaler_grows_while_work_waits_and_every_slot_is_busy():
     assert scaler.decide([1], starting=2, waiting_tasks=2) == ""  # max reached with those
     assert scaler.decide([0], starting=0, waiting_tasks=2) == ""  # a slot is free
     assert scaler.decide([1, 1, 1], starting=0, waiting_tasks=5) == ""  # at max
+    assert scaler.decide([], starting=1, waiting_tasks=5) == ""  # its first slot is starting
 
 
 def test_autoscaler_shrinks_the_last_slot_after_it_idles_never_below_min():
