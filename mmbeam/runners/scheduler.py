@@ -32,6 +32,12 @@ __all__ = ["PROBE_SIZE", "Part", "StageScheduler", "committed", "literal_part",
 
 #: elements in each stage's first tasks (one per worker slot), which measure the stage's cost
 PROBE_SIZE = 4
+#: tasks in flight per slot: one running, one queued behind it
+TASKS_PER_SLOT = 2
+#: a model's stage keeps one more queued: its slot must never wait for input, and the driver
+#: may hear late that a task ended (on Dask a pure-Python model holds the GIL that the worker's
+#: event loop needs to report it)
+MODEL_TASKS_PER_SLOT = 3
 
 
 @dataclass
@@ -118,7 +124,8 @@ class StageScheduler:
         """Submit the tasks that may run now (slots, memory, the queue downstream); ``force``
         submits what input there is even if it makes a small task (nothing runs anywhere)."""
         self._scale()
-        max_in_flight = 2 * self.backend.slots
+        per_slot = MODEL_TASKS_PER_SLOT if self.hint > 1 else TASKS_PER_SLOT
+        max_in_flight = per_slot * self.backend.slots
         while (self.pending or self.stream) and self._may_submit(max_in_flight):
             if self.pending:  # a whole key shard: never split
                 transform_id, parts = self.pending.popleft()
