@@ -380,7 +380,7 @@ class _Execution:
                 time.sleep(0.001)
             return
         self._stalled = 0
-        scaling = starting or any(s.autoscaler is not None for s in running.values())
+        scaling = any(s.autoscaler is not None for s in running.values())
         refs = list(owners)
         done = self.backend.wait_any_for(refs, 0.05 if starting else 0.1 if scaling else 0.5)
         for ref in done:

@@ -39,7 +39,7 @@ class PoolReport:
     def size(self, seconds: float, slots: int) -> None:
         """Record the pool's size at ``seconds`` into the run (only when it changed; from its
         first ready slot on, as its first actors may take seconds to start)."""
-        if (self.sizes or slots) and (not self.sizes or self.sizes[-1][1] != slots):
+        if slots != (self.sizes[-1][1] if self.sizes else 0):
             self.sizes.append((round(seconds, 3), slots))
 
     def queued(self, seconds: float, nbytes: int) -> None:

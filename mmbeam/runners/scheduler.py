@@ -34,9 +34,9 @@ __all__ = ["PROBE_SIZE", "Part", "StageScheduler", "committed", "literal_part",
 PROBE_SIZE = 4
 #: tasks in flight per slot: one running, one queued behind it
 TASKS_PER_SLOT = 2
-#: a model's stage keeps one more queued: its slot must never wait for input, and the driver
-#: may hear late that a task ended (on Dask a pure-Python model holds the GIL that the worker's
-#: event loop needs to report it)
+#: a stage on its own pool (a model's) keeps one more queued: its slot must never wait for
+#: input, and the driver may hear late that a task ended (on Dask a pure-Python model holds the
+#: GIL that the worker's event loop needs to report it)
 MODEL_TASKS_PER_SLOT = 3
 
 
@@ -63,6 +63,8 @@ class StageScheduler:
                  report: PoolReport | None = None):
         self.execution = execution_run
         self.backend = backend  # the run's backend, or the stage's own worker pool
+        self.tasks_per_slot = (TASKS_PER_SLOT if backend is execution_run.backend
+                               else MODEL_TASKS_PER_SLOT)
         stage_name = plan.stage_name
         self.plan = plan
         self.side = side
@@ -124,8 +126,7 @@ class StageScheduler:
         """Submit the tasks that may run now (slots, memory, the queue downstream); ``force``
         submits what input there is even if it makes a small task (nothing runs anywhere)."""
         self._scale()
-        per_slot = MODEL_TASKS_PER_SLOT if self.hint > 1 else TASKS_PER_SLOT
-        max_in_flight = per_slot * self.backend.slots
+        max_in_flight = self.tasks_per_slot * self.backend.slots
         while (self.pending or self.stream) and self._may_submit(max_in_flight):
             if self.pending:  # a whole key shard: never split
                 transform_id, parts = self.pending.popleft()
