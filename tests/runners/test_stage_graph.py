@@ -83,6 +83,7 @@ def test_autoscaler_shrinks_the_last_slot_after_it_idles_never_below_min():
 
 def test_pool_report_records_changes_and_the_peak():
     report = PoolReport("s", "pool", queue_limit=100)
+    report.size(0.0, 0)  # its first actors still starting: not a size yet
     report.size(0.0, 1)
     report.size(0.1, 1)
     report.size(0.2, 2)
