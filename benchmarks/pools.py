@@ -17,6 +17,7 @@ peak within 15% of the smaller's).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -31,17 +32,22 @@ from corpus import corpus  # noqa: E402
 
 
 class BusyModel:
-    """Burns ``ms`` of this thread's CPU per image (a stand-in for a CPU model's forward)."""
+    """Burns ``ms`` of this thread's CPU per image, a stand-in for a CPU model's forward: in a
+    Python loop that holds the GIL (``hold_gil``), or in native code that lets it go between
+    short steps (SHA-256 of 64 KiB blocks), as torch or onnxruntime do in their kernels."""
 
-    def __init__(self, ms: float):
+    def __init__(self, ms: float, hold_gil: bool = True):
         self.seconds = ms / 1000
+        self.hold_gil = hold_gil
+        self.block = bytes(64 << 10)
 
     def __call__(self, batch):
         out = []
         for image in batch:
             end = time.thread_time() + self.seconds
             while time.thread_time() < end:
-                pass
+                if not self.hold_gil:
+                    hashlib.sha256(self.block)  # over 2 KiB: hashed without the GIL
             out.append(int(image.shape[0]))
         return out
 
@@ -81,7 +87,7 @@ class _Engine:
             self.close = lambda: (client.close(), cluster.close())
 
 
-def _pipeline(urls: list[str], model_ms: float):
+def _pipeline(urls: list[str], model_ms: float, hold_gil: bool):
     import apache_beam as beam
 
     from mmbeam import transforms as mt
@@ -89,14 +95,14 @@ def _pipeline(urls: list[str], model_ms: float):
 
     def build(p):
         return (p | beam.Create(urls) | mt.Download(max_connections=32) | mt.DecodeImage()
-                | mt.ResizeImage(224, 224) | RunModel(BusyModel, init_args=(model_ms,),
+                | mt.ResizeImage(224, 224) | RunModel(BusyModel, init_args=(model_ms, hold_gil),
                                                       num_cpus=1, concurrency=1)
                 | beam.combiners.Count.Globally())
 
     return build
 
 
-def run_once(engine: _Engine, urls: list[str], model_ms: float) -> dict:
+def run_once(engine: _Engine, urls: list[str], model_ms: float, hold_gil: bool = True) -> dict:
     from mmbeam.testing import run_collect
 
     peak = [0]
@@ -113,7 +119,7 @@ def run_once(engine: _Engine, urls: list[str], model_ms: float) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    got = run_collect(lambda p: {"n": _pipeline(urls, model_ms)(p)}, runner=engine.runner())
+    got = run_collect(lambda p: {"n": _pipeline(urls, model_ms, hold_gil)(p)}, runner=engine.runner())
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
@@ -131,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--model-ms", type=float, default=6.0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--model-gil", choices=("hold", "release"), default="hold",
+                        help="the stand-in model burns its CPU holding the GIL (a Python "
+                             "loop) or releasing it (native code, as torch does)")
     parser.add_argument("--memory", action="store_true",
                         help="peak held data at each of --counts instead of one --count")
     parser.add_argument("--counts", default="2048,16384")
@@ -141,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")] if args.memory else [args.count]
     images = corpus("web", max(counts))
     print(f"web corpus, {os.cpu_count()} CPUs on the machine, engines with {args.cpus}; "
-          f"model {args.model_ms:g} ms CPU/image in one actor: limit {limit:.0f} images/s")
+          f"model {args.model_ms:g} ms CPU/image in one actor ({args.model_gil}ing the GIL): limit {limit:.0f} images/s")
     with FaultServer(latency_s=args.latency) as server:
         urls = [server.add(name, data) for name, data in sorted(images.items())]
         for name in args.engines.split(","):
             engine = _Engine(name, args.cpus)
             try:
-                run_once(engine, urls[:64], args.model_ms)  # warm-up: workers import Beam
+                hold = args.model_gil == "hold"
+                run_once(engine, urls[:64], args.model_ms, hold)  # warm-up: workers import Beam
                 peaks = []
                 for count in counts:
-                    row = run_once(engine, urls[:count], args.model_ms)
+                    row = run_once(engine, urls[:count], args.model_ms, hold)
                     peaks.append(row["peak_held"])
                     b = row["batches"]
                     print(f"{name:>5} x{count}: {row['ips']:6.1f} images/s = "
