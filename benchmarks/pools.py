@@ -119,7 +119,8 @@ def run_once(engine: _Engine, urls: list[str], model_ms: float, hold_gil: bool =
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    got = run_collect(lambda p: {"n": _pipeline(urls, model_ms, hold_gil)(p)}, runner=engine.runner())
+    got = run_collect(lambda p: {"n": _pipeline(urls, model_ms, hold_gil)(p)},
+                      runner=engine.runner())
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")] if args.memory else [args.count]
     images = corpus("web", max(counts))
     print(f"web corpus, {os.cpu_count()} CPUs on the machine, engines with {args.cpus}; "
-          f"model {args.model_ms:g} ms CPU/image in one actor ({args.model_gil}ing the GIL): limit {limit:.0f} images/s")
+          f"model {args.model_ms:g} ms CPU/image in one actor ({args.model_gil}ing the GIL): "
+          f"limit {limit:.0f} images/s")
     with FaultServer(latency_s=args.latency) as server:
         urls = [server.add(name, data) for name, data in sorted(images.items())]
         for name in args.engines.split(","):

@@ -32,11 +32,11 @@ from apache_beam.coders import coder_impl
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
-from apache_beam.runners.worker import data_plane
 from apache_beam.runners.portability.fn_api_runner.execution import (
     GroupingBuffer,
     WindowGroupingBuffer,
 )
+from apache_beam.runners.worker import data_plane
 from apache_beam.utils import proto_utils
 
 from mmbeam.beam_internals import grouped_keys, set_state_sampling_period
