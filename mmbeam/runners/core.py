@@ -111,10 +111,10 @@ class DistributedRunnerOptions(pipeline_options.PipelineOptions):
                                  "more, at most half the workers' memory budget).")
         parser.add_argument("--pool_idle_seconds", type=float, default=2.0,
                             help="An autoscaling pool stops an actor idle this long.")
-        parser.add_argument("--preparation_nice", type=int, default=5,
+        parser.add_argument("--preparation_nice", type=int, default=19,
                             help="Nice steps below their worker's own that the other stages' "
-                                 "tasks run at when a run has a model pool (0: same priority "
-                                 "as the model).")
+                                 "tasks run at when a run has a model pool (at most nice 19, "
+                                 "the lowest; 0: same priority as the model).")
 
 
 class DistributedResult(RunnerResult):

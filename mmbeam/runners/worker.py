@@ -261,6 +261,19 @@ def end_run(run_id: str) -> int:
     return len(stages)
 
 
+def _process_nice() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0
+
+
+#: the process's niceness when this module was imported, before any of its threads was lowered
+#: (a Ray actor runs its tasks on its main thread: reading the process's niceness after that
+#: thread was lowered would lower it again, task after task)
+_PROCESS_NICE = _process_nice()
+
+
 def yield_cpu(nice: int) -> None:
     """Lower this thread's CPU priority to ``nice`` steps below its process's (at most 19;
     never raised; Linux threads have their own niceness). Relative, because engines start
@@ -268,7 +281,7 @@ def yield_cpu(nice: int) -> None:
     shares their machine: the model, the slowest stage, gets a CPU whenever it needs one, and
     the preparation every cycle left over (backpressure keeps it from running ahead)."""
     try:
-        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice)
+        target = min(19, _PROCESS_NICE + nice)
         tid = threading.get_native_id()
         if os.getpriority(os.PRIO_PROCESS, tid) < target:
             os.setpriority(os.PRIO_PROCESS, tid, target)

@@ -9,6 +9,8 @@ import copy
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -102,10 +104,10 @@ class _ThreadStateModel:
 
 
 def test_preparation_yields_the_cpu_to_the_model_and_tasks_end_without_a_long_sample(engine):
-    """Preparation threads run 5 nice steps below the model's (Ray starts its workers at nice
-    15, so the steps are relative, or they would not yield at all), and the model's thread at
-    its process's niceness; a task's end waits for Beam's state sampler at most its short
-    period, not Beam's 200 ms."""
+    """Preparation threads run at the lowest priority by default (``--preparation_nice=19``
+    steps below their process's, at most 19), and the model's thread at its process's
+    niceness; a task's end waits for Beam's state sampler at most its short period, not
+    Beam's 200 ms."""
     from mmbeam.runners.worker import STATE_SAMPLING_MS
 
     _, runner = engine
@@ -117,8 +119,35 @@ def test_preparation_yields_the_cpu_to_the_model_and_tasks_end_without_a_long_sa
     assert len(rows) == 16
     for (_, prep_nice, _, prep_period), (model_nice, model_base, model_period) in rows:
         assert model_nice == model_base, rows
-        assert prep_nice == min(19, model_base + 5), rows
+        assert prep_nice == 19, rows
         assert prep_period == model_period == STATE_SAMPLING_MS, rows
+
+
+_YIELD_IN_A_NICED_PROCESS = """
+import os, sys, threading
+os.nice(int(sys.argv[1]))  # the process starts niced, as Ray starts its workers
+from mmbeam.runners.worker import yield_cpu
+seen = []
+def task():
+    yield_cpu(2)
+    seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+task()  # on the main thread, as a Ray actor runs its tasks: the process's niceness changes
+task()
+thread = threading.Thread(target=task)
+thread.start()
+thread.join()
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("start", [0, 15])
+def test_preparation_nice_is_relative_to_the_process_and_does_not_drift(start):
+    """``yield_cpu(2)`` lowers a thread to 2 steps below the niceness its process started
+    with, however many tasks ran before (not 2 below the main thread's, which the first task
+    on it lowered)."""
+    out = subprocess.run([sys.executable, "-c", _YIELD_IN_A_NICED_PROCESS, str(start)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == str([start + 2] * 3), out.stderr
 
 
 @pytest.fixture(scope="module")
