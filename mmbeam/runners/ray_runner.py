@@ -15,14 +15,17 @@ A stage whose steps ask for resources (``RunModel``/UDF ``concurrency``, ``num_c
 actors, each requesting those CPUs/GPUs from Ray, so the model loads once per actor; the steps
 before it (download, decode, resize) run on the ordinary actors, one per CPU. With
 ``concurrency=(min, max)`` the pool starts min actors and grows one at a time, while the
-cluster has the resources free, up to max (see :mod:`mmbeam.runners.pools`). The pool lives for
-the run; if Ray cannot start its first actors within ``--ray_actor_start_timeout`` seconds (no
+cluster has the resources free, up to max (see :mod:`mmbeam.runners.pools`). On a caller's Ray
+or a named cluster the pool's actors outlive the run by ``--ray_keep_pool_seconds`` (30), for
+the next run's step asking the same CPUs/GPUs (see :class:`_SpareActors`). If Ray cannot start
+its first actors within ``--ray_actor_start_timeout`` seconds (no
 GPU on the cluster, say) the run fails with :class:`~mmbeam.errors.ResourceUnavailableError`
 instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -55,6 +58,10 @@ class RayOptions(pipeline_options.PipelineOptions):
         parser.add_argument("--ray_actor_start_timeout", type=float, default=120.0,
                             help="Seconds to wait for a step's own actor pool (its num_cpus/"
                                  "num_gpus) before failing with ResourceUnavailableError.")
+        parser.add_argument("--ray_keep_pool_seconds", type=float, default=30.0,
+                            help="On a caller's Ray or a named cluster, a step's own actors "
+                                 "are kept this long after a run for the next run's step "
+                                 "asking the same num_cpus/num_gpus (0: stopped with the run).")
 
 
 class _Slot:
@@ -70,6 +77,56 @@ class _Slot:
 #: (GCS address, job id, size) -> the actor pool kept for a caller-initialised Ray
 _pools: dict[tuple[str, str, int], list[Any]] = {}
 _pools_lock = threading.Lock()
+
+
+class _SpareActors:
+    """Stage-pool actors a finished run left for the next one, on a caller's Ray or a named
+    cluster: an actor's process takes 1-2 s to start and import Beam, which every short run (a
+    notebook's next cell) would pay again. They are kept ``--ray_keep_pool_seconds``, taken by
+    the next run's stages asking the same CPUs/GPUs, and stopped when that time passes, when a
+    run must start other actors (the spares may hold the CPUs/GPUs those need), or when the
+    next run ends without them. A run's own local Ray keeps nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: cluster key -> [(what each asks: (num_cpus, num_gpus), actor)]
+        self._actors: dict[tuple[str, str], list[tuple[tuple[float, float], Any]]] = {}
+        self._kept_at: dict[tuple[str, str], float] = {}
+
+    def take(self, cluster: tuple[str, str], shape: tuple[float, float], n: int) -> list[Any]:
+        """Up to ``n`` kept actors asking ``shape``, now the caller's."""
+        with self._lock:
+            spares = self._actors.get(cluster, [])
+            taken = [a for s, a in spares if s == shape][:n]
+            self._actors[cluster] = [(s, a) for s, a in spares if a not in taken]
+            return taken
+
+    def release(self, ray: Any, cluster: tuple[str, str], kept_at: float | None = None) -> None:
+        """Stop every actor kept on ``cluster`` (if ``kept_at`` is given: only if they are
+        still those kept then)."""
+        with self._lock:
+            if kept_at is not None and self._kept_at.get(cluster) != kept_at:
+                return
+            spares = self._actors.pop(cluster, [])
+        for _, actor in spares:
+            with contextlib.suppress(Exception):  # Ray shut down meanwhile: the actor is gone
+                ray.kill(actor)
+
+    def keep(self, ray: Any, cluster: tuple[str, str],
+             actors: list[tuple[tuple[float, float], Any]], seconds: float) -> None:
+        """Keep ``actors`` for ``seconds`` in place of those kept before (stopped)."""
+        self.release(ray, cluster)
+        if not actors:
+            return
+        with self._lock:
+            self._actors[cluster] = actors
+            self._kept_at[cluster] = kept_at = time.monotonic()
+        timer = threading.Timer(seconds, self.release, (ray, cluster, kept_at))
+        timer.daemon = True
+        timer.start()
+
+
+_spares = _SpareActors()
 
 
 #: the cluster address whose connection a run opened and keeps for later runs
@@ -119,7 +176,8 @@ class RayBackend(Backend):
     """Ray as a runner backend: object references hold the data, in the object store."""
 
     def __init__(self, address: str | None = None, num_workers: int = 0,
-                 memory_fraction: float = 0.25, actor_start_timeout: float = 120.0):
+                 memory_fraction: float = 0.25, actor_start_timeout: float = 120.0,
+                 keep_pool_seconds: float = 30.0):
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - ray is an optional extra
@@ -135,11 +193,13 @@ class RayBackend(Backend):
         resources = ray.cluster_resources()
         n = num_workers or max(1, int(resources.get("CPU", 1)))
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Slot)
+        self._cluster: tuple[str, str] | None = None  # where stage actors are kept after a run
         if self._started:  # this run's own local Ray: its own actors, gone with it
             self.actors = [actor.remote() for _ in range(n)]
         else:  # a named cluster or the caller's Ray: the pool is kept for the next run
             context = ray.get_runtime_context()
-            key = (context.gcs_address, context.get_job_id(), n)
+            self._cluster = (context.gcs_address, context.get_job_id())
+            key = (*self._cluster, n)
             with _pools_lock:
                 if key not in _pools:
                     _pools[key] = [actor.remote() for _ in range(n)]
@@ -149,6 +209,7 @@ class RayBackend(Backend):
         self.memory_budget = int(store * memory_fraction) or default_memory_budget()
         self._next = 0
         self.actor_start_timeout = actor_start_timeout
+        self.keep_pool_seconds = keep_pool_seconds
         self._stage_pools: dict[str, RayBackend] = {}
         self._resources: StepResources | None = None  # what each actor of a stage pool asks
         self._bounds = (n, n)
@@ -179,8 +240,9 @@ class RayBackend(Backend):
     def for_stage(self, stage_name: str, resources: StepResources) -> RayBackend:
         """A view of this backend whose tasks run on the stage's own actors (started once per
         run), each requesting ``resources``' CPUs/GPUs; this backend when nothing is asked.
-        The actors start while the run goes on (the stages before fill the queue meanwhile):
-        the pool has no slot until :meth:`poll` sees them all ready."""
+        Actors an earlier run kept (:class:`_SpareActors`) are its first slots; the others
+        start while the run goes on (the stages before fill the queue meanwhile) and join when
+        :meth:`poll` sees them all ready."""
         if not resources:
             return self
         if stage_name not in self._stage_pools:
@@ -188,10 +250,12 @@ class RayBackend(Backend):
             low, high = resources.bounds or (None, None)
             size = low or self._pool_size(resources)
             pool._resources, pool._stage_pools = resources, {}
-            pool.actors, pool.slots, pool._next = [], 0, 0
-            pool._starting = [self._start_actor(resources) for _ in range(size)]
+            pool.actors, pool._next = self._take_spares(resources, size), 0
+            pool.slots = len(pool.actors)
+            pool._starting = [self._start_actor(resources) for _ in range(size - pool.slots)]
             pool._bounds = (size, high or size)
-            pool._start_deadline = time.monotonic() + self.actor_start_timeout
+            pool._start_deadline = (time.monotonic() + self.actor_start_timeout
+                                    if pool._starting else None)
             pool._stage_name = stage_name
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
@@ -205,6 +269,16 @@ class RayBackend(Backend):
         return (f"Ray actor pool (num_cpus={r.num_cpus or 0:g}, num_gpus={r.num_gpus or 0:g}), "
                 f"{low}" + (f"..{high}" if high != low else ""))
 
+    def _take_spares(self, resources: StepResources, n: int) -> list[Any]:
+        """Up to ``n`` actors an earlier run kept asking what ``resources`` asks; when fewer,
+        the other kept actors are stopped (they may hold what new ones need)."""
+        if self._cluster is None:
+            return []
+        taken = _spares.take(self._cluster, _shape(resources), n)
+        if len(taken) < n:
+            _spares.release(self._ray, self._cluster)
+        return taken
+
     def _actor_class(self, resources: StepResources) -> Any:
         return self._ray.remote(num_cpus=resources.num_cpus or 0,
                                 num_gpus=resources.num_gpus or 0, max_restarts=-1,
@@ -216,6 +290,10 @@ class RayBackend(Backend):
         r = self._resources
         if r is None or self.slots + len(self._starting) >= self._bounds[1]:
             return False
+        spare = self._take_spares(r, 1)
+        if spare:  # ready at once
+            self._starting.append((spare[0], spare[0].pid.remote()))
+            return True
         free = self._ray.available_resources()
         if any(free.get(k, 0) < v for k, v in (("CPU", r.num_cpus), ("GPU", r.num_gpus)) if v):
             return False
@@ -310,13 +388,24 @@ class RayBackend(Backend):
 
     def close(self):
         """Release the engine's resources (a cluster this backend started is shut down)."""
-        for pool in self._stage_pools.values():  # frees their CPUs/GPUs for the next run
-            for actor in pool.actors + [a for a, _ in pool._starting]:
+        kept = []
+        keep = self._cluster is not None and self.keep_pool_seconds > 0
+        for pool in self._stage_pools.values():  # kept for the next run, or CPUs/GPUs freed
+            for actor in [a for a, _ in pool._starting] + (pool.actors if not keep else []):
                 self._ray.kill(actor)
+            if keep:
+                kept += [(_shape(pool._resources), a) for a in pool.actors]
+        if self._cluster is not None:
+            _spares.keep(self._ray, self._cluster, kept, self.keep_pool_seconds)
         self._stage_pools.clear()
         if self._started:
             self.actors = []
             self._ray.shutdown()
+
+
+def _shape(resources: StepResources) -> tuple[float, float]:
+    """What each actor of a stage pool asks Ray for: (num_cpus, num_gpus)."""
+    return (resources.num_cpus or 0, resources.num_gpus or 0)
 
 
 class RayRunner(DistributedRunner):
@@ -332,4 +421,5 @@ class RayRunner(DistributedRunner):
         flags = options.view_as(RayOptions)
         return RayBackend(address=self.address or flags.ray_address,
                           num_workers=self.num_workers or flags.ray_num_workers,
-                          actor_start_timeout=flags.ray_actor_start_timeout)
+                          actor_start_timeout=flags.ray_actor_start_timeout,
+                          keep_pool_seconds=flags.ray_keep_pool_seconds)

@@ -86,15 +86,47 @@ def test_run_model_loads_once_per_worker_process(cluster_runner):
 @pytest.mark.parametrize("concurrency, num_cpus", [(2, 1), (3, None)])
 def test_run_model_on_ray_gets_an_actor_pool_of_concurrency(ray_session, concurrency, num_cpus):
     model = RunModel(Tagger, batch_size=2, concurrency=concurrency, num_cpus=num_cpus)
-    by_pid = _one_instance_per_pid(_tagged(RayRunner(), model))
+    by_pid = _one_instance_per_pid(_tagged(RayRunner(), model,
+                                           PipelineOptions(["--ray_keep_pool_seconds=0"])))
     assert len(by_pid) == concurrency  # one actor per unit of concurrency, each loads once
     resources = {r for instances in by_pid.values() for _, _, r in instances}
     assert resources == {f"CPU={num_cpus:g}" if num_cpus else ""}
-    # the pool is the run's own: its actors are gone (their CPUs free) once the run ends
-    deadline = time.monotonic() + 30
-    while ray_session.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray_session.available_resources().get("CPU", 0) == 2
+    # not kept for a next run: its actors are gone (their CPUs free) once the run ends
+    assert _cpus_free_within(ray_session, 10) < 10
+
+
+def _cpus_free_within(ray, seconds: float) -> float:
+    """Seconds until the session's two CPUs are free again (``seconds`` if they are not)."""
+    start = time.monotonic()
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < start + seconds:
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def _pids(rows) -> set[int]:
+    return {row[1] for row in rows}
+
+
+def test_ray_model_actors_are_kept_for_the_next_run_and_then_stopped(ray_session):
+    """On the caller's Ray a finished run's model actors serve the next run asking the same
+    CPUs (no new process to start), make way for a pool asking other resources, and are
+    stopped ``--ray_keep_pool_seconds`` after the last run."""
+    def run(keep: float, num_cpus: int = 1, concurrency: int = 2) -> list[tuple]:
+        return _tagged(RayRunner(), RunModel(Tagger, batch_size=2, num_cpus=num_cpus,
+                                             concurrency=concurrency),
+                       PipelineOptions([f"--ray_keep_pool_seconds={keep}",
+                                        "--ray_actor_start_timeout=30"]))
+
+    first = _pids(run(keep=60))
+    assert len(first) == 2 and ray_session.available_resources().get("CPU", 0) == 0
+    again = _pids(run(keep=60))
+    assert again == first  # the same two actors took the second run
+    # a pool asking both CPUs per actor still starts: the kept ones make way
+    wide = _pids(run(keep=2, num_cpus=2, concurrency=1))
+    assert not wide & first
+    assert ray_session.available_resources().get("CPU", 0) == 0  # kept, for 2 s
+    waited = _cpus_free_within(ray_session, 20)
+    assert 0.5 < waited < 20, waited  # then stopped, its CPUs free
 
 
 def test_unsatisfiable_num_gpus_fails_with_a_typed_error_not_a_hang(ray_session):
