@@ -52,6 +52,11 @@ class BusyModel:
         return out
 
 
+def _managed_bytes(dask_worker) -> int:
+    """The bytes of task results a Dask worker holds in memory (its ``managed`` memory)."""
+    return dask_worker.state.nbytes
+
+
 class _Engine:
     """A started engine: a runner factory and a sampler of the data it holds."""
 
@@ -76,9 +81,8 @@ class _Engine:
                                    dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster, set_as_default=False)
 
-            def held() -> int:
-                workers = client.scheduler_info()["workers"].values()
-                return sum(w.get("metrics", {}).get("managed_bytes", 0) for w in workers)
+            def held() -> int:  # asked of the workers themselves: heartbeats lag
+                return sum(client.run(_managed_bytes).values())
 
             from mmbeam.runners import DaskRunner
 
