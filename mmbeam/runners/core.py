@@ -392,7 +392,7 @@ class _Execution:
         for transform_id, buffer_id in scheduler.streamed.items():
             entries = self.buffers.get(buffer_id, [])
             taken = scheduler.taken.get(transform_id, 0)
-            parts = [p[0] for p in entries[taken:] if p is not None and p[0].count]
+            parts = [q for p in entries[taken:] if p is not None for q in p if q.count]
             scheduler.taken[transform_id] = len(entries)
             if self.graph.sole_streamed_reader(buffer_id) == index and buffer_id not in self.keep:
                 for k in range(taken, len(entries)):  # the scheduler holds them until read
@@ -519,7 +519,7 @@ class _Execution:
                     if parts:
                         units.append((transform_id, parts))
             else:
-                stream.extend((transform_id, p[0]) for p in producers if p[0].count)
+                stream.extend((transform_id, q) for p in producers for q in p if q.count)
         return units, stream
 
     def _group(self, manager, transform_id, buffer_id, producers) -> list[Part]:
@@ -595,8 +595,8 @@ class _Execution:
             pcoll = transform.inputs[tag]
             coder = self.context.pipeline_context.coders[
                 self.context.safe_coders[self.context.data_channel_coders[pcoll]]]
-            parts = [p[0] for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
-                     if p[0].count]
+            parts = [q for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
+                     for q in p if q.count]
             access = payload.side_inputs[tag].access_pattern.SerializeToString()
             self.side_states[(transform_id, tag)] = self.backend.submit(
                 worker.side_input_state, transform_id, tag, access, coder, committed(parts),

@@ -38,6 +38,9 @@ TASKS_PER_SLOT = 2
 #: input, and the driver may hear late that a task ended (on Dask a pure-Python model holds the
 #: GIL that the worker's event loop needs to report it)
 MODEL_TASKS_PER_SLOT = 3
+#: a task's output (not partitioned by key) comes back in lists of about this size, so that a
+#: consumer's task fetches and holds only what it reads (see ``worker.run_task``)
+PIECE_BYTES = 8 << 20
 
 
 @dataclass
@@ -257,11 +260,12 @@ class StageScheduler:
     def _submit(self, transform_id, parts: list[Part], slices, elements) -> None:
         target = min(range(self.backend.slots), key=lambda w: self.load[w])
         self.load[target] += 1
+        pieces = max(1, min(elements, math.ceil(elements * self.out_per_element / PIECE_BYTES)))
         outs = self.backend.submit(
             worker.run_task, self.plan, transform_id, slices, committed(parts),
-            len(self.side) - len(self.plan.provided), *self.side, *(p.ref for p in parts),
-            worker=target,
-            num_returns=1 + sum(o.shards if o.key_coder is not None else 1
+            len(self.side) - len(self.plan.provided), pieces, *self.side,
+            *(p.ref for p in parts), worker=target,
+            num_returns=1 + sum(o.shards if o.key_coder is not None else pieces
                                 for o in self.plan.outputs))
         self.sizes.append(elements)
         self.submitted += 1

@@ -313,13 +313,16 @@ def check_inputs(where: str, lists: tuple[list[bytes], ...],
 
 
 def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int, int | None]],
-             committed: list[tuple[int, int]], n_side: int, *args: Any) -> Any:
+             committed: list[tuple[int, int]], n_side: int, pieces: int, *args: Any) -> Any:
     """Run one bundle of ``plan``'s stage; returns ``(TaskResult, *output lists)`` (or the
     result alone when the stage has no outputs).
 
     ``args`` holds the values ``plan.provided`` names, ``n_side`` side-input state lists, then
     element lists, each checked against its ``committed`` (length, digest); ``slices`` picks
-    ``(arg index, start, stop)`` ranges of those lists as the bundle's input.
+    ``(arg index, start, stop)`` ranges of those lists as the bundle's input. Each output not
+    partitioned by key comes back as ``pieces`` lists (consecutive, of even length), so a
+    consumer can take part of it without the whole (a Dask worker copies a whole list it
+    reads from another worker, and frees it only when every element was read).
     """
     start = time.perf_counter()
     if plan.nice:
@@ -356,7 +359,7 @@ def run_task(plan: StagePlan, input_transform: str, slices: list[tuple[int, int,
     digests: list[list[int]] = []
     part_bytes: list[list[int]] = []
     for spec in plan.outputs:
-        parts = _split(spec, produced[spec.transform_id])
+        parts = _split(spec, produced[spec.transform_id], pieces)
         outputs.extend(parts)
         counts.append([len(p) for p in parts])
         digests.append([digest(p) for p in parts])
@@ -400,11 +403,14 @@ def _one_bundle(handler: Any, descriptor_id: str, plan: StagePlan, inputs: dict[
     return deferred
 
 
-def _split(spec: OutputSpec, chunks: list[bytes]) -> list[list[bytes]]:
-    """Chunks from the data channel as individually encoded elements, hash-sharded if keyed."""
+def _split(spec: OutputSpec, chunks: list[bytes], pieces: int = 1) -> list[list[bytes]]:
+    """Chunks from the data channel as individually encoded elements: hash-sharded if keyed,
+    else in ``pieces`` consecutive lists of even length."""
     impl = spec.coder.get_impl()
     if spec.key_coder is None:
-        return [[element for _, element in _elements(impl, chunks)]]
+        elements = [element for _, element in _elements(impl, chunks)]
+        bounds = [len(elements) * i // pieces for i in range(pieces + 1)]
+        return [elements[a:b] for a, b in itertools.pairwise(bounds)]
     key_impl = spec.key_coder.get_impl()
     shards: list[list[bytes]] = [[] for _ in range(spec.shards)]
     for value, element in _elements(impl, chunks):
