@@ -106,7 +106,8 @@ def _pipeline(urls: list[str], model_ms: float, hold_gil: bool):
     return build
 
 
-def run_once(engine: _Engine, urls: list[str], model_ms: float, hold_gil: bool = True) -> dict:
+def run_once(engine: _Engine, urls: list[str], model_ms: float, hold_gil: bool = True,
+             flags: list[str] | None = None) -> dict:
     from mmbeam.testing import run_collect
 
     peak = [0]
@@ -123,8 +124,10 @@ def run_once(engine: _Engine, urls: list[str], model_ms: float, hold_gil: bool =
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     got = run_collect(lambda p: {"n": _pipeline(urls, model_ms, hold_gil)(p)},
-                      runner=engine.runner())
+                      runner=engine.runner(), options=PipelineOptions(flags or []))
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="peak held data at each of --counts instead of one --count")
     parser.add_argument("--counts", default="2048,16384")
+    parser.add_argument("--runner-flags", default="",
+                        help="pipeline options for the runs, space-separated (e.g. "
+                             "'--ray_keep_pool_seconds=0': every run starts its model actor)")
     args = parser.parse_args(argv)
     from mmbeam.testing import FaultServer
 
@@ -162,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.engines.split(","):
             engine = _Engine(name, args.cpus)
             try:
-                hold = args.model_gil == "hold"
-                run_once(engine, urls[:64], args.model_ms, hold)  # warm-up: workers import Beam
+                hold, flags = args.model_gil == "hold", args.runner_flags.split()
+                run_once(engine, urls[:64], args.model_ms, hold, flags)  # warm-up: imports
                 peaks = []
                 for count in counts:
-                    row = run_once(engine, urls[:count], args.model_ms, hold)
+                    row = run_once(engine, urls[:count], args.model_ms, hold, flags)
                     peaks.append(row["peak_held"])
                     b = row["batches"]
                     print(f"{name:>5} x{count}: {row['ips']:6.1f} images/s = "
