@@ -108,8 +108,13 @@ class _SpareActors:
             if kept_at is not None and self._kept_at.get(cluster) != kept_at:
                 return
             spares = self._actors.pop(cluster, [])
+        if not (spares and ray.is_initialized()):
+            return  # Ray shut down meanwhile: the actors went with it (a call would start Ray)
+        context = ray.get_runtime_context()
+        if (context.gcs_address, context.get_job_id()) != cluster:
+            return  # connected elsewhere since: those actors ended with their job
         for _, actor in spares:
-            with contextlib.suppress(Exception):  # Ray shut down meanwhile: the actor is gone
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor)
 
     def keep(self, ray: Any, cluster: tuple[str, str],

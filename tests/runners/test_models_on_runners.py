@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import os
+import subprocess
+import sys
 import time
 
 import apache_beam as beam
@@ -198,3 +200,38 @@ def test_frame_udf_loads_once_per_dask_worker_process(dask_cluster):
         tags[pid].add((instance, load))
     assert str(os.getpid()) not in tags
     assert 1 <= len(tags) <= 2 and all(v == {(next(iter(v))[0], "1")} for v in tags.values())
+
+
+_KEEP_THEN_SHUT_DOWN = """
+import time
+import apache_beam as beam
+import ray
+from apache_beam.options.pipeline_options import PipelineOptions
+from mmbeam.runners import RayRunner
+from mmbeam.testing import run_collect
+from mmbeam.transforms import RunModel
+
+
+class Double:
+    def __call__(self, batch):
+        return [2 * v for v in batch]
+
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+got = run_collect(lambda p: {"out": p | beam.Create(list(range(8)))
+                             | RunModel(Double, num_cpus=1, concurrency=1)},
+                  runner=RayRunner(), options=PipelineOptions(["--ray_keep_pool_seconds=1"]))
+assert sorted(got.outputs["out"]) == [2 * v for v in range(8)]
+ray.shutdown()
+time.sleep(3)  # the kept actor's time ends after the shutdown
+print(ray.is_initialized())
+"""
+
+
+def test_kept_model_actors_ending_after_ray_shut_down_do_not_start_ray_again():
+    """The caller shut Ray down while a run's model actor was kept: when its time ends nothing
+    is called on Ray (a call from that timer thread started a new Ray session, which failed to
+    reach the old cluster and ended the process a minute later)."""
+    out = subprocess.run([sys.executable, "-c", _KEEP_THEN_SHUT_DOWN], capture_output=True,
+                         text=True, timeout=180, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
