@@ -15,17 +15,18 @@ workers declaring ``GPU`` (``dask worker --resources GPU=1``; tasks carry the re
 restriction, so Dask runs no more of them at once than the GPUs allow), failing with
 :class:`~mmbeam.errors.ResourceUnavailableError` naming the step and the cluster's resources
 when none does; otherwise ``concurrency`` (or min of ``(min, max)``, growing to max while work
-waits) worker processes each run the model on a thread of their own (the task secedes from the
-worker's thread pool and hands the work to the process's model thread, as a Dask actor's
-thread), so the model does not wait behind the preparation tasks queued on its worker; it still
-shares that process's GIL with them. Those tasks are pinned to their pool's workers (Dask's work
-stealing would otherwise move them, loading the model in one more process than ``concurrency``);
-they go ahead of the preparation tasks queued there, and a pinned task whose worker died is
-cancelled, so the core re-runs its stage on a live worker.
+waits) worker processes each run the model in a child process of their own
+(:mod:`mmbeam.runners.model_process`, started by the worker's first model task and kept for its
+life): the task secedes from the worker's thread pool and hands its work to that process, so the
+model neither waits behind the preparation tasks queued on its worker nor shares their GIL. Those
+tasks are pinned to their pool's workers (Dask's work stealing would otherwise move them, loading
+the model in one more process than ``concurrency``); they go ahead of the preparation tasks
+queued there, and a pinned task whose worker died is cancelled, so the core re-runs its stage on
+a live worker.
 
 The runner registers a worker plugin (:mod:`mmbeam.runners.dask_worker`) that lets the workers
-reuse image-sized buffers (Dask's nanny turns glibc's reuse off) and starts each model thread
-from the worker's own, un-niced thread.
+reuse image-sized buffers (Dask's nanny turns glibc's reuse off) and starts each worker's model
+thread, which starts its model process, from the worker's own, un-niced thread.
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ class DaskBackend(Backend):
             from distributed.client import FutureCancelledError, FuturesCancelledError
             from distributed.scheduler import KilledWorker
 
-            from mmbeam.runners.dask_worker import WorkerSetup, in_model_thread
+            from mmbeam.runners.dask_worker import WorkerSetup, everywhere, in_model_process
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
         self.lost_errors = (KilledWorker, FutureCancelledError, FuturesCancelledError)
-        self._in_model_thread = in_model_thread
+        self._in_model_process, self._everywhere = in_model_process, everywhere
         self._cluster = None
         if address is None:
             self._cluster = LocalCluster(
@@ -142,7 +143,7 @@ class DaskBackend(Backend):
         if not (self._restriction or self._seceding):
             return f"Dask worker threads, {self.slots}"
         kind = (f"Dask workers with {self._restriction['resources']}" if self._restriction
-                else "Dask worker processes (model thread)")
+                else "model processes on Dask workers")
         low, high = self._bounds
         return f"{kind}, {low}" + (f"..{high}" if high != low else "")
 
@@ -180,7 +181,7 @@ class DaskBackend(Backend):
         """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
         if self._seceding:  # a model pool: pinned to its live workers (see the module doc)
-            fn, args = self._in_model_thread, (fn, *args)
+            fn, args = self._in_model_process, (fn, *args)
             slot = (worker or 0) % len(self._slots)
             self._slots[slot] = home = self._live_home(self._slots[slot])
             where = {"workers": [home], "allow_other_workers": False, "priority": 1}
@@ -250,7 +251,7 @@ class DaskBackend(Backend):
 
     def broadcast(self, fn, *args):
         """Run ``fn(*args)`` once on every worker; their results."""
-        self.client.run(fn, *args)
+        self.client.run(self._everywhere, fn, *args)
 
     def close(self):
         """Release the engine's resources (a cluster this backend started is shut down)."""

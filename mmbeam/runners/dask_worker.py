@@ -8,9 +8,11 @@ that join later too, on the worker's event-loop thread):
   mapped fresh from the kernel, faulted in page by page and unmapped when freed: about 7% more
   CPU per camera image than the same work in process or on Ray. :func:`reuse_large_buffers`
   sets the thresholds glibc's own rule reaches once large buffers have been freed.
-* The process's model thread (:func:`in_model_thread`) is started there: a thread inherits
-  its creator's niceness, and the worker threads that run preparation tasks are niced
+* The process's model thread is started there: a thread inherits its creator's niceness, and
+  the worker threads that run preparation tasks are niced
   (:func:`mmbeam.runners.worker.yield_cpu`), so a model thread they started would yield too.
+  That thread starts the worker's model process (:mod:`mmbeam.runners.model_process`) when the
+  first model task comes (:func:`in_model_process`), so the child has the worker's priority.
 
 Only this module imports ``distributed`` at its top, and only the DaskRunner imports it.
 """
@@ -27,7 +29,10 @@ from typing import Any
 from distributed import secede
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["WorkerSetup", "in_model_thread", "model_thread", "reuse_large_buffers"]
+from mmbeam.runners.model_process import ModelProcess
+
+__all__ = ["WorkerSetup", "everywhere", "in_model_process", "model_thread",
+           "reuse_large_buffers"]
 
 #: glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), and the trim
 #: threshold its dynamic rule sets beside it (twice that)
@@ -51,6 +56,7 @@ def reuse_large_buffers() -> bool:
 
 _model: dict[int, ThreadPoolExecutor] = {}  # pid -> the process's model thread
 _model_lock = threading.Lock()
+_children: dict[int, ModelProcess] = {}  # pid -> the process's model process
 
 
 def model_thread() -> ThreadPoolExecutor:
@@ -63,12 +69,30 @@ def model_thread() -> ThreadPoolExecutor:
         return pool
 
 
-def in_model_thread(fn, *args):
-    """Run ``fn`` on this worker process's model thread, after leaving the worker's thread pool
-    (``distributed.secede``): a model task holds no slot the preparation tasks queued on its
-    worker need, and its thread never runs a preparation task."""
+def _start_model_process() -> ModelProcess:
+    """This process's model process, started if need be; on the model thread only (one caller
+    at a time, at the worker's own priority)."""
+    if os.getpid() not in _children:
+        _children[os.getpid()] = ModelProcess()
+    return _children[os.getpid()]
+
+
+def in_model_process(fn, *args):
+    """Run ``fn(*args)`` in this worker's model process (started by the first call), after
+    leaving the worker's thread pool (``distributed.secede``): a model task holds no slot the
+    preparation tasks queued on its worker need, and shares no GIL with them."""
     secede()
-    return model_thread().submit(fn, *args).result()
+    child = _children.get(os.getpid()) or model_thread().submit(_start_model_process).result()
+    return child.call(fn, *args)
+
+
+def everywhere(fn, *args):
+    """``fn(*args)`` in this worker process and in its model process, if it has one (to end a
+    run's DoFns in both); this process's result."""
+    child = _children.get(os.getpid())
+    if child is not None:
+        child.call(fn, *args)
+    return fn(*args)
 
 
 class WorkerSetup(WorkerPlugin):

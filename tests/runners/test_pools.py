@@ -75,17 +75,16 @@ def _model_pool(result, name="RunModel"):
 
 
 def test_model_has_its_own_pool_and_preparation_runs_on_every_worker(engine):
-    name, runner = engine
+    _, runner = engine
     got = _run(runner(), 48, RunModel(Model, num_cpus=1, concurrency=1, batch_size=4),
                delay=0.02)
     rows = got.outputs["out"]
     prep_pids, model_pids = {r[1] for r in rows}, {r[2] for r in rows}
     assert len(prep_pids) > 1, prep_pids  # preparation ran on more than one worker process
     assert len(model_pids) == 1  # one model process: the pool of concurrency=1
-    if name == "ray":  # actors of their own; on Dask the model has a thread in a worker
-        assert not prep_pids & model_pids, (prep_pids, model_pids)
+    assert not prep_pids & model_pids, (prep_pids, model_pids)  # a process of its own
     report = _model_pool(got.result)
-    assert "pool" in report.pool or "model thread" in report.pool, report.pool
+    assert "pool" in report.pool or "model processes" in report.pool, report.pool
     assert report.sizes[0][1] == 1 and report.batch_sizes
 
 
