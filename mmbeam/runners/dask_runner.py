@@ -72,11 +72,11 @@ class DaskBackend(Backend):
             from distributed.client import FutureCancelledError, FuturesCancelledError
             from distributed.scheduler import KilledWorker
 
-            from mmbeam.runners.dask_worker import WorkerSetup, everywhere, in_model_process
+            from mmbeam.runners import dask_worker
         except ImportError as exc:  # pragma: no cover - dask is an optional extra
             raise ConfigError("the DaskRunner needs `pip install mmbeam[dask]`") from exc
         self.lost_errors = (KilledWorker, FutureCancelledError, FuturesCancelledError)
-        self._in_model_process, self._everywhere = in_model_process, everywhere
+        self._worker_side = dask_worker
         self._cluster = None
         if address is None:
             self._cluster = LocalCluster(
@@ -85,7 +85,8 @@ class DaskBackend(Backend):
             address = self._cluster.scheduler_address
         try:
             self.client = Client(address, set_as_default=False)
-            self.client.register_plugin(WorkerSetup(), name=WorkerSetup.name)
+            setup = dask_worker.WorkerSetup()
+            self.client.register_plugin(setup, name=setup.name)
             workers = self.client.scheduler_info()["workers"]
         except BaseException:
             if self._cluster is not None:
@@ -135,6 +136,7 @@ class DaskBackend(Backend):
             low, high = min(low, len(homes)), min(high, len(homes))
             pool._slots, pool._homes = homes[:low], homes[low:high]
             pool.slots, pool._bounds = len(pool._slots), (low, high)
+            pool._start_model_processes(pool._slots)
             self._stage_pools[stage_name] = pool
         return self._stage_pools[stage_name]
 
@@ -152,8 +154,15 @@ class DaskBackend(Backend):
         if not self._homes:
             return False
         self._slots = self._slots + [self._homes.pop(0)]
+        self._start_model_processes(self._slots[-1:])
         self._grown += 1
         return True
+
+    def _start_model_processes(self, workers: list[str]) -> None:
+        """Have a CPU model pool's ``workers`` start their model processes now (see
+        :func:`~mmbeam.runners.dask_worker.start_model_process_soon`)."""
+        if self._seceding and workers:
+            self.client.run(self._worker_side.start_model_process_soon, workers=workers)
 
     @property
     def starting(self) -> int:
@@ -181,7 +190,7 @@ class DaskBackend(Backend):
         """Run ``fn(*args)`` as a task (on ``worker`` when given); references to its results."""
         where = {}
         if self._seceding:  # a model pool: pinned to its live workers (see the module doc)
-            fn, args = self._in_model_process, (fn, *args)
+            fn, args = self._worker_side.in_model_process, (fn, *args)
             slot = (worker or 0) % len(self._slots)
             self._slots[slot] = home = self._live_home(self._slots[slot])
             where = {"workers": [home], "allow_other_workers": False, "priority": 1}
@@ -251,7 +260,7 @@ class DaskBackend(Backend):
 
     def broadcast(self, fn, *args):
         """Run ``fn(*args)`` once on every worker; their results."""
-        self.client.run(self._everywhere, fn, *args)
+        self.client.run(self._worker_side.everywhere, fn, *args)
 
     def close(self):
         """Release the engine's resources (a cluster this backend started is shut down)."""

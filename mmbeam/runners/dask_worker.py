@@ -32,7 +32,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from mmbeam.runners.model_process import ModelProcess
 
 __all__ = ["WorkerSetup", "everywhere", "in_model_process", "model_thread",
-           "reuse_large_buffers"]
+           "reuse_large_buffers", "start_model_process_soon"]
 
 #: glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), and the trim
 #: threshold its dynamic rule sets beside it (twice that)
@@ -75,6 +75,13 @@ def _start_model_process() -> ModelProcess:
     if os.getpid() not in _children:
         _children[os.getpid()] = ModelProcess()
     return _children[os.getpid()]
+
+
+def start_model_process_soon() -> None:
+    """Start this worker's model process on its model thread, without waiting: the driver asks
+    this of a model pool's workers when it makes the pool, so the child's start (~1.5 s of
+    imports) overlaps the preparation instead of delaying the first model task."""
+    model_thread().submit(_start_model_process)
 
 
 def in_model_process(fn, *args):

@@ -16,7 +16,7 @@ from mmbeam.runners import dask_worker
 from mmbeam.runners.model_process import ModelProcess
 
 
-class _Unpicklable(Exception):
+class _UnpicklableError(Exception):
     def __reduce__(self):
         raise TypeError("cannot pickle this error")
 
@@ -24,7 +24,7 @@ class _Unpicklable(Exception):
 def _fail(kind: str):
     if kind == "value":
         raise ValueError("bad row 7")
-    raise _Unpicklable("odd failure")
+    raise _UnpicklableError("odd failure")
 
 
 def _echo_big(data: bytes, times: int) -> tuple[int, bytes]:
@@ -122,3 +122,25 @@ def test_everywhere_runs_in_the_worker_and_in_its_model_process(tmp_path, monkey
         assert {p.name for p in marks.iterdir()} == {str(os.getpid()), str(child_pid)}
     finally:
         child.close()
+
+
+def _model_process_pids() -> list[int]:
+    return [child._process.pid for child in dask_worker._children.values()]
+
+
+def test_a_dask_model_pool_starts_its_model_processes_when_made_and_grown():
+    """The driver has a pool's workers start their model processes with the pool (the child's
+    imports overlap the preparation), a grown slot's worker when it is added, no other."""
+    from mmbeam.runners.dask_runner import DaskBackend
+    from mmbeam.transforms.resources import StepResources
+
+    backend = DaskBackend(None, n_workers=2)
+    try:
+        pool = backend.for_stage("model", StepResources(concurrency=(1, 2), num_cpus=1))
+        started = backend.client.run(_model_process_pids)
+        assert sorted(map(len, started.values())) == [0, 1], started
+        assert started[pool._slots[0]], started
+        pool.grow()
+        assert all(backend.client.run(_model_process_pids).values())
+    finally:
+        backend.close()
