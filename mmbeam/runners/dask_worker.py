@@ -19,6 +19,7 @@ Only this module imports ``distributed`` at its top, and only the DaskRunner imp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -93,13 +94,15 @@ def in_model_process(fn, *args):
     return child.call(fn, *args)
 
 
-def everywhere(fn, *args):
+async def everywhere(fn, *args):
     """``fn(*args)`` in this worker process and in its model process, if it has one (to end a
-    run's DoFns in both); this process's result."""
+    run's DoFns in both); this process's result. Off the worker's event loop (``Client.run``
+    awaits a coroutine there): the model process may first finish another run's task."""
+    loop = asyncio.get_running_loop()
     child = _children.get(os.getpid())
     if child is not None:
-        child.call(fn, *args)
-    return fn(*args)
+        await loop.run_in_executor(None, child.call, fn, *args)
+    return await loop.run_in_executor(None, fn, *args)
 
 
 class WorkerSetup(WorkerPlugin):

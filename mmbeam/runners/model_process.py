@@ -52,12 +52,13 @@ class ModelProcess:
         with parent, child:
             # the worker's path: the user's modules, as the worker finds them
             start = (f"import sys; sys.path[:] = {list(sys.path)!r}; "
-                     f"from mmbeam.runners.model_process import serve; serve({child.fileno()})")
+                     f"from mmbeam.runners.model_process import serve; "
+                     f"serve({child.fileno()}, {os.getpid()})")
             # without Dask's MALLOC_TRIM_THRESHOLD_, which maps every large buffer afresh
             env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
             self._process = subprocess.Popen(
                 [sys.executable, "-c", start], pass_fds=(child.fileno(),), cwd=os.getcwd(),
-                env=env, stdin=subprocess.DEVNULL)
+                env=env, stdin=subprocess.DEVNULL, start_new_session=True)  # no terminal's ^C
             self._conn = Connection(os.dup(parent.fileno()))
         self._lock = threading.Lock()
 
@@ -98,11 +99,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, parent: int) -> None:
     """The child's loop: one call per message, its result or exception sent back, until the
-    parent closes the socket."""
+    ``parent`` process closes the socket."""
     _die_with_parent()
-    if os.getppid() == 1:  # the parent died before the line above
+    if os.getppid() != parent:  # the parent died before the line above
         return
     conn = Connection(fd)
     while True:

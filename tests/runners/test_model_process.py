@@ -4,16 +4,20 @@ dead child. Worker processes are stood in for by Python subprocesses, killed for
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import apache_beam as beam
 import pytest
 
-from mmbeam.runners import dask_worker
+from mmbeam.runners import DaskRunner, dask_worker
 from mmbeam.runners.model_process import ModelProcess
+from mmbeam.testing import run_collect
+from mmbeam.transforms import RunModel
 
 
 class _UnpicklableError(Exception):
@@ -113,12 +117,12 @@ def test_everywhere_runs_in_the_worker_and_in_its_model_process(tmp_path, monkey
         (marks / str(os.getpid())).touch()
         return os.getpid()
 
-    assert dask_worker.everywhere(mark) == os.getpid()
+    assert asyncio.run(dask_worker.everywhere(mark)) == os.getpid()
     assert {p.name for p in marks.iterdir()} == {str(os.getpid())}  # no model process yet
     child = dask_worker.model_thread().submit(dask_worker._start_model_process).result()
     try:
         child_pid = child.call(os.getpid)
-        dask_worker.everywhere(mark)
+        asyncio.run(dask_worker.everywhere(mark))
         assert {p.name for p in marks.iterdir()} == {str(os.getpid()), str(child_pid)}
     finally:
         child.close()
@@ -128,6 +132,19 @@ def _model_process_pids() -> list[int]:
     return [child._process.pid for child in dask_worker._children.values()]
 
 
+def _started_within(client, seconds: float, count: int) -> dict[str, list[int]]:
+    """Each worker's model process pids, once ``count`` have started (they start without
+    being waited for) or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        started = client.run(_model_process_pids)
+        if sum(map(len, started.values())) >= count or time.monotonic() > deadline:
+            return started
+        time.sleep(0.05)
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("engines")
 def test_a_dask_model_pool_starts_its_model_processes_when_made_and_grown():
     """The driver has a pool's workers start their model processes with the pool (the child's
     imports overlap the preparation), a grown slot's worker when it is added, no other."""
@@ -137,10 +154,39 @@ def test_a_dask_model_pool_starts_its_model_processes_when_made_and_grown():
     backend = DaskBackend(None, n_workers=2)
     try:
         pool = backend.for_stage("model", StepResources(concurrency=(1, 2), num_cpus=1))
-        started = backend.client.run(_model_process_pids)
+        started = _started_within(backend.client, 10, count=1)
         assert sorted(map(len, started.values())) == [0, 1], started
         assert started[pool._slots[0]], started
         pool.grow()
-        assert all(backend.client.run(_model_process_pids).values())
+        assert all(_started_within(backend.client, 10, count=2).values())
     finally:
         backend.close()
+
+
+class _Double:
+    def __call__(self, batch):
+        return [2 * x for x in batch]
+
+
+def _runs_held() -> int:
+    from mmbeam.runners import worker
+
+    return len(worker._runs)
+
+
+def _runs_held_by_model_processes() -> list[int]:
+    return [child.call(_runs_held) for child in dask_worker._children.values()]
+
+
+def test_a_dask_run_ends_its_dofns_in_the_model_process_too(dask_cluster):
+    """The run's end (``end_run`` on every worker) reaches the model processes: their DoFns
+    are torn down and the run's state dropped, as in the workers."""
+    from distributed import Client
+
+    got = run_collect(lambda p: {"out": p | beam.Create(list(range(20)))
+                                 | RunModel(_Double, num_cpus=1, concurrency=1)},
+                      runner=DaskRunner(dask_cluster.scheduler_address))
+    assert sorted(got.outputs["out"]) == [2 * x for x in range(20)]
+    with Client(dask_cluster, set_as_default=False) as client:
+        held = [n for per in client.run(_runs_held_by_model_processes).values() for n in per]
+    assert held and not any(held), held  # a model process ran the model, and holds no run
