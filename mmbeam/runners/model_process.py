@@ -118,9 +118,9 @@ def serve(fd: int, parent: int) -> None:
         del fn, args
         try:
             message = cloudpickle.dumps(reply, protocol=5)
-        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
-            message = cloudpickle.dumps((False, RuntimeError(reply[2] or repr(reply[1])),
-                                         reply[2]), protocol=5)
+        except Exception as exc:  # noqa: BLE001 - a result or exception that cannot be pickled
+            error = reply[2] or f"the call's result cannot be pickled: {exc!r}"
+            message = cloudpickle.dumps((False, RuntimeError(error), reply[2]), protocol=5)
         del reply
         conn.send_bytes(message)
         del message

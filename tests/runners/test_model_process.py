@@ -28,6 +28,8 @@ class _UnpicklableError(Exception):
 def _fail(kind: str):
     if kind == "value":
         raise ValueError("bad row 7")
+    if kind == "result":
+        return _UnpicklableError("returned, not raised")
     raise _UnpicklableError("odd failure")
 
 
@@ -57,7 +59,9 @@ def test_an_error_comes_back_with_its_type_and_the_childs_traceback(child):
     assert "in mmbeam's model process" in note and "_fail" in note
     with pytest.raises(RuntimeError, match="odd failure"):  # not picklable: its traceback
         child.call(_fail, "unpicklable")
-    assert child.call(int, "5") == 5  # the child goes on after both
+    with pytest.raises(RuntimeError, match="result cannot be pickled"):
+        child.call(_fail, "result")
+    assert child.call(int, "5") == 5  # the child goes on after each
 
 
 _WORKER = """
