@@ -16,7 +16,7 @@ restriction, so Dask runs no more of them at once than the GPUs allow), failing 
 :class:`~mmbeam.errors.ResourceUnavailableError` naming the step and the cluster's resources
 when none does; otherwise ``concurrency`` (or min of ``(min, max)``, growing to max while work
 waits) worker processes each run the model in a child process of their own
-(:mod:`mmbeam.runners.model_process`, started by the worker's first model task and kept for its
+(:mod:`mmbeam.runners.model_process`, started when the pool is made and kept for the worker's
 life): the task secedes from the worker's thread pool and hands its work to that process, so the
 model neither waits behind the preparation tasks queued on its worker nor shares their GIL. Those
 tasks are pinned to their pool's workers (Dask's work stealing would otherwise move them, loading

@@ -12,7 +12,8 @@ that join later too, on the worker's event-loop thread):
   the worker threads that run preparation tasks are niced
   (:func:`mmbeam.runners.worker.yield_cpu`), so a model thread they started would yield too.
   That thread starts the worker's model process (:mod:`mmbeam.runners.model_process`) when the
-  first model task comes (:func:`in_model_process`), so the child has the worker's priority.
+  driver makes a model pool there (:func:`start_model_process_soon`), or at the first model
+  task (:func:`in_model_process`), so the child has the worker's priority.
 
 Only this module imports ``distributed`` at its top, and only the DaskRunner imports it.
 """
