@@ -392,7 +392,7 @@ class _Execution:
         for transform_id, buffer_id in scheduler.streamed.items():
             entries = self.buffers.get(buffer_id, [])
             taken = scheduler.taken.get(transform_id, 0)
-            parts = [q for p in entries[taken:] if p is not None for q in p if q.count]
+            parts = _filled(entries[taken:])
             scheduler.taken[transform_id] = len(entries)
             if self.graph.sole_streamed_reader(buffer_id) == index and buffer_id not in self.keep:
                 for k in range(taken, len(entries)):  # the scheduler holds them until read
@@ -519,7 +519,7 @@ class _Execution:
                     if parts:
                         units.append((transform_id, parts))
             else:
-                stream.extend((transform_id, q) for p in producers for q in p if q.count)
+                stream.extend((transform_id, part) for part in _filled(producers))
         return units, stream
 
     def _group(self, manager, transform_id, buffer_id, producers) -> list[Part]:
@@ -595,8 +595,7 @@ class _Execution:
             pcoll = transform.inputs[tag]
             coder = self.context.pipeline_context.coders[
                 self.context.safe_coders[self.context.data_channel_coders[pcoll]]]
-            parts = [q for p in self.buffers.get(translations.create_buffer_id(pcoll), [])
-                     for q in p if q.count]
+            parts = _filled(self.buffers.get(translations.create_buffer_id(pcoll), []))
             access = payload.side_inputs[tag].access_pattern.SerializeToString()
             self.side_states[(transform_id, tag)] = self.backend.submit(
                 worker.side_input_state, transform_id, tag, access, coder, committed(parts),
@@ -610,6 +609,12 @@ class _Execution:
                 memory_budget=self.backend.memory_budget, min_size=1, initial=1, growth=8.0,
                 max_size=max(1, self.options.max_bundle_size))
         return self.controllers[stage_name]
+
+
+def _filled(entries: list[list[Part] | None]) -> list[Part]:
+    """The non-empty parts of a buffer's entries, in order: every piece of every producer's
+    task output (see ``worker.run_task``), skipping entries already handed on (``None``)."""
+    return [part for entry in entries if entry is not None for part in entry if part.count]
 
 
 def _pcollection_ids(proto, outputs: dict[str, tuple[str, str]]) -> dict[str, str]:

@@ -59,7 +59,7 @@ class ModelProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", start], pass_fds=(child.fileno(),), cwd=os.getcwd(),
                 env=env, stdin=subprocess.DEVNULL, start_new_session=True)  # no terminal's ^C
-            self._conn = Connection(os.dup(parent.fileno()))
+            self._conn = Connection(parent.detach())
         self._lock = threading.Lock()
 
     def call(self, fn, *args: Any) -> Any:
